@@ -1,0 +1,9 @@
+//! The environment manager: the node's model of the cluster, address
+//! allocation, attaching containers to the node, the store and the
+//! management API.
+//!
+//! Nothing here touches packets. The dataplane reads [`model::Snapshot`]s that
+//! this crate publishes.
+
+pub mod model;
+pub mod plan;

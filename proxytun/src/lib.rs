@@ -1,0 +1,1 @@
+//! The proxytun dataplane and the node daemon that runs the whole stack.
