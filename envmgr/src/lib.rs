@@ -5,5 +5,14 @@
 //! Nothing here touches packets. The dataplane reads [`model::Snapshot`]s that
 //! this crate publishes.
 
+pub mod alloc;
+pub mod api;
+pub mod error;
+pub mod kernel;
+pub mod manager;
 pub mod model;
 pub mod plan;
+pub mod requests;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,71 @@
+//! The bodies of the management API's write requests.
+//!
+//! Shared by the API server, its client (the CLI) and the manager, so the
+//! JSON contract is defined once. Unknown fields are errors, so a typo in a
+//! field name is reported rather than silently ignored.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Attach a container (by netns path or pid) as an instance of `app/service`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// The application.
+    pub app: String,
+    /// The service within the application.
+    pub service: String,
+    /// The instance number; the lowest free one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u32>,
+    /// A network namespace file, e.g. `/run/netns/c1`. Exactly one of
+    /// `netns` and `pid` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// A process whose network namespace is used (`/proc/<pid>/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The interface name inside the container; `eth0` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Pins the service's round-robin ServiceIP (v4; the v6 mirror follows)
+    /// when the service is new on this node; must match when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ip: Option<Ipv4Addr>,
+    /// Pins the instance IP (v4; the v6 mirror follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ip: Option<Ipv4Addr>,
+}
+
+/// Register an instance that runs on a peer node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteInstanceRequest {
+    /// The application.
+    pub app: String,
+    /// The service within the application.
+    pub service: String,
+    /// The instance number.
+    pub instance: u32,
+    /// The peer node it runs on; must be a registered peer.
+    pub node: String,
+    /// Its namespace address on that node's subnet (v4; the v6 mirror follows).
+    pub ns_addr: Ipv4Addr,
+    /// Its instance IP (v4; the v6 mirror follows).
+    pub instance_ip: Ipv4Addr,
+    /// The service's round-robin ServiceIP, when the service is new here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ip: Option<Ipv4Addr>,
+}
+
+/// Register (or move) a peer node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    /// The node's name.
+    pub name: String,
+    /// `ip:port` or `ip` (the default tunnel port is then assumed); IPv6 as `[ip]:port`.
+    pub endpoint: String,
+}

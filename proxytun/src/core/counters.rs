@@ -1,0 +1,176 @@
+//! Dataplane counters shared with the API thread, and the drop reasons.
+//!
+//! The packet thread increments relaxed atomics; readers take a
+//! [`CountersSnapshot`]. Every dropped packet increments exactly one
+//! [`DropReason`], whose [`DropReason::name`] is a stable metric label.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Why the dataplane dropped a packet; one counter each.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter-index order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// How many reasons exist (the size of the counter array).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable snake_case name, used as a metric label.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Tunnel datagram shorter than the tunnel header.
+    TunnelTooShort => "tunnel_too_short",
+    /// Tunnel header without the `PT` magic.
+    BadMagic => "bad_magic",
+    /// Tunnel header of a version this node does not speak.
+    BadVersion => "bad_version",
+    /// Tunnel message type unknown to this version (includes keepalive for now).
+    UnknownType => "unknown_type",
+    /// Tunnel header reserved bytes not zero.
+    ReservedNotZero => "reserved_not_zero",
+    /// Tunnel datagram from an address that is not a member node.
+    NotMember => "not_member",
+    /// Packet failed length or field validation.
+    Malformed => "malformed",
+    /// IPv4 fragment or IPv6 fragment header: flows need the transport ports.
+    Fragment => "fragment",
+    /// IPv6 extension header other than fragment.
+    Ipv6ExtHeader => "ipv6_ext_header",
+    /// Transport other than TCP, UDP, ICMP.
+    UnsupportedProtocol => "unsupported_protocol",
+    /// ICMP message other than echo request/reply.
+    IcmpUnsupported => "icmp_unsupported",
+    /// Tunnel packet to a local instance whose source is not in the ServiceIP range.
+    InnerSrcNotService => "inner_src_not_service",
+    /// Tunnel packet whose destination is no local instance.
+    InnerDstNotLocal => "inner_dst_not_local",
+    /// Tunnel packet to a local client's instance IP without a flow.
+    ReplyNoFlow => "reply_no_flow",
+    /// Tunnel reply for a flow that does not go to the sending node.
+    ReplyWrongPeer => "reply_wrong_peer",
+    /// TUN packet to an address that is not a ServiceIP or instance IP.
+    NoService => "no_service",
+    /// TUN packet whose source is not a local instance's namespace address.
+    SourceNotInstance => "source_not_instance",
+    /// Packet that may not start a flow (TCP without SYN, echo reply) and has none.
+    NoFlow => "no_flow",
+    /// Service without instances.
+    NoInstance => "no_instance",
+    /// Flow table at its configured maximum.
+    FlowTableFull => "flow_table_full",
+    /// Reply cache at its configured maximum.
+    ReplyTableFull => "reply_table_full",
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Packet counters, written by the packet thread, read by the API.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets read from the TUN.
+    pub tun_rx: AtomicU64,
+    /// Packets handed back to the TUN (from either input).
+    pub tun_tx_tun: AtomicU64,
+    /// Packets sent to peer nodes.
+    pub tun_tx_peer: AtomicU64,
+    /// Datagrams received from the tunnel.
+    pub tunnel_rx: AtomicU64,
+    /// Flows installed.
+    pub flows_created: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl Counters {
+    /// Counts a dropped packet.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current count for one drop reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Plain numbers for the API and metrics.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            tun_rx: get(&self.tun_rx),
+            tun_tx_tun: get(&self.tun_tx_tun),
+            tun_tx_peer: get(&self.tun_tx_peer),
+            tunnel_rx: get(&self.tunnel_rx),
+            flows_created: get(&self.flows_created),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), self.dropped(*r)))
+                .collect(),
+        }
+    }
+}
+
+/// Increments a counter by one (relaxed: counters order nothing).
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    /// Packets read from the TUN.
+    pub tun_rx: u64,
+    /// Packets handed back to the TUN.
+    pub tun_tx_tun: u64,
+    /// Packets sent to peer nodes.
+    pub tun_tx_peer: u64,
+    /// Datagrams received from the tunnel.
+    pub tunnel_rx: u64,
+    /// Flows installed.
+    pub flows_created: u64,
+    /// Drops by reason name (every reason present, zero included).
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert!(seen.insert(r.name()));
+            assert!(r
+                .name()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let c = Counters::default();
+        c.count_drop(DropReason::Fragment);
+        let s = c.snapshot();
+        assert_eq!(s.drops["fragment"], 1);
+        assert_eq!(s.drops.len(), DropReason::COUNT);
+    }
+}

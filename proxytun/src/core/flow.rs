@@ -1,0 +1,471 @@
+//! Flow keys, per-connection tracking, the flow table and its timeouts.
+//!
+//! A flow is a client's connection to a VIP after the slow path chose its
+//! instance. It is reachable by two exact 5-tuple keys (the client's packets
+//! and the instance's replies) that both point at one slot of a slab, so a
+//! hit costs one hash lookup and no allocation.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::packet::{PacketInfo, Proto, TCP_FIN, TCP_RST};
+use super::table::Location;
+
+/// Limits and timeouts of the packet core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Most flows (and, separately, most reply-cache entries) kept at once.
+    pub max_flows: usize,
+    /// Idle timeout of an established TCP flow.
+    pub tcp_idle: Duration,
+    /// Idle timeout of a TCP flow that has not seen a reply yet (SYN sent):
+    /// short, so unanswered SYNs do not fill the table for hours.
+    pub tcp_syn_idle: Duration,
+    /// How long a TCP flow lives after FIN was seen in both directions.
+    pub tcp_fin_linger: Duration,
+    /// How long a TCP flow lives after a RST.
+    pub tcp_rst_linger: Duration,
+    /// Idle timeout of a UDP flow.
+    pub udp_idle: Duration,
+    /// Idle timeout of an ICMP echo flow.
+    pub icmp_idle: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_flows: 65_536,
+            tcp_idle: Duration::from_secs(2 * 3600),
+            tcp_syn_idle: Duration::from_secs(60),
+            tcp_fin_linger: Duration::from_secs(10),
+            tcp_rst_linger: Duration::from_secs(2),
+            udp_idle: Duration::from_secs(60),
+            icmp_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An exact 5-tuple as seen on the wire (ICMP: identifier in both ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+impl FlowKey {
+    /// The key of a parsed packet.
+    pub fn of(info: &PacketInfo) -> FlowKey {
+        FlowKey {
+            proto: info.proto(),
+            src: info.src,
+            dst: info.dst,
+            sport: info.sport,
+            dport: info.dport,
+        }
+    }
+
+    /// The key of the packets going the other way.
+    pub fn reversed(self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
+/// Which way a packet travels relative to the flow's opener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to instance.
+    Forward,
+    /// Instance to client.
+    Reverse,
+}
+
+/// Packet/byte counts, last activity and TCP teardown tracking of one
+/// connection; shared by flows and reply-cache entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Activity {
+    proto: Proto,
+    established: bool,
+    fin_fwd: bool,
+    fin_rev: bool,
+    rst: bool,
+    /// Set once the connection is closed (RST or FIN both ways): it lingers until then.
+    closing_until: Option<Instant>,
+    last_seen: Instant,
+    /// Packets in both directions.
+    pub packets: u64,
+    /// IP bytes in both directions.
+    pub bytes: u64,
+}
+
+impl Activity {
+    /// A fresh connection, not yet counted.
+    pub fn new(proto: Proto, now: Instant) -> Activity {
+        Activity {
+            proto,
+            established: false,
+            fin_fwd: false,
+            fin_rev: false,
+            rst: false,
+            closing_until: None,
+            last_seen: now,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.rst || (self.fin_fwd && self.fin_rev)
+    }
+
+    /// Accounts one packet. Returns the linger deadline when this packet
+    /// closed the connection, so the caller can arm its timer.
+    pub fn touch(
+        &mut self,
+        dir: Dir,
+        info: &PacketInfo,
+        now: Instant,
+        cfg: &CoreConfig,
+    ) -> Option<Instant> {
+        self.packets += 1;
+        self.bytes += info.len as u64;
+        self.last_seen = self.last_seen.max(now);
+        if self.proto != Proto::Tcp {
+            return None;
+        }
+        let flags = info.tcp_flags();
+        if dir == Dir::Forward && info.is_tcp_syn() && self.closed() {
+            // The client reuses the 5-tuple for a new connection.
+            *self = Activity {
+                packets: self.packets,
+                bytes: self.bytes,
+                ..Activity::new(Proto::Tcp, self.last_seen)
+            };
+        }
+        if dir == Dir::Reverse {
+            self.established = true;
+        }
+        let was_closing = self.closing_until;
+        if flags & TCP_RST != 0 {
+            self.rst = true;
+            let until = now.checked_add(cfg.tcp_rst_linger);
+            self.closing_until = min_opt(self.closing_until, until);
+        }
+        if flags & TCP_FIN != 0 {
+            match dir {
+                Dir::Forward => self.fin_fwd = true,
+                Dir::Reverse => self.fin_rev = true,
+            }
+            if self.fin_fwd && self.fin_rev && !self.rst && self.closing_until.is_none() {
+                self.closing_until = now.checked_add(cfg.tcp_fin_linger);
+            }
+        }
+        if self.closing_until != was_closing {
+            self.closing_until
+        } else {
+            None
+        }
+    }
+
+    /// When the connection expires if nothing else happens (`None`: never,
+    /// only with absurd timeouts).
+    pub fn deadline(&self, cfg: &CoreConfig) -> Option<Instant> {
+        let idle = match self.proto {
+            Proto::Tcp if self.established => cfg.tcp_idle,
+            Proto::Tcp => cfg.tcp_syn_idle,
+            Proto::Udp => cfg.udp_idle,
+            Proto::Icmp => cfg.icmp_idle,
+        };
+        min_opt(self.last_seen.checked_add(idle), self.closing_until)
+    }
+
+    /// `syn`/`established`/`fin`/`closed` for TCP, `-` otherwise.
+    pub fn state(&self) -> &'static str {
+        match self.proto {
+            Proto::Tcp if self.closed() => "closed",
+            Proto::Tcp if self.fin_fwd || self.fin_rev => "fin",
+            Proto::Tcp if self.established => "established",
+            Proto::Tcp => "syn",
+            _ => "-",
+        }
+    }
+
+    /// Time since the last packet.
+    pub fn idle(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_seen)
+    }
+}
+
+/// The earlier of two optional instants (`None` = never).
+pub fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// One client connection through a VIP to a chosen instance.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// The client's packets as they arrive: client ns:port -> VIP:port.
+    pub key: FlowKey,
+    /// The client's instance IP (the source the instance sees).
+    pub client_iip: IpAddr,
+    /// The chosen instance's name.
+    pub instance: Arc<str>,
+    /// The chosen instance's namespace address.
+    pub instance_ns: IpAddr,
+    /// Where the chosen instance runs.
+    pub location: Location,
+    /// Counters and TCP state.
+    pub activity: Activity,
+}
+
+impl Flow {
+    /// The instance's replies as they arrive: instance ns:port -> client iip:port.
+    pub fn reverse_key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.key.proto,
+            src: self.instance_ns,
+            dst: self.client_iip,
+            sport: self.key.dport,
+            dport: self.key.sport,
+        }
+    }
+
+    /// The plain view the API shows.
+    pub fn view(&self, now: Instant) -> FlowView {
+        FlowView {
+            proto: self.key.proto.name(),
+            client: SocketAddr::new(self.key.src, self.key.sport),
+            vip: SocketAddr::new(self.key.dst, self.key.dport),
+            client_iip: self.client_iip,
+            instance: self.instance.to_string(),
+            instance_addr: SocketAddr::new(self.instance_ns, self.key.dport),
+            peer: self.location.peer(),
+            state: self.activity.state(),
+            packets: self.activity.packets,
+            bytes: self.activity.bytes,
+            idle: self.activity.idle(now),
+        }
+    }
+}
+
+/// A flow as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowView {
+    /// `tcp`, `udp` or `icmp`.
+    pub proto: &'static str,
+    /// Client namespace address and port (ICMP: echo identifier).
+    pub client: SocketAddr,
+    /// The VIP and port the client used.
+    pub vip: SocketAddr,
+    /// The client's instance IP.
+    pub client_iip: IpAddr,
+    /// The chosen instance (`app/service/n`).
+    pub instance: String,
+    /// The instance's namespace address and port.
+    pub instance_addr: SocketAddr,
+    /// The peer node's endpoint when the instance is remote.
+    pub peer: Option<SocketAddr>,
+    /// `syn`, `established`, `fin`, `closed`, or `-` for UDP/ICMP.
+    pub state: &'static str,
+    /// Packets in both directions.
+    pub packets: u64,
+    /// IP bytes in both directions.
+    pub bytes: u64,
+    /// Time since the last packet, serialised as milliseconds.
+    #[serde(rename = "idle_ms", serialize_with = "serialize_ms")]
+    pub idle: Duration,
+}
+
+/// Serialises a duration as whole milliseconds.
+pub(crate) fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Flows in a slab, reachable by both of their keys.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    slots: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    map: HashMap<FlowKey, (usize, Dir)>,
+    len: usize,
+}
+
+impl FlowTable {
+    /// Number of live flows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no flows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Which flow (and which direction of it) a packet's key belongs to.
+    pub fn lookup(&self, key: &FlowKey) -> Option<(usize, Dir)> {
+        self.map.get(key).copied()
+    }
+
+    /// The flow in slot `idx`.
+    pub fn get(&self, idx: usize) -> Option<&Flow> {
+        self.slots.get(idx)?.as_ref()
+    }
+
+    /// The flow in slot `idx`, mutable.
+    pub fn get_mut(&mut self, idx: usize) -> Option<&mut Flow> {
+        self.slots.get_mut(idx)?.as_mut()
+    }
+
+    /// Installs a flow under both keys. A flow already holding either key is
+    /// evicted first (it is necessarily older). Returns the slot.
+    pub fn insert(&mut self, flow: Flow) -> usize {
+        let fwd = flow.key;
+        let rev = flow.reverse_key();
+        for k in [fwd, rev] {
+            if let Some((old, _)) = self.lookup(&k) {
+                self.remove(old);
+            }
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[idx] = Some(flow);
+        self.map.insert(fwd, (idx, Dir::Forward));
+        self.map.insert(rev, (idx, Dir::Reverse));
+        self.len += 1;
+        idx
+    }
+
+    /// Removes the flow in slot `idx` and both of its keys.
+    pub fn remove(&mut self, idx: usize) -> Option<Flow> {
+        let flow = self.slots.get_mut(idx)?.take()?;
+        self.map.remove(&flow.key);
+        self.map.remove(&flow.reverse_key());
+        self.free.push(idx);
+        self.len -= 1;
+        Some(flow)
+    }
+
+    /// Removes every flow for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Flow) -> bool) {
+        for idx in 0..self.slots.len() {
+            if matches!(&self.slots[idx], Some(f) if !keep(f)) {
+                self.remove(idx);
+            }
+        }
+    }
+
+    /// All live flows.
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.slots.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::packet::{L4, TCP_ACK, TCP_SYN};
+
+    fn tcp(flags: u8) -> PacketInfo {
+        PacketInfo {
+            src: "10.18.1.5".parse().unwrap(),
+            dst: "10.30.0.1".parse().unwrap(),
+            sport: 1000,
+            dport: 80,
+            l4: L4::Tcp { flags },
+            l4_offset: 20,
+            len: 40,
+        }
+    }
+
+    #[test]
+    fn tcp_lifecycle_and_deadlines() {
+        let cfg = CoreConfig::default();
+        let t0 = Instant::now();
+        let mut a = Activity::new(Proto::Tcp, t0);
+        assert_eq!(a.touch(Dir::Forward, &tcp(TCP_SYN), t0, &cfg), None);
+        assert_eq!(a.state(), "syn");
+        assert_eq!(a.deadline(&cfg), Some(t0 + cfg.tcp_syn_idle));
+        a.touch(Dir::Reverse, &tcp(TCP_SYN | TCP_ACK), t0, &cfg);
+        assert_eq!(a.state(), "established");
+        assert_eq!(a.deadline(&cfg), Some(t0 + cfg.tcp_idle));
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(a.touch(Dir::Forward, &tcp(TCP_FIN | TCP_ACK), t1, &cfg), None);
+        assert_eq!(a.state(), "fin");
+        let d = a.touch(Dir::Reverse, &tcp(TCP_FIN | TCP_ACK), t1, &cfg);
+        assert_eq!(d, Some(t1 + cfg.tcp_fin_linger));
+        assert_eq!(a.state(), "closed");
+        // The last ACK does not extend the linger.
+        a.touch(Dir::Forward, &tcp(TCP_ACK), t1 + Duration::from_secs(1), &cfg);
+        assert_eq!(a.deadline(&cfg), Some(t1 + cfg.tcp_fin_linger));
+        assert_eq!((a.packets, a.bytes), (5, 200));
+        // A new SYN on the same tuple reopens it.
+        a.touch(Dir::Forward, &tcp(TCP_SYN), t1 + Duration::from_secs(2), &cfg);
+        assert_eq!(a.state(), "syn");
+        let d = a.touch(Dir::Reverse, &tcp(TCP_RST), t1 + Duration::from_secs(2), &cfg);
+        assert_eq!(d, Some(t1 + Duration::from_secs(2) + cfg.tcp_rst_linger));
+    }
+
+    fn flow(port: u16) -> Flow {
+        Flow {
+            key: FlowKey {
+                proto: Proto::Udp,
+                src: "10.18.1.5".parse().unwrap(),
+                dst: "10.30.0.1".parse().unwrap(),
+                sport: port,
+                dport: 53,
+            },
+            client_iip: "10.30.1.5".parse().unwrap(),
+            instance: "a/b/1".into(),
+            instance_ns: "10.18.1.9".parse().unwrap(),
+            location: Location::Local,
+            activity: Activity::new(Proto::Udp, Instant::now()),
+        }
+    }
+
+    #[test]
+    fn slab_keys_and_eviction() {
+        let mut t = FlowTable::default();
+        let a = t.insert(flow(1));
+        let b = t.insert(flow(2));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.lookup(&flow(1).key), Some((a, Dir::Forward)));
+        assert_eq!(t.lookup(&flow(2).reverse_key()), Some((b, Dir::Reverse)));
+        // Same reverse key through another VIP evicts the older flow.
+        let mut c = flow(1);
+        c.key.dst = "10.30.0.2".parse().unwrap();
+        let ci = t.insert(c.clone());
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.lookup(&flow(1).key), None);
+        assert_eq!(t.lookup(&c.reverse_key()), Some((ci, Dir::Reverse)));
+        t.retain(|f| f.key.sport != 2);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup(&flow(2).key), None);
+        assert_eq!(t.iter().count(), 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! The sans-IO packet core of the dataplane.
+//!
+//! Everything a packet goes through between the TUN and the tunnel socket
+//! lives here as plain functions and one state machine, [`Dataplane`]:
+//! parsing ([`packet`]), address rewriting with incremental checksums
+//! ([`checksum`]), the flow table and its timers ([`flow`]), the server-side
+//! reply cache ([`reply`]), load balancing ([`policy`]), the forwarding view
+//! of the cluster ([`table`]), the tunnel header ([`tunnel`]) and the
+//! counters ([`counters`]).
+//!
+//! Invariants: nothing here does I/O, reads a clock or spawns; time comes in
+//! as `now`. Nothing on the hit path allocates; only installing a flow or a
+//! reply entry may. No packet, however malformed, panics: every index is
+//! checked by [`packet::parse`] first.
+
+pub mod checksum;
+pub mod counters;
+pub mod dataplane;
+pub mod flow;
+pub mod packet;
+pub mod policy;
+pub mod reply;
+pub mod table;
+pub mod tunnel;
+
+#[cfg(test)]
+mod tests;
+
+pub use counters::{Counters, CountersSnapshot, DropReason};
+pub use dataplane::{Dataplane, NetVerdict, TunVerdict};
+pub use flow::{CoreConfig, FlowView};
+pub use reply::ReplyView;
+pub use table::{Location, Table, TableBuilder, TableError};
+pub use tunnel::{write_header, HEADER_LEN};

@@ -1,0 +1,346 @@
+//! Checked, zero-copy parsing of the IP packets the dataplane rewrites, and
+//! the in-place address rewrite with incremental checksums.
+//!
+//! [`parse`] validates every length it will later index with and returns a
+//! small `Copy` summary ([`PacketInfo`]) of offsets and fields; [`rewrite`]
+//! then touches only the address and checksum bytes. Nothing here allocates.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::checksum::Delta;
+use super::counters::DropReason;
+
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMP (IPv4).
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 next-header value of the fragment header.
+const IPV6_FRAGMENT: u8 = 44;
+
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+const IPV4_HEADER_MIN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const TCP_HEADER_MIN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+const ICMP_HEADER_MIN: usize = 8;
+
+/// The transport protocols the dataplane forwards (ICMP covers ICMPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP echo (v4) or ICMPv6 echo; the identifier plays both ports.
+    Icmp,
+}
+
+impl Proto {
+    /// The name used in the API and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+}
+
+/// What kind of ICMP message a packet carries, as far as flows care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpKind {
+    /// Echo request (ping): may start a flow.
+    EchoRequest,
+    /// Echo reply: only travels on an existing flow.
+    EchoReply,
+    /// Anything else (errors, neighbour discovery, ...): not forwarded.
+    Other,
+}
+
+/// The transport-specific facts a parsed packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP with its flag byte.
+    Tcp {
+        /// The flags byte (FIN, SYN, RST, PSH, ACK, ...).
+        flags: u8,
+    },
+    /// UDP; `checksum_zero` marks IPv4 datagrams sent without a checksum.
+    Udp {
+        /// True when the IPv4 sender left the checksum out (it must stay 0).
+        checksum_zero: bool,
+    },
+    /// ICMP or ICMPv6.
+    Icmp {
+        /// Echo request, echo reply or other.
+        kind: IcmpKind,
+    },
+}
+
+/// A validated packet's addresses, ports and the offsets a rewrite needs.
+///
+/// Produced only by [`parse`], so every offset is known to be in bounds of
+/// the buffer it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP: the echo identifier).
+    pub sport: u16,
+    /// Destination port (ICMP: the echo identifier).
+    pub dport: u16,
+    /// Transport facts.
+    pub l4: L4,
+    /// Offset of the transport header.
+    pub l4_offset: usize,
+    /// Length of the IP packet as its header states (may be less than the buffer).
+    pub len: usize,
+}
+
+impl PacketInfo {
+    /// The protocol as the flow table sees it.
+    pub fn proto(&self) -> Proto {
+        match self.l4 {
+            L4::Tcp { .. } => Proto::Tcp,
+            L4::Udp { .. } => Proto::Udp,
+            L4::Icmp { .. } => Proto::Icmp,
+        }
+    }
+
+    /// TCP flags, or 0 for other protocols.
+    pub fn tcp_flags(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { flags } => flags,
+            _ => 0,
+        }
+    }
+
+    /// True for a TCP SYN without ACK: the only TCP segment that opens a flow.
+    pub fn is_tcp_syn(&self) -> bool {
+        matches!(self.l4, L4::Tcp { flags } if flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    }
+}
+
+fn be16(buf: &[u8], at: usize) -> Result<u16, DropReason> {
+    match buf.get(at..at + 2) {
+        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
+        _ => Err(DropReason::Malformed),
+    }
+}
+
+fn byte(buf: &[u8], at: usize) -> Result<u8, DropReason> {
+    buf.get(at).copied().ok_or(DropReason::Malformed)
+}
+
+/// Parses and validates an IPv4 or IPv6 packet carrying TCP, UDP or ICMP.
+///
+/// Errors are the drop reason the caller counts: `Malformed` for any length
+/// or field inconsistency, `Fragment` for IPv4 fragments and the IPv6
+/// fragment header, `Ipv6ExtHeader` for other IPv6 extension headers,
+/// `UnsupportedProtocol` for other transports.
+pub fn parse(buf: &[u8]) -> Result<PacketInfo, DropReason> {
+    match byte(buf, 0)? >> 4 {
+        4 => parse_v4(buf),
+        6 => parse_v6(buf),
+        _ => Err(DropReason::Malformed),
+    }
+}
+
+fn parse_v4(buf: &[u8]) -> Result<PacketInfo, DropReason> {
+    if buf.len() < IPV4_HEADER_MIN {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(buf[0] & 0x0f) * 4;
+    let total = usize::from(be16(buf, 2)?);
+    if ihl < IPV4_HEADER_MIN || total < ihl || total > buf.len() {
+        return Err(DropReason::Malformed);
+    }
+    let frag = be16(buf, 6)?;
+    if frag & 0x3fff != 0 {
+        // MF set or a non-zero offset.
+        return Err(DropReason::Fragment);
+    }
+    let proto = buf[9];
+    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+    let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+    let icmp = match proto {
+        IPPROTO_ICMP => Some((8, 0)),
+        IPPROTO_TCP | IPPROTO_UDP => None,
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    parse_l4(
+        &buf[..total],
+        ihl,
+        proto,
+        icmp,
+        false,
+        IpAddr::V4(src),
+        IpAddr::V4(dst),
+    )
+}
+
+fn parse_v6(buf: &[u8]) -> Result<PacketInfo, DropReason> {
+    if buf.len() < IPV6_HEADER_LEN {
+        return Err(DropReason::Malformed);
+    }
+    let total = usize::from(be16(buf, 4)?) + IPV6_HEADER_LEN;
+    if total > buf.len() {
+        return Err(DropReason::Malformed);
+    }
+    let next = buf[6];
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&buf[8..24]);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&buf[24..40]);
+    let icmp = match next {
+        IPPROTO_ICMPV6 => Some((128, 129)),
+        IPPROTO_TCP | IPPROTO_UDP => None,
+        IPV6_FRAGMENT => return Err(DropReason::Fragment),
+        // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP,
+        // shim6 and the experimental values: extension headers we do not walk.
+        0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
+            return Err(DropReason::Ipv6ExtHeader)
+        }
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    parse_l4(
+        &buf[..total],
+        IPV6_HEADER_LEN,
+        next,
+        icmp,
+        true,
+        IpAddr::V6(Ipv6Addr::from(s)),
+        IpAddr::V6(Ipv6Addr::from(d)),
+    )
+}
+
+/// Parses the transport header at `off` of `pkt` (already cut to the IP length).
+/// `icmp` holds the (echo request, echo reply) types when the protocol is ICMP.
+fn parse_l4(
+    pkt: &[u8],
+    off: usize,
+    proto: u8,
+    icmp: Option<(u8, u8)>,
+    v6: bool,
+    src: IpAddr,
+    dst: IpAddr,
+) -> Result<PacketInfo, DropReason> {
+    let l4 = pkt.get(off..).ok_or(DropReason::Malformed)?;
+    let (sport, dport, info) = if let Some((req, rep)) = icmp {
+        if l4.len() < ICMP_HEADER_MIN {
+            return Err(DropReason::Malformed);
+        }
+        let kind = match l4[0] {
+            t if t == req => IcmpKind::EchoRequest,
+            t if t == rep => IcmpKind::EchoReply,
+            _ => IcmpKind::Other,
+        };
+        let id = be16(l4, 4)?;
+        (id, id, L4::Icmp { kind })
+    } else if proto == IPPROTO_TCP {
+        if l4.len() < TCP_HEADER_MIN {
+            return Err(DropReason::Malformed);
+        }
+        let doff = usize::from(l4[12] >> 4) * 4;
+        if doff < TCP_HEADER_MIN || doff > l4.len() {
+            return Err(DropReason::Malformed);
+        }
+        (be16(l4, 0)?, be16(l4, 2)?, L4::Tcp { flags: l4[13] })
+    } else {
+        if l4.len() < UDP_HEADER_LEN {
+            return Err(DropReason::Malformed);
+        }
+        let ulen = usize::from(be16(l4, 4)?);
+        if ulen < UDP_HEADER_LEN || ulen > l4.len() {
+            return Err(DropReason::Malformed);
+        }
+        let checksum_zero = be16(l4, 6)? == 0;
+        if checksum_zero && v6 {
+            // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
+            return Err(DropReason::Malformed);
+        }
+        (be16(l4, 0)?, be16(l4, 2)?, L4::Udp { checksum_zero })
+    };
+    Ok(PacketInfo {
+        src,
+        dst,
+        sport,
+        dport,
+        l4: info,
+        l4_offset: off,
+        len: pkt.len(),
+    })
+}
+
+/// Writes `new` over the 4 or 16 address bytes at `at` and returns the
+/// checksum delta. Families must match (callers choose per family).
+fn put_addr(buf: &mut [u8], at: usize, new: IpAddr) -> Delta {
+    match new {
+        IpAddr::V4(a) => swap_bytes(buf, at, &a.octets()),
+        IpAddr::V6(a) => swap_bytes(buf, at, &a.octets()),
+    }
+}
+
+fn swap_bytes<const N: usize>(buf: &mut [u8], at: usize, new: &[u8; N]) -> Delta {
+    let Some(slot) = buf.get_mut(at..at + N) else {
+        return Delta::ZERO;
+    };
+    let mut old = [0u8; N];
+    old.copy_from_slice(slot);
+    slot.copy_from_slice(new);
+    Delta::ZERO.add(&old, new)
+}
+
+fn adjust_at(buf: &mut [u8], at: usize, delta: Delta, udp: bool) {
+    if let Some(slot) = buf.get_mut(at..at + 2) {
+        let old = u16::from_be_bytes([slot[0], slot[1]]);
+        let mut new = delta.apply(old);
+        if udp && new == 0 {
+            // 0 means "no checksum" for UDP; its one's-complement twin is 0xffff.
+            new = 0xffff;
+        }
+        slot.copy_from_slice(&new.to_be_bytes());
+    }
+}
+
+/// Rewrites source and destination of the packet `info` describes, fixing
+/// the IPv4 header checksum and the transport checksum incrementally.
+///
+/// `new_src` and `new_dst` must be of the packet's family; a mismatched
+/// family leaves the packet untouched and returns false (a caller bug, never
+/// a packet's fault).
+pub fn rewrite(buf: &mut [u8], info: &PacketInfo, new_src: IpAddr, new_dst: IpAddr) -> bool {
+    let v4 = info.src.is_ipv4();
+    if new_src.is_ipv4() != v4 || new_dst.is_ipv4() != v4 || info.l4_offset > buf.len() {
+        return false;
+    }
+    let (src_at, dst_at) = if v4 { (12, 16) } else { (8, 24) };
+    let delta = put_addr(buf, src_at, new_src).merge(put_addr(buf, dst_at, new_dst));
+    if v4 {
+        adjust_at(buf, 10, delta, false);
+    }
+    let l4 = info.l4_offset;
+    match info.l4 {
+        L4::Tcp { .. } => adjust_at(buf, l4 + 16, delta, false),
+        L4::Udp { checksum_zero: true } => {}
+        L4::Udp { .. } => adjust_at(buf, l4 + 6, delta, true),
+        // ICMPv4's checksum does not cover the IP header; ICMPv6's does.
+        L4::Icmp { .. } if v4 => {}
+        L4::Icmp { .. } => adjust_at(buf, l4 + 2, delta, false),
+    }
+    true
+}

@@ -1,0 +1,98 @@
+//! What the management API sees of the dataplane.
+//!
+//! Status and counters are read straight from shared atomics; the flow list
+//! lives inside the dataplane thread, so it is asked for with a control
+//! message and comes back over a oneshot channel.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envmgr::api::DataplaneView;
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use crate::core::Counters;
+use crate::shell::io_loop::{Control, ControlSender, IoCounters};
+
+/// Which packet path is in use; `status` reports it so operators know what
+/// they are measuring.
+pub const PATH: &str = "plain: poll loop, one dataplane thread, one packet per syscall";
+
+/// The API's window onto the dataplane.
+#[derive(Debug)]
+pub struct ShellView {
+    tun: String,
+    mtu: u32,
+    tunnel: SocketAddr,
+    counters: Arc<Counters>,
+    io: Arc<IoCounters>,
+    ctrl: ControlSender,
+}
+
+impl ShellView {
+    /// Gathers what the view reports.
+    pub fn new(
+        tun: String,
+        mtu: u32,
+        tunnel: SocketAddr,
+        counters: Arc<Counters>,
+        io: Arc<IoCounters>,
+        ctrl: ControlSender,
+    ) -> Self {
+        Self {
+            tun,
+            mtu,
+            tunnel,
+            counters,
+            io,
+            ctrl,
+        }
+    }
+}
+
+impl DataplaneView for ShellView {
+    fn status(&self) -> Value {
+        let c = self.counters.snapshot();
+        json!({
+            "tun": self.tun,
+            "mtu": self.mtu,
+            "tunnel": self.tunnel.to_string(),
+            "path": PATH,
+            "drops_total": c.drops.values().sum::<u64>(),
+        })
+    }
+
+    fn counters(&self) -> Value {
+        let mut v = serde_json::to_value(self.counters.snapshot()).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        let io = &self.io;
+        if let Value::Object(map) = &mut v {
+            for (name, c) in [
+                ("tunnel_tx", &io.tunnel_tx),
+                ("tun_write_errors", &io.tun_write_errors),
+                ("tun_read_errors", &io.tun_read_errors),
+                ("tunnel_send_errors", &io.send_errors),
+                ("tunnel_recv_errors", &io.recv_errors),
+            ] {
+                map.insert(name.into(), json!(c.load(Ordering::Relaxed)));
+            }
+        }
+        v
+    }
+
+    fn flows(&self) -> BoxFuture<'static, Value> {
+        let ctrl = self.ctrl.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if let Err(e) = ctrl.send(Control::DumpFlows(tx)) {
+                return json!({ "error": e.to_string() });
+            }
+            match tokio::time::timeout(Duration::from_secs(2), rx).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(_)) => json!({ "error": "the dataplane thread stopped" }),
+                Err(_) => json!({ "error": "the dataplane thread did not answer within 2 s" }),
+            }
+        })
+    }
+}

@@ -1,0 +1,67 @@
+# Shared shell helpers of scripts/demo.sh and scripts/test.sh (sourced).
+
+# Prints a heading.
+heading() {
+    printf '\n\033[1;34m==== %s ====\033[0m\n' "$*"
+}
+
+# Prints an informational line.
+note() {
+    printf '\033[0;36m-- %s\033[0m\n' "$*"
+}
+
+# Prints an error and exits.
+die() {
+    printf '\033[1;31merror: %s\033[0m\n' "$*" >&2
+    exit 1
+}
+
+# Requires root (namespaces, veths, TUN devices).
+require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        die "run this as root: sudo $0"
+    fi
+}
+
+# Installs the system packages the demo and tests use, unless all present.
+install_deps() {
+    local tools=(ip ping iperf3 dig curl socat jq)
+    local missing=()
+    local t
+    for t in "${tools[@]}"; do
+        command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        note "system tools present: ${tools[*]}"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq"
+    note "installing packages for: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        iproute2 iputils-ping iperf3 bind9-dnsutils curl socat jq >/dev/null
+}
+
+# Makes cargo reachable under sudo, which resets PATH: looks in the
+# invoking user's ~/.cargo/bin.
+find_cargo() {
+    if command -v cargo >/dev/null 2>&1; then
+        return 0
+    fi
+    local home=""
+    if [ -n "${SUDO_USER:-}" ]; then
+        home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
+    fi
+    local d
+    for d in "${CARGO_HOME:-}" "$home/.cargo" "$HOME/.cargo"; do
+        if [ -n "$d" ] && [ -x "$d/bin/cargo" ]; then
+            export PATH="$d/bin:$PATH"
+            if [ -z "${RUSTUP_HOME:-}" ] && [ -d "$(dirname "$d")/.rustup" ]; then
+                export RUSTUP_HOME="$(dirname "$d")/.rustup"
+            fi
+            return 0
+        fi
+    done
+    die "cargo not found: install Rust (https://rustup.rs) or put cargo on PATH"
+}

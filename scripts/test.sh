@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, build, unit tests and the end-to-end
+# tests (two-node clusters in network namespaces; needs root).
+#
+#   sudo ./scripts/test.sh            everything
+#   sudo ./scripts/test.sh -p tests   only the end-to-end tests (args go to cargo test)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+require_root
+find_cargo
+heading "dependencies"
+install_deps
+
+started=$SECONDS
+
+heading "cargo fmt --check"
+cargo fmt --all -- --check
+
+heading "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+heading "cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins
+
+heading "cargo test"
+# End-to-end tests each build their own cluster; two at a time keeps a
+# 2-core machine responsive and every test well inside its time budget.
+if [ "$#" -gt 0 ]; then
+    cargo test "$@" -- --test-threads=2
+else
+    cargo test --workspace -- --test-threads=2
+fi
+
+heading "all checks passed in $((SECONDS - started)) s"

@@ -1,0 +1,94 @@
+//! Named network namespaces that delete themselves.
+//!
+//! Every host and container of a test is a namespace whose name starts with
+//! the test's unique prefix. The handle deletes it on Drop, which also runs
+//! while a failing test unwinds, so a red test leaves nothing behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cmd::{self, Bg, Out};
+
+/// How long plain `ip` configuration commands may take.
+pub const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A network namespace created with `ip netns add`, deleted on Drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace (replacing a stale one of the same name left
+    /// by a killed earlier run) and brings its loopback up.
+    pub fn create(name: &str) -> Result<Netns> {
+        if PathBuf::from("/run/netns").join(name).exists() {
+            let _ = cmd::run_ok("ip", &["netns", "del", name], IP_TIMEOUT);
+        }
+        cmd::run_ok("ip", &["netns", "add", name], IP_TIMEOUT)
+            .with_context(|| format!("creating netns {name}"))?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mounted namespace file, what `attach --netns` takes.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A `Command` that runs `prog args..` inside this namespace.
+    pub fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]).args(args);
+        c
+    }
+
+    /// Runs `prog args..` inside the namespace with a deadline; the exit
+    /// status is left to the caller.
+    pub fn exec(&self, prog: &str, args: &[&str], timeout: Duration) -> Result<Out> {
+        cmd::run(&mut self.command(prog, args), timeout)
+    }
+
+    /// Runs `prog args..` inside the namespace and requires success.
+    pub fn exec_ok(&self, prog: &str, args: &[&str], timeout: Duration) -> Result<Out> {
+        self.exec(prog, args, timeout)?.ok()
+    }
+
+    /// Starts `prog args..` in the background inside the namespace.
+    pub fn spawn(&self, prog: &str, args: &[&str]) -> Result<Bg> {
+        Bg::spawn(&mut self.command(prog, args))
+    }
+
+    /// `ip -n <ns> args..`, required to succeed.
+    pub fn ip(&self, args: &[&str]) -> Result<Out> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        cmd::run_ok("ip", &full, IP_TIMEOUT)
+            .with_context(|| format!("ip {} (in netns {})", args.join(" "), self.name))
+    }
+
+    /// Sets a sysctl inside the namespace (`key` like `net.ipv4.ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec_ok("sysctl", &["-qw", &format!("{key}={value}")], IP_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = cmd::run_ok("ip", &["netns", "del", &self.name], IP_TIMEOUT) {
+            eprintln!("warning: could not delete netns {}: {e:#}", self.name);
+        }
+    }
+}
