@@ -15,6 +15,7 @@
 #     └ ptdemo-cache1  shop/cache/1
 #              └──── ptdemo-sw: bridge (the underlay) ────┘
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 # shellcheck source=scripts/lib.sh
@@ -75,7 +76,7 @@ step() {
 
 # Shows a command, then runs it.
 show() {
-    printf '\033[0;33m$ %s\033[0m\n' "$*"
+    printf '\033[0;33m$ %s\033[0m\n' "$*" >&2
     "$@"
 }
 
@@ -182,7 +183,7 @@ show pt a peers
 step "starting containers and attaching them"
 serve() {
     local ns=$1 name=$2
-    in_ns "$ns" "$PROBE" serve --name "$name" --tcp "$TCP" --udp "$UDP" >"$WORK/$name.out" 2>&1 &
+    ip netns exec "$ns" "$PROBE" serve --name "$name" --tcp "$TCP" --udp "$UDP" >"$WORK/$name.out" 2>&1 &
     PIDS+=("$!")
 }
 for c in client web1 web2 cache1 db1; do
@@ -192,7 +193,7 @@ serve "${P}web1" web1
 serve "${P}web2" web2
 serve "${P}cache1" cache1
 serve "${P}db1" db1
-in_ns "${P}db1" iperf3 -s -p 5201 >"$WORK/iperf3.out" 2>&1 &
+ip netns exec "${P}db1" iperf3 -s -p 5201 >"$WORK/iperf3.out" 2>&1 &
 PIDS+=("$!")
 
 # attach NODE CONTAINER APP/SERVICE N [extra args]: prints the instance JSON.
@@ -277,7 +278,8 @@ probe_all "other node" "$DB_IP" "$DB_IP6" db1
 step "round robin: 6 new connections to shop/web ($WEB_IP), instances on both nodes"
 seq_names=()
 for _ in 1 2 3 4 5 6; do
-    seq_names+=("$(in_ns "${P}client" "$PROBE" tcp-hello "$WEB_IP:$TCP" | head -n1)")
+    out=$(in_ns "${P}client" "$PROBE" tcp-hello "$WEB_IP:$TCP")
+    seq_names+=("$(head -n1 <<<"$out")")
 done
 echo "answered by: ${seq_names[*]}"
 for k in 1 2 3 4 5; do
@@ -287,7 +289,8 @@ done
 note "a strict rotation over web1 (node a) and web2 (node b)"
 seq_names=()
 for _ in 1 2 3 4; do
-    seq_names+=("$(in_ns "${P}client" "$PROBE" tcp-hello "[$WEB_IP6]:$TCP" | head -n1)")
+    out=$(in_ns "${P}client" "$PROBE" tcp-hello "[$WEB_IP6]:$TCP")
+    seq_names+=("$(head -n1 <<<"$out")")
 done
 echo "over IPv6 ($WEB_IP6): ${seq_names[*]}"
 

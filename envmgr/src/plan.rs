@@ -92,7 +92,10 @@ impl AddressPlan {
         {
             return err(
                 "network.services",
-                format!("{} overlaps network.cluster {}", self.services, self.cluster),
+                format!(
+                    "{} overlaps network.cluster {}",
+                    self.services, self.cluster
+                ),
             );
         }
         let nodes = 1u64 << (self.node_prefix - self.cluster.prefix_len());
@@ -101,7 +104,10 @@ impl AddressPlan {
         if u64::from(self.node_index) >= max {
             return err(
                 "node.index",
-                format!("must be below {max} for these ranges, got {}", self.node_index),
+                format!(
+                    "must be below {max} for these ranges, got {}",
+                    self.node_index
+                ),
             );
         }
         Ok(())
@@ -208,7 +214,10 @@ mod tests {
         assert_eq!(p.node_subnet6().to_string(), "fdff:18::300/120");
         assert_eq!(p.alloc_block().to_string(), "10.30.3.0/24");
         assert_eq!(p.gateway().v4, Ipv4Addr::new(10, 18, 3, 1));
-        assert_eq!(p.gateway().v6, "fdff:18::301".parse::<Ipv6Addr>().expect("v6"));
+        assert_eq!(
+            p.gateway().v6,
+            "fdff:18::301".parse::<Ipv6Addr>().expect("v6")
+        );
     }
 
     #[test]

@@ -407,7 +407,7 @@ fn format_kv(pairs: &[(String, String)], indent: &str) -> String {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs
         .iter()
-        .map(|(k, v)| format!("{indent}{k:<w$}  {v}\n"))
+        .map(|(k, v)| format!("{}\n", format!("{indent}{k:<w$}  {v}").trim_end()))
         .collect()
 }
 
@@ -435,7 +435,7 @@ fn flatten(v: &Value) -> Vec<(String, String)> {
 
 fn format_status(v: &Value) -> anyhow::Result<String> {
     let node = &v["node"];
-    let mut pairs = vec![
+    let pairs = vec![
         ("node".to_owned(), text(&node["name"])),
         (
             "subnet".to_owned(),
@@ -462,12 +462,11 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
         ("peers".to_owned(), text(&v["peers"])),
     ];
     let dp = flatten(&v["dataplane"]);
-    let mut out = String::new();
+    let mut out = format_kv(&pairs, "");
     if !dp.is_empty() {
-        pairs.push(("dataplane".to_owned(), String::new()));
+        out.push_str("dataplane:\n");
+        out.push_str(&format_kv(&dp, "  "));
     }
-    out.push_str(&format_kv(&pairs, ""));
-    out.push_str(&format_kv(&dp, "  "));
     Ok(out)
 }
 
@@ -862,7 +861,10 @@ mod tests {
 
             let out = exec(s, &["status"]).await.expect("status");
             assert!(out.starts_with("node           n1\n"), "{out}");
-            assert!(out.contains("  tun  ptun0\n"), "{out}");
+            assert!(
+                out.contains("\ndataplane:\n  mtu  1400\n  tun  ptun0\n"),
+                "{out}"
+            );
 
             let out = exec(s, &["peer", "add", "n2", "192.0.2.2"])
                 .await

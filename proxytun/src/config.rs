@@ -318,7 +318,10 @@ impl Config {
         envmgr::model::check_label("node", &self.node.name)
             .map_err(|e| ("node.name", e.to_string()))?;
         self.plan().validate().map_err(|e| (e.key, e.message))?;
-        for (what, name) in [("tun.name", &self.tun.name), ("bridge.name", &self.bridge.name)] {
+        for (what, name) in [
+            ("tun.name", &self.tun.name),
+            ("bridge.name", &self.bridge.name),
+        ] {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return Err((what, format!("{name:?} is not a valid interface name (1 to 15 characters, no '/' or space)")));
             }
@@ -329,7 +332,10 @@ impl Config {
         if !(1280..=65535 - 100).contains(&self.tun.mtu) {
             return Err((
                 "tun.mtu",
-                format!("must be between 1280 (the IPv6 minimum) and 65435, got {}", self.tun.mtu),
+                format!(
+                    "must be between 1280 (the IPv6 minimum) and 65435, got {}",
+                    self.tun.mtu
+                ),
             ));
         }
         if self.tunnel.port == 0 {
@@ -347,15 +353,27 @@ impl Config {
             ("flows.icmp_idle_secs", self.flows.icmp_idle_secs),
         ] {
             if secs == 0 || secs > 7 * 24 * 3600 {
-                return Err((key, format!("must be between 1 and 604800 seconds, got {secs}")));
+                return Err((
+                    key,
+                    format!("must be between 1 and 604800 seconds, got {secs}"),
+                ));
             }
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-            return Err(("log.level", format!("{:?} is not a valid log filter", self.log.level)));
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err((
+                "log.level",
+                format!("{:?} is not a valid log filter", self.log.level),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.peer {
-            envmgr::model::check_label("peer", &p.name).map_err(|e| ("peer.name", e.to_string()))?;
+            envmgr::model::check_label("peer", &p.name)
+                .map_err(|e| ("peer.name", e.to_string()))?;
             if p.name == self.node.name {
                 return Err(("peer.name", format!("{:?} is this node's own name", p.name)));
             }
@@ -416,15 +434,35 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let base = "[node]\nname = \"a\"\nindex = 1\n";
-        assert_eq!(key_of(&format!("{base}[network]\nclustr = \"10.0.0.0/8\"\n")), "network.clustr");
-        assert_eq!(key_of(&format!("{base}[network]\ncluster = \"10.18.0.0/33\"\n")), "network.cluster");
-        assert_eq!(key_of(&format!("{base}[tunnel]\nport = \"x\"\n")), "tunnel.port");
-        assert_eq!(key_of(&format!("{base}[tunnel]\nport = 70000\n")), "tunnel.port");
+        assert_eq!(
+            key_of(&format!("{base}[network]\nclustr = \"10.0.0.0/8\"\n")),
+            "network.clustr"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[network]\ncluster = \"10.18.0.0/33\"\n")),
+            "network.cluster"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[tunnel]\nport = \"x\"\n")),
+            "tunnel.port"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[tunnel]\nport = 70000\n")),
+            "tunnel.port"
+        );
         assert_eq!(key_of(&format!("{base}[tun]\nmtu = 500\n")), "tun.mtu");
         assert_eq!(key_of("[node]\nname = \"a\"\nindex = 300\n"), "node.index");
         assert_eq!(key_of("[node]\nname = \"A_b\"\nindex = 1\n"), "node.name");
-        assert_eq!(key_of(&format!("{base}[[peer]]\nname = \"b\"\nendpoint = \"nowhere\"\n")), "peer.endpoint");
-        assert_eq!(key_of(&format!("{base}[flows]\nudp_idle_secs = 0\n")), "flows.udp_idle_secs");
+        assert_eq!(
+            key_of(&format!(
+                "{base}[[peer]]\nname = \"b\"\nendpoint = \"nowhere\"\n"
+            )),
+            "peer.endpoint"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[flows]\nudp_idle_secs = 0\n")),
+            "flows.udp_idle_secs"
+        );
         assert_eq!(key_of("[node]\nname = \"a\"\n"), "node");
     }
 

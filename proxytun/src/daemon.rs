@@ -83,7 +83,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 // The manager keeps addresses unique, so this is a bug; keep
                 // forwarding with the last good table rather than a broken one.
-                Err(e) => tracing::error!(version = snap.version, error = %e, "snapshot rejected by the dataplane; keeping the previous table"),
+                Err(e) => {
+                    tracing::error!(version = snap.version, error = %e, "snapshot rejected by the dataplane; keeping the previous table")
+                }
             }
         }
     });
@@ -103,7 +105,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket = %config.api.socket.display(),
         "proxytun is up"
     );
-    let served = envmgr::api::serve(&config.api.socket, mgr.clone(), view, shutdown_signal()?).await;
+    let served =
+        envmgr::api::serve(&config.api.socket, mgr.clone(), view, shutdown_signal()?).await;
     handle.stop();
     tracing::info!("proxytun stopped; attachments stay in place for the next start");
     served

@@ -1,6 +1,6 @@
 //! The proxytun dataplane and the node daemon that runs the whole stack.
-pub mod config;
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod shell;

@@ -1,7 +1,7 @@
 //! Only member nodes can inject packets through the tunnel, and UDP replies
 //! come from the address the client sent to.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tests::{eventually, Cluster, UDP_PORT};
@@ -128,6 +128,41 @@ fn forged_datagram_from_non_member_is_dropped() {
         client_b.udp_hello(d.rr.v4).expect("member traffic").name,
         "web1"
     );
+
+    // Control: the very same bytes from a registered peer are delivered, so
+    // the drop above is the membership check and not a malformed packet.
+    c.a.peer_add("evil", SocketAddr::new(evil_ip.into(), tests::TUNNEL_PORT))
+        .expect("peer add");
+    let out = evil
+        .exec(
+            &probe,
+            &[
+                "send-udp",
+                &a_ep,
+                "--hex",
+                &hex(&forged),
+                "--bind",
+                &bind,
+                "--listen",
+                "2",
+            ],
+            Duration::from_secs(10),
+        )
+        .and_then(|o| o.ok())
+        .expect("sending as a member");
+    let needle = format!("udp from={spoofed_src}:40000");
+    assert!(
+        web.server_log().contains(&needle),
+        "control failed: the datagram from a member did not reach the server:\n{}\nsender: {}",
+        web.server_log(),
+        out.stdout
+    );
+    eprintln!(
+        "control (sender registered as a peer): delivered; sender saw: {}",
+        out.stdout.trim().replace('\n', "; ")
+    );
+    c.a.cli_ok(&["peer", "remove", "evil"])
+        .expect("peer remove");
 }
 
 #[test]

@@ -444,7 +444,7 @@ fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-/// Numbers of a service's instances, in order.
+/// A service's instances, in number order (the map is sorted by key).
 fn instances_of<'a>(snap: &'a Snapshot, name: &ServiceName) -> impl Iterator<Item = &'a Instance> {
     let lo = InstanceKey {
         name: name.clone(),

@@ -66,6 +66,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -153,6 +153,7 @@ pub struct CountersSnapshot {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -165,7 +166,7 @@ mod tests {
             assert!(r
                 .name()
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
         let c = Counters::default();
         c.count_drop(DropReason::Fragment);

@@ -108,7 +108,9 @@ impl Dataplane {
 
     /// All reply-cache entries, for the API.
     pub fn replies(&self, now: Instant) -> impl Iterator<Item = ReplyView> + '_ {
-        self.replies.iter().map(move |(k, e)| ReplyView::new(k, e, now))
+        self.replies
+            .iter()
+            .map(move |(k, e)| ReplyView::new(k, e, now))
     }
 
     /// Swaps in a new table. Flows whose instance is gone (by name, or it
@@ -185,7 +187,12 @@ impl Dataplane {
     }
 
     /// Handles a datagram from peer endpoint `from`; see [`NetVerdict`].
-    pub fn handle_tunnel(&mut self, from: SocketAddr, dgram: &mut [u8], now: Instant) -> NetVerdict {
+    pub fn handle_tunnel(
+        &mut self,
+        from: SocketAddr,
+        dgram: &mut [u8],
+        now: Instant,
+    ) -> NetVerdict {
         inc(&self.counters.tunnel_rx);
         match self.tunnel_input(from, dgram, now) {
             Ok(()) => {
@@ -200,9 +207,18 @@ impl Dataplane {
     }
 
     /// `Ok(None)`: to the TUN; `Ok(Some(peer))`: to that peer.
-    fn tun_input(&mut self, pkt: &mut [u8], now: Instant) -> Result<Option<SocketAddr>, DropReason> {
+    fn tun_input(
+        &mut self,
+        pkt: &mut [u8],
+        now: Instant,
+    ) -> Result<Option<SocketAddr>, DropReason> {
         let info = packet::parse(pkt)?;
-        if matches!(info.l4, L4::Icmp { kind: IcmpKind::Other }) {
+        if matches!(
+            info.l4,
+            L4::Icmp {
+                kind: IcmpKind::Other
+            }
+        ) {
             return Err(DropReason::IcmpUnsupported);
         }
         let key = FlowKey::of(&info);
@@ -228,9 +244,7 @@ impl Dataplane {
             }
         }
         if let Some(entry) = self.replies.get_mut(&key) {
-            let closing = entry
-                .activity
-                .touch(Dir::Reverse, &info, now, &self.config);
+            let closing = entry.activity.touch(Dir::Reverse, &info, now, &self.config);
             let peer = entry.peer;
             self.arm(closing);
             return Ok(Some(peer));
@@ -293,7 +307,12 @@ impl Dataplane {
         Ok(peer)
     }
 
-    fn tunnel_input(&mut self, from: SocketAddr, dgram: &mut [u8], now: Instant) -> Result<(), DropReason> {
+    fn tunnel_input(
+        &mut self,
+        from: SocketAddr,
+        dgram: &mut [u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
         tunnel::parse_header(dgram)?;
         if !self.table.is_peer(from.ip()) {
             return Err(DropReason::NotMember);
@@ -302,7 +321,12 @@ impl Dataplane {
             .get_mut(HEADER_LEN..)
             .ok_or(DropReason::TunnelTooShort)?;
         let info = packet::parse(pkt)?;
-        if matches!(info.l4, L4::Icmp { kind: IcmpKind::Other }) {
+        if matches!(
+            info.l4,
+            L4::Icmp {
+                kind: IcmpKind::Other
+            }
+        ) {
             return Err(DropReason::IcmpUnsupported);
         }
         let key = FlowKey::of(&info);
@@ -314,9 +338,7 @@ impl Dataplane {
             let reply_key = key.reversed();
             if let Some(entry) = self.replies.get_mut(&reply_key) {
                 entry.peer = from;
-                let closing = entry
-                    .activity
-                    .touch(Dir::Forward, &info, now, &self.config);
+                let closing = entry.activity.touch(Dir::Forward, &info, now, &self.config);
                 self.arm(closing);
                 return Ok(());
             }
@@ -353,9 +375,7 @@ impl Dataplane {
             Location::Remote(p) if p.ip() == from.ip() => {}
             _ => return Err(DropReason::ReplyWrongPeer),
         }
-        let closing = flow
-            .activity
-            .touch(Dir::Reverse, &info, now, &self.config);
+        let closing = flow.activity.touch(Dir::Reverse, &info, now, &self.config);
         let (src, dst) = (flow.key.dst, flow.key.src);
         if !packet::rewrite(pkt, &info, src, dst) {
             return Err(DropReason::Malformed);

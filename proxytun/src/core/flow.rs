@@ -387,6 +387,7 @@ impl FlowTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::core::packet::{L4, TCP_ACK, TCP_SYN};
@@ -415,19 +416,37 @@ mod tests {
         assert_eq!(a.state(), "established");
         assert_eq!(a.deadline(&cfg), Some(t0 + cfg.tcp_idle));
         let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(a.touch(Dir::Forward, &tcp(TCP_FIN | TCP_ACK), t1, &cfg), None);
+        assert_eq!(
+            a.touch(Dir::Forward, &tcp(TCP_FIN | TCP_ACK), t1, &cfg),
+            None
+        );
         assert_eq!(a.state(), "fin");
         let d = a.touch(Dir::Reverse, &tcp(TCP_FIN | TCP_ACK), t1, &cfg);
         assert_eq!(d, Some(t1 + cfg.tcp_fin_linger));
         assert_eq!(a.state(), "closed");
         // The last ACK does not extend the linger.
-        a.touch(Dir::Forward, &tcp(TCP_ACK), t1 + Duration::from_secs(1), &cfg);
+        a.touch(
+            Dir::Forward,
+            &tcp(TCP_ACK),
+            t1 + Duration::from_secs(1),
+            &cfg,
+        );
         assert_eq!(a.deadline(&cfg), Some(t1 + cfg.tcp_fin_linger));
         assert_eq!((a.packets, a.bytes), (5, 200));
         // A new SYN on the same tuple reopens it.
-        a.touch(Dir::Forward, &tcp(TCP_SYN), t1 + Duration::from_secs(2), &cfg);
+        a.touch(
+            Dir::Forward,
+            &tcp(TCP_SYN),
+            t1 + Duration::from_secs(2),
+            &cfg,
+        );
         assert_eq!(a.state(), "syn");
-        let d = a.touch(Dir::Reverse, &tcp(TCP_RST), t1 + Duration::from_secs(2), &cfg);
+        let d = a.touch(
+            Dir::Reverse,
+            &tcp(TCP_RST),
+            t1 + Duration::from_secs(2),
+            &cfg,
+        );
         assert_eq!(d, Some(t1 + Duration::from_secs(2) + cfg.tcp_rst_linger));
     }
 

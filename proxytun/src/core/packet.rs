@@ -336,7 +336,9 @@ pub fn rewrite(buf: &mut [u8], info: &PacketInfo, new_src: IpAddr, new_dst: IpAd
     let l4 = info.l4_offset;
     match info.l4 {
         L4::Tcp { .. } => adjust_at(buf, l4 + 16, delta, false),
-        L4::Udp { checksum_zero: true } => {}
+        L4::Udp {
+            checksum_zero: true,
+        } => {}
         L4::Udp { .. } => adjust_at(buf, l4 + 6, delta, true),
         // ICMPv4's checksum does not cover the IP header; ICMPv6's does.
         L4::Icmp { .. } if v4 => {}

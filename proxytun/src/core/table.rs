@@ -299,12 +299,7 @@ impl TableBuilder {
             return id;
         };
         svc.instances.push(id);
-        if self
-            .table
-            .by_name
-            .insert(entry.name.clone(), id)
-            .is_some()
-        {
+        if self.table.by_name.insert(entry.name.clone(), id).is_some() {
             self.fail(TableError::DuplicateInstance(name.to_owned()));
         }
         self.table.instances.push(entry);
@@ -345,6 +340,7 @@ impl TableBuilder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -359,7 +355,11 @@ mod tests {
     fn lookups_and_errors() {
         let (n4, n6) = nets();
         let mut b = TableBuilder::new(n4, n6);
-        let s = b.service("a/web", "10.30.0.1".parse().unwrap(), "fdff:30::1".parse().unwrap());
+        let s = b.service(
+            "a/web",
+            "10.30.0.1".parse().unwrap(),
+            "fdff:30::1".parse().unwrap(),
+        );
         b.instance(
             s,
             "a/web/1",
@@ -371,9 +371,22 @@ mod tests {
         );
         b.peer("192.168.0.2".parse().unwrap());
         let t = b.build().unwrap();
-        assert_eq!(t.vip("10.30.0.1".parse().unwrap()), Some(Vip::RoundRobin(s)));
-        assert!(matches!(t.vip("fdff:30::103".parse().unwrap()), Some(Vip::Instance(_))));
-        assert_eq!(t.local_by_ns("fdff:18::105".parse().unwrap()).unwrap().1.name.as_ref(), "a/web/1");
+        assert_eq!(
+            t.vip("10.30.0.1".parse().unwrap()),
+            Some(Vip::RoundRobin(s))
+        );
+        assert!(matches!(
+            t.vip("fdff:30::103".parse().unwrap()),
+            Some(Vip::Instance(_))
+        ));
+        assert_eq!(
+            t.local_by_ns("fdff:18::105".parse().unwrap())
+                .unwrap()
+                .1
+                .name
+                .as_ref(),
+            "a/web/1"
+        );
         assert!(t.local_by_iip("10.30.1.3".parse().unwrap()).is_some());
         assert!(t.is_peer("192.168.0.2".parse().unwrap()));
         assert!(!t.is_peer("192.168.0.3".parse().unwrap()));
@@ -381,12 +394,27 @@ mod tests {
         assert!(!t.in_service_range("10.18.1.5".parse().unwrap()));
 
         let mut b = TableBuilder::new(n4, n6);
-        b.service("a/x", "10.30.0.1".parse().unwrap(), "fdff:30::1".parse().unwrap());
-        b.service("a/y", "10.30.0.1".parse().unwrap(), "fdff:30::2".parse().unwrap());
+        b.service(
+            "a/x",
+            "10.30.0.1".parse().unwrap(),
+            "fdff:30::1".parse().unwrap(),
+        );
+        b.service(
+            "a/y",
+            "10.30.0.1".parse().unwrap(),
+            "fdff:30::2".parse().unwrap(),
+        );
         assert!(matches!(b.build(), Err(TableError::DuplicateVip { .. })));
 
         let mut b = TableBuilder::new(n4, n6);
-        b.service("a/x", "10.31.0.1".parse().unwrap(), "fdff:30::1".parse().unwrap());
-        assert!(matches!(b.build(), Err(TableError::OutsideServiceRange { .. })));
+        b.service(
+            "a/x",
+            "10.31.0.1".parse().unwrap(),
+            "fdff:30::1".parse().unwrap(),
+        );
+        assert!(matches!(
+            b.build(),
+            Err(TableError::OutsideServiceRange { .. })
+        ));
     }
 }

@@ -85,6 +85,7 @@ pub fn parse_header(buf: &[u8]) -> Result<(), HeaderError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -21,9 +21,20 @@ pub fn open_tun(name: &str, mtu: u32) -> anyhow::Result<SyncDevice> {
         .name(name)
         .mtu(mtu16)
         .tx_queue_len(1000)
-        .enable(true)
+        .enable(false)
         .build_sync()
-        .with_context(|| format!("create TUN device {name} (is /dev/net/tun there, and are we root?)"))?;
+        .with_context(|| {
+            format!("create TUN device {name} (is /dev/net/tun there, and are we root?)")
+        })?;
+    // No link-local address on the TUN: it needs none to route ServiceIPs,
+    // and without one the kernel sends no neighbour or MLD traffic into it,
+    // which would only show up as drops. Best effort: older kernels lack the knob.
+    let knob = format!("/proc/sys/net/ipv6/conf/{name}/addr_gen_mode");
+    if let Err(e) = std::fs::write(&knob, "1") {
+        tracing::debug!(error = %e, knob, "could not turn off IPv6 link-local on the TUN");
+    }
+    dev.enabled(true)
+        .with_context(|| format!("bring TUN device {name} up"))?;
     dev.set_nonblocking(true)
         .with_context(|| format!("set TUN device {name} non-blocking"))?;
     Ok(dev)
@@ -43,6 +54,8 @@ pub fn open_tunnel_socket(bind: SocketAddr) -> anyhow::Result<UdpSocket> {
     socket
         .bind(&bind.into())
         .with_context(|| format!("bind the tunnel socket to {bind} (tunnel.bind / tunnel.port)"))?;
-    socket.set_nonblocking(true).context("set the tunnel socket non-blocking")?;
+    socket
+        .set_nonblocking(true)
+        .context("set the tunnel socket non-blocking")?;
     Ok(socket.into())
 }

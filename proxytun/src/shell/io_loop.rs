@@ -60,6 +60,10 @@ pub struct IoCounters {
     pub recv_errors: AtomicU64,
     /// Datagrams sent to peers.
     pub tunnel_tx: AtomicU64,
+    /// Flows in the table, published once per loop turn (a gauge).
+    pub flows_active: AtomicU64,
+    /// Reply-cache entries, published once per loop turn (a gauge).
+    pub replies_active: AtomicU64,
 }
 
 impl IoCounters {
@@ -195,6 +199,12 @@ impl LoopState {
             if self.dp.poll_timeout().is_some_and(|t| t <= now) {
                 self.dp.handle_timeout(now);
             }
+            self.io
+                .flows_active
+                .store(self.dp.flows_active() as u64, Ordering::Relaxed);
+            self.io
+                .replies_active
+                .store(self.dp.replies_active() as u64, Ordering::Relaxed);
         }
     }
 

@@ -17,7 +17,10 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
     let mut b = TableBuilder::new(node.service_range, node.service_range6);
     let mut ids = BTreeMap::new();
     for (name, svc) in &snapshot.services {
-        ids.insert(name, b.service(&name.to_string(), svc.rr_ip.v4, svc.rr_ip.v6));
+        ids.insert(
+            name,
+            b.service(&name.to_string(), svc.rr_ip.v4, svc.rr_ip.v6),
+        );
     }
     for peer in snapshot.peers.values() {
         b.peer(peer.endpoint.ip());

@@ -60,16 +60,21 @@ impl DataplaneView for ShellView {
             "mtu": self.mtu,
             "tunnel": self.tunnel.to_string(),
             "path": PATH,
+            "flows_active": self.io.flows_active.load(Ordering::Relaxed),
+            "replies_active": self.io.replies_active.load(Ordering::Relaxed),
             "drops_total": c.drops.values().sum::<u64>(),
         })
     }
 
     fn counters(&self) -> Value {
-        let mut v = serde_json::to_value(self.counters.snapshot()).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        let mut v = serde_json::to_value(self.counters.snapshot())
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }));
         let io = &self.io;
         if let Value::Object(map) = &mut v {
             for (name, c) in [
                 ("tunnel_tx", &io.tunnel_tx),
+                ("flows_active", &io.flows_active),
+                ("replies_active", &io.replies_active),
                 ("tun_write_errors", &io.tun_write_errors),
                 ("tun_read_errors", &io.tun_read_errors),
                 ("tunnel_send_errors", &io.send_errors),

@@ -21,19 +21,39 @@ impl Probe {
         let v = dp.handle_tun(&mut pkt, Instant::now());
         let after = c.snapshot();
         assert_eq!(v, TunVerdict::Drop(reason));
-        assert_eq!(after.drops.values().sum::<u64>(), before.drops.values().sum::<u64>() + 1);
-        assert_eq!(after.drops[reason.name()], before.drops[reason.name()] + 1, "{reason}");
+        assert_eq!(
+            after.drops.values().sum::<u64>(),
+            before.drops.values().sum::<u64>() + 1
+        );
+        assert_eq!(
+            after.drops[reason.name()],
+            before.drops[reason.name()] + 1,
+            "{reason}"
+        );
         self.seen.insert(reason);
     }
 
-    fn net(&mut self, dp: &mut Dataplane, from: SocketAddr, mut dgram: Vec<u8>, reason: DropReason) {
+    fn net(
+        &mut self,
+        dp: &mut Dataplane,
+        from: SocketAddr,
+        mut dgram: Vec<u8>,
+        reason: DropReason,
+    ) {
         let c = dp.counters();
         let before = c.snapshot();
         let v = dp.handle_tunnel(from, &mut dgram, Instant::now());
         let after = c.snapshot();
         assert_eq!(v, NetVerdict::Drop(reason));
-        assert_eq!(after.drops.values().sum::<u64>(), before.drops.values().sum::<u64>() + 1);
-        assert_eq!(after.drops[reason.name()], before.drops[reason.name()] + 1, "{reason}");
+        assert_eq!(
+            after.drops.values().sum::<u64>(),
+            before.drops.values().sum::<u64>() + 1
+        );
+        assert_eq!(
+            after.drops[reason.name()],
+            before.drops[reason.name()] + 1,
+            "{reason}"
+        );
         self.seen.insert(reason);
     }
 }
@@ -45,7 +65,9 @@ fn udp4(src: IpAddr, dst: IpAddr) -> Vec<u8> {
 #[test]
 fn every_drop_reason_is_counted() {
     use DropReason::*;
-    let mut p = Probe { seen: HashSet::new() };
+    let mut p = Probe {
+        seen: HashSet::new(),
+    };
     let f = Fam::V4;
     let mut a = dataplane(Node::A, &cluster());
     let mut b = dataplane(Node::B, &cluster());
@@ -71,20 +93,46 @@ fn every_drop_reason_is_counted() {
     // Inner packet checks.
     p.net(&mut b, A, wrap(&to_b[..to_b.len() - 1]), Malformed);
     p.net(&mut b, A, wrap(&[]), Malformed);
-    p.net(&mut b, A, wrap(&udp4(CLI1.ns(f), WEB2.ns(f))), InnerSrcNotService);
-    p.net(&mut b, A, wrap(&udp4(CLI1.iip(f), WEB1.ns(f))), InnerDstNotLocal);
-    p.net(&mut b, A, wrap(&udp4(WEB2.iip(f), CLI1.ns(f))), InnerDstNotLocal);
+    p.net(
+        &mut b,
+        A,
+        wrap(&udp4(CLI1.ns(f), WEB2.ns(f))),
+        InnerSrcNotService,
+    );
+    p.net(
+        &mut b,
+        A,
+        wrap(&udp4(CLI1.iip(f), WEB1.ns(f))),
+        InnerDstNotLocal,
+    );
+    p.net(
+        &mut b,
+        A,
+        wrap(&udp4(WEB2.iip(f), CLI1.ns(f))),
+        InnerDstNotLocal,
+    );
     p.net(&mut a, B, wrap(&udp4(WEB2.ns(f), CLI1.iip(f))), ReplyNoFlow);
     let ack = build(CLI1.iip(f), 1, WEB2.ns(f), 80, L::Ack, false);
     p.net(&mut b, A, wrap(&ack), NoFlow);
     // A flow to web/2 on B: its reply from another member is refused.
-    assert_eq!(tun(&mut a, udp4(CLI1.ns(f), WEB2.iip(f)), Instant::now()).0, TunVerdict::Peer(B));
+    assert_eq!(
+        tun(&mut a, udp4(CLI1.ns(f), WEB2.iip(f)), Instant::now()).0,
+        TunVerdict::Peer(B)
+    );
     let reply = build(WEB2.ns(f), 53, CLI1.iip(f), 1000, L::Udp, false);
     p.net(&mut a, C, wrap(&reply), ReplyWrongPeer);
     assert_eq!(net(&mut a, B, &reply, Instant::now()).0, NetVerdict::Tun);
     // A local flow's reverse key cannot be hit from the tunnel.
-    assert_eq!(tun(&mut a, udp4(CLI1.ns(f), WEB1.iip(f)), Instant::now()).0, TunVerdict::Tun);
-    p.net(&mut a, B, wrap(&build(WEB1.ns(f), 53, CLI1.iip(f), 1000, L::Udp, false)), ReplyWrongPeer);
+    assert_eq!(
+        tun(&mut a, udp4(CLI1.ns(f), WEB1.iip(f)), Instant::now()).0,
+        TunVerdict::Tun
+    );
+    p.net(
+        &mut a,
+        B,
+        wrap(&build(WEB1.ns(f), 53, CLI1.iip(f), 1000, L::Udp, false)),
+        ReplyWrongPeer,
+    );
 
     // Parser checks, on the TUN side, both families.
     let mut frag = udp4(CLI1.ns(f), rr(WEB, f));
@@ -114,23 +162,61 @@ fn every_drop_reason_is_counted() {
     p.tun(&mut a, ihl, Malformed);
 
     // Slow-path checks.
-    p.tun(&mut a, udp4(CLI1.ns(f), "10.30.99.99".parse().unwrap()), NoService);
-    p.tun(&mut a, udp4("10.18.1.99".parse().unwrap(), rr(WEB, f)), SourceNotInstance);
-    p.tun(&mut a, build(CLI1.ns(f), 2, rr(WEB, f), 80, L::Ack, false), NoFlow);
-    p.tun(&mut a, build(CLI1.ns(f), 2, rr(WEB, f), 80, L::SynAck, false), NoFlow);
-    p.tun(&mut a, build(CLI1.ns(f), 2, rr(WEB, f), 0, L::Pong, false), NoFlow);
+    p.tun(
+        &mut a,
+        udp4(CLI1.ns(f), "10.30.99.99".parse().unwrap()),
+        NoService,
+    );
+    p.tun(
+        &mut a,
+        udp4("10.18.1.99".parse().unwrap(), rr(WEB, f)),
+        SourceNotInstance,
+    );
+    p.tun(
+        &mut a,
+        build(CLI1.ns(f), 2, rr(WEB, f), 80, L::Ack, false),
+        NoFlow,
+    );
+    p.tun(
+        &mut a,
+        build(CLI1.ns(f), 2, rr(WEB, f), 80, L::SynAck, false),
+        NoFlow,
+    );
+    p.tun(
+        &mut a,
+        build(CLI1.ns(f), 2, rr(WEB, f), 0, L::Pong, false),
+        NoFlow,
+    );
     p.tun(&mut a, udp4(CLI1.ns(f), rr(EMPTY, f)), NoInstance);
 
     // Limits.
-    let cfg = CoreConfig { max_flows: 1, ..CoreConfig::default() };
+    let cfg = CoreConfig {
+        max_flows: 1,
+        ..CoreConfig::default()
+    };
     let mut small_a = Dataplane::new(cfg.clone(), table(Node::A, &cluster()));
     tun(&mut small_a, udp4(CLI1.ns(f), rr(WEB, f)), Instant::now());
-    p.tun(&mut small_a, build(CLI1.ns(f), 9, rr(WEB, f), 53, L::Udp, false), FlowTableFull);
+    p.tun(
+        &mut small_a,
+        build(CLI1.ns(f), 9, rr(WEB, f), 53, L::Udp, false),
+        FlowTableFull,
+    );
     let mut small_b = Dataplane::new(cfg, table(Node::B, &cluster()));
-    assert_eq!(net(&mut small_b, A, &to_b, Instant::now()).0, NetVerdict::Tun);
-    p.net(&mut small_b, A, wrap(&build(CLI1.iip(f), 9, WEB2.ns(f), 53, L::Udp, false)), ReplyTableFull);
+    assert_eq!(
+        net(&mut small_b, A, &to_b, Instant::now()).0,
+        NetVerdict::Tun
+    );
+    p.net(
+        &mut small_b,
+        A,
+        wrap(&build(CLI1.iip(f), 9, WEB2.ns(f), 53, L::Udp, false)),
+        ReplyTableFull,
+    );
 
-    let missing: Vec<_> = DropReason::ALL.iter().filter(|r| !p.seen.contains(r)).collect();
+    let missing: Vec<_> = DropReason::ALL
+        .iter()
+        .filter(|r| !p.seen.contains(r))
+        .collect();
     assert!(missing.is_empty(), "untested drop reasons: {missing:?}");
     for dp in [&a, &b, &small_a, &small_b] {
         assert_balanced(dp);

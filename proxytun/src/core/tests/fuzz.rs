@@ -23,7 +23,16 @@ impl Rng {
 fn corpus() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
     for fam in [Fam::V4, Fam::V6] {
-        for l in [L::Syn, L::SynAck, L::Ack, L::FinAck, L::Rst, L::Udp, L::Ping, L::Pong] {
+        for l in [
+            L::Syn,
+            L::SynAck,
+            L::Ack,
+            L::FinAck,
+            L::Rst,
+            L::Udp,
+            L::Ping,
+            L::Pong,
+        ] {
             let opts = fam == Fam::V4 && l == L::Syn;
             v.push(build(CLI1.ns(fam), 1000, rr(WEB, fam), 80, l, opts));
             v.push(build(CLI1.ns(fam), 1001, WEB2.iip(fam), 80, l, false));
@@ -52,7 +61,10 @@ fn feed(nodes: &mut [Dataplane; 2], pkt: &[u8], now: Instant) {
 
 #[test]
 fn truncations_mutations_and_noise_never_panic() {
-    let mut nodes = [dataplane(Node::A, &cluster()), dataplane(Node::B, &cluster())];
+    let mut nodes = [
+        dataplane(Node::A, &cluster()),
+        dataplane(Node::B, &cluster()),
+    ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut now = Instant::now();
     let corpus = corpus();

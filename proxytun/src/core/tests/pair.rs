@@ -62,16 +62,27 @@ fn client_on_a_server_on_b_and_back() {
             // Only web/2 (on B) serves: the round-robin IP must go to B.
             let mut p = Pair::new(&[CLI1, WEB2]);
             let vip = rr(WEB, fam);
-            let out = p.send(Node::A, build(CLI1.ns(fam), 33333, vip, 443, open, false)).unwrap();
+            let out = p
+                .send(Node::A, build(CLI1.ns(fam), 33333, vip, 443, open, false))
+                .unwrap();
             let s = check(&out);
-            assert_eq!((s.src, s.dst), (CLI1.iip(fam), WEB2.ns(fam)), "server sees the client's instance IP");
+            assert_eq!(
+                (s.src, s.dst),
+                (CLI1.iip(fam), WEB2.ns(fam)),
+                "server sees the client's instance IP"
+            );
             assert_eq!(s.payload, PAYLOAD);
 
             let r = p.b.replies(p.now).next().expect("reply entry recorded");
             assert_eq!(r.peer, A);
             assert_eq!(r.instance, "app/web/2");
 
-            let back = p.send(Node::B, build(WEB2.ns(fam), 443, CLI1.iip(fam), 33333, reply, false)).unwrap();
+            let back = p
+                .send(
+                    Node::B,
+                    build(WEB2.ns(fam), 443, CLI1.iip(fam), 33333, reply, false),
+                )
+                .unwrap();
             let s = check(&back);
             assert_eq!((s.src, s.dst), (vip, CLI1.ns(fam)), "client sees the VIP");
             if !open.is_icmp() {
@@ -121,14 +132,29 @@ fn reply_entry_expires_and_only_syn_creates_it() {
     let mut p = Pair::new(&[CLI1, WEB2]);
     let fam = Fam::V6;
     // A mid-stream segment without an entry is not delivered.
-    let (v, _) = net(&mut p.b, A, &build(CLI1.iip(fam), 1, WEB2.ns(fam), 80, L::Ack, false), p.now);
+    let (v, _) = net(
+        &mut p.b,
+        A,
+        &build(CLI1.iip(fam), 1, WEB2.ns(fam), 80, L::Ack, false),
+        p.now,
+    );
     assert!(matches!(v, NetVerdict::Drop(_)));
     assert_eq!(p.b.replies_active(), 0);
     // UDP creates it; it expires after the UDP idle timeout unless refreshed.
-    let (v, _) = net(&mut p.b, A, &build(CLI1.iip(fam), 1, WEB2.ns(fam), 53, L::Udp, false), p.now);
+    let (v, _) = net(
+        &mut p.b,
+        A,
+        &build(CLI1.iip(fam), 1, WEB2.ns(fam), 53, L::Udp, false),
+        p.now,
+    );
     assert_eq!(v, NetVerdict::Tun);
     let t1 = p.now + Duration::from_secs(30);
-    let (v, _) = net(&mut p.b, A, &build(CLI1.iip(fam), 1, WEB2.ns(fam), 53, L::Udp, false), t1);
+    let (v, _) = net(
+        &mut p.b,
+        A,
+        &build(CLI1.iip(fam), 1, WEB2.ns(fam), 53, L::Udp, false),
+        t1,
+    );
     assert_eq!(v, NetVerdict::Tun);
     assert_eq!(p.b.replies(t1).next().unwrap().packets, 2);
     p.b.handle_timeout(p.now + Duration::from_secs(61));
@@ -142,7 +168,12 @@ fn set_table_purges_reply_entries_of_removed_instances() {
     let mut p = Pair::new(&[CLI1, WEB2, WEB3]);
     let fam = Fam::V4;
     for d in [WEB2, WEB3] {
-        let (v, _) = net(&mut p.b, A, &build(CLI1.iip(fam), 1, d.ns(fam), 53, L::Udp, false), p.now);
+        let (v, _) = net(
+            &mut p.b,
+            A,
+            &build(CLI1.iip(fam), 1, d.ns(fam), 53, L::Udp, false),
+            p.now,
+        );
         assert_eq!(v, NetVerdict::Tun);
     }
     assert_eq!(p.b.replies_active(), 2);

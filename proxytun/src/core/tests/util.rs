@@ -55,10 +55,30 @@ pub struct Def {
     pub n: u8,
 }
 
-pub const CLI1: Def = Def { name: "app/cli/1", svc: CLI, node: Node::A, n: 5 };
-pub const WEB1: Def = Def { name: "app/web/1", svc: WEB, node: Node::A, n: 6 };
-pub const WEB2: Def = Def { name: "app/web/2", svc: WEB, node: Node::B, n: 7 };
-pub const WEB3: Def = Def { name: "app/web/3", svc: WEB, node: Node::B, n: 8 };
+pub const CLI1: Def = Def {
+    name: "app/cli/1",
+    svc: CLI,
+    node: Node::A,
+    n: 5,
+};
+pub const WEB1: Def = Def {
+    name: "app/web/1",
+    svc: WEB,
+    node: Node::A,
+    n: 6,
+};
+pub const WEB2: Def = Def {
+    name: "app/web/2",
+    svc: WEB,
+    node: Node::B,
+    n: 7,
+};
+pub const WEB3: Def = Def {
+    name: "app/web/3",
+    svc: WEB,
+    node: Node::B,
+    n: 8,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fam {
@@ -71,14 +91,35 @@ impl Def {
         let (node, n) = (self.node.index(), self.n);
         match f {
             Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 18, node, n)),
-            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfdff, 0x18, 0, 0, 0, 0, 0, u16::from(node) * 0x100 + u16::from(n))),
+            Fam::V6 => IpAddr::V6(Ipv6Addr::new(
+                0xfdff,
+                0x18,
+                0,
+                0,
+                0,
+                0,
+                0,
+                u16::from(node) * 0x100 + u16::from(n),
+            )),
         }
     }
+    /// Deliberately not a mirror of `ns` (`+ 100`), so that a client-ns ->
+    /// instance-IP rewrite paired with the opposite one does not cancel out
+    /// in the checksum and hide a missing update.
     pub fn iip(&self, f: Fam) -> IpAddr {
-        let (node, n) = (self.node.index(), self.n);
+        let (node, n) = (self.node.index(), self.n + 100);
         match f {
             Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 30, node, n)),
-            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfdff, 0x30, 0, 0, 0, 0, 0, u16::from(node) * 0x100 + u16::from(n))),
+            Fam::V6 => IpAddr::V6(Ipv6Addr::new(
+                0xfdff,
+                0x30,
+                0,
+                0,
+                0,
+                0,
+                0,
+                u16::from(node) * 0x100 + u16::from(n),
+            )),
         }
     }
 }
@@ -106,14 +147,21 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 
 /// The table node `me` builds for a cluster of `instances`.
 pub fn table(me: Node, instances: &[Def]) -> Arc<Table> {
-    let mut b = TableBuilder::new("10.30.0.0/16".parse().unwrap(), "fdff:30::/112".parse().unwrap());
+    let mut b = TableBuilder::new(
+        "10.30.0.0/16".parse().unwrap(),
+        "fdff:30::/112".parse().unwrap(),
+    );
     let ids: Vec<_> = SERVICES
         .iter()
         .enumerate()
         .map(|(i, (name, _))| b.service(name, v4(rr(i, Fam::V4)), v6(rr(i, Fam::V6))))
         .collect();
     for d in instances {
-        let loc = if d.node == me { Location::Local } else { Location::Remote(d.node.addr()) };
+        let loc = if d.node == me {
+            Location::Local
+        } else {
+            Location::Remote(d.node.addr())
+        };
         b.instance(
             ids[d.svc],
             d.name,
@@ -162,7 +210,8 @@ impl L {
 
 pub const PAYLOAD: &[u8] = b"hello, proxytun!!";
 
-/// Builds a packet; for ICMP `sport` is the echo identifier. `opts` adds
+/// Builds a packet. ICMP: the identifier is the client's port, i.e. `sport`
+/// of a request and `dport` of a reply, so replies read like TCP/UDP ones. `opts` adds
 /// 8 bytes of IPv4 options (NOPs).
 pub fn build(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l: L, opts: bool) -> Vec<u8> {
     let b = match (src, dst) {
@@ -188,8 +237,8 @@ pub fn build(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l: L, opts: bool)
         L::Udp | L::UdpNoCsum => b.udp(sport, dport).write(&mut out, PAYLOAD),
         L::Ping if src.is_ipv4() => b.icmpv4_echo_request(sport, 7).write(&mut out, PAYLOAD),
         L::Ping => b.icmpv6_echo_request(sport, 7).write(&mut out, PAYLOAD),
-        L::Pong if src.is_ipv4() => b.icmpv4_echo_reply(sport, 7).write(&mut out, PAYLOAD),
-        L::Pong => b.icmpv6_echo_reply(sport, 7).write(&mut out, PAYLOAD),
+        L::Pong if src.is_ipv4() => b.icmpv4_echo_reply(dport, 7).write(&mut out, PAYLOAD),
+        L::Pong => b.icmpv6_echo_reply(dport, 7).write(&mut out, PAYLOAD),
     }
     .unwrap();
     if l == L::UdpNoCsum {
@@ -222,7 +271,10 @@ pub fn check(pkt: &[u8]) -> Seen {
     let payload = h.payload.slice().to_vec();
     let (src, dst) = match &h.net {
         Some(NetHeaders::Ipv4(ip, _)) => {
-            assert!(same_csum(ip.header_checksum, ip.calc_header_checksum()), "IPv4 header checksum");
+            assert!(
+                same_csum(ip.header_checksum, ip.calc_header_checksum()),
+                "IPv4 header checksum"
+            );
             (IpAddr::from(ip.source), IpAddr::from(ip.destination))
         }
         Some(NetHeaders::Ipv6(ip, _)) => (IpAddr::from(ip.source), IpAddr::from(ip.destination)),
@@ -231,39 +283,66 @@ pub fn check(pkt: &[u8]) -> Seen {
     let mut udp_checksum = None;
     let (sport, dport) = match (&h.transport, &h.net) {
         (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv4(ip, _))) => {
-            assert!(same_csum(t.checksum, t.calc_checksum_ipv4(ip, &payload).unwrap()), "TCP/IPv4 checksum");
+            assert!(
+                same_csum(t.checksum, t.calc_checksum_ipv4(ip, &payload).unwrap()),
+                "TCP/IPv4 checksum"
+            );
             (t.source_port, t.destination_port)
         }
         (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv6(ip, _))) => {
-            assert!(same_csum(t.checksum, t.calc_checksum_ipv6(ip, &payload).unwrap()), "TCP/IPv6 checksum");
+            assert!(
+                same_csum(t.checksum, t.calc_checksum_ipv6(ip, &payload).unwrap()),
+                "TCP/IPv6 checksum"
+            );
             (t.source_port, t.destination_port)
         }
         (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv4(ip, _))) => {
             udp_checksum = Some(u.checksum);
             if u.checksum != 0 {
-                assert_eq!(u.checksum, u.calc_checksum_ipv4(ip, &payload).unwrap(), "UDP/IPv4 checksum");
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(ip, &payload).unwrap(),
+                    "UDP/IPv4 checksum"
+                );
             }
             (u.source_port, u.destination_port)
         }
         (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv6(ip, _))) => {
             udp_checksum = Some(u.checksum);
-            assert_eq!(u.checksum, u.calc_checksum_ipv6(ip, &payload).unwrap(), "UDP/IPv6 checksum");
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv6(ip, &payload).unwrap(),
+                "UDP/IPv6 checksum"
+            );
             (u.source_port, u.destination_port)
         }
         (Some(TransportHeader::Icmpv4(i)), _) => {
-            assert!(same_csum(i.checksum, i.icmp_type.calc_checksum(&payload)), "ICMPv4 checksum");
+            assert!(
+                same_csum(i.checksum, i.icmp_type.calc_checksum(&payload)),
+                "ICMPv4 checksum"
+            );
             let id = u16::from_be_bytes([i.to_bytes()[4], i.to_bytes()[5]]);
             (id, id)
         }
         (Some(TransportHeader::Icmpv6(i)), Some(NetHeaders::Ipv6(ip, _))) => {
-            let c = i.icmp_type.calc_checksum(ip.source, ip.destination, &payload).unwrap();
+            let c = i
+                .icmp_type
+                .calc_checksum(ip.source, ip.destination, &payload)
+                .unwrap();
             assert!(same_csum(i.checksum, c), "ICMPv6 checksum");
             let id = u16::from_be_bytes([i.to_bytes()[4], i.to_bytes()[5]]);
             (id, id)
         }
         other => panic!("unexpected transport {other:?}"),
     };
-    Seen { src, dst, sport, dport, payload, udp_checksum }
+    Seen {
+        src,
+        dst,
+        sport,
+        dport,
+        payload,
+        udp_checksum,
+    }
 }
 
 /// Wraps a packet the way the shell does: header then packet.
@@ -281,7 +360,12 @@ pub fn tun(dp: &mut Dataplane, mut pkt: Vec<u8>, now: Instant) -> (TunVerdict, V
 }
 
 /// Tunnel input; returns the verdict and the inner packet.
-pub fn net(dp: &mut Dataplane, from: SocketAddr, pkt: &[u8], now: Instant) -> (NetVerdict, Vec<u8>) {
+pub fn net(
+    dp: &mut Dataplane,
+    from: SocketAddr,
+    pkt: &[u8],
+    now: Instant,
+) -> (NetVerdict, Vec<u8>) {
     let mut d = wrap(pkt);
     let v = dp.handle_tunnel(from, &mut d, now);
     (v, d[HEADER_LEN..].to_vec())
@@ -291,5 +375,9 @@ pub fn net(dp: &mut Dataplane, from: SocketAddr, pkt: &[u8], now: Instant) -> (N
 pub fn assert_balanced(dp: &Dataplane) {
     let s = dp.counters().snapshot();
     let drops: u64 = s.drops.values().sum();
-    assert_eq!(s.tun_rx + s.tunnel_rx, s.tun_tx_tun + s.tun_tx_peer + drops, "{s:?}");
+    assert_eq!(
+        s.tun_rx + s.tunnel_rx,
+        s.tun_tx_tun + s.tun_tx_peer + drops,
+        "{s:?}"
+    );
 }
