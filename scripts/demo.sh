@@ -245,6 +245,7 @@ show pt a instances
 echo "--- inside the client container ---"
 show in_ns "${P}client" ip -br addr show
 show in_ns "${P}client" ip route
+show in_ns "${P}client" ip -6 route
 
 # Give IPv6 duplicate address detection a moment on the fresh interfaces.
 for _ in $(seq 50); do

@@ -29,9 +29,9 @@ heading "cargo test"
 # End-to-end tests each build their own cluster; two at a time keeps a
 # 2-core machine responsive and every test well inside its time budget.
 if [ "$#" -gt 0 ]; then
-    cargo test "$@" -- --test-threads=2
+    cargo test --no-fail-fast "$@" -- --test-threads=2
 else
-    cargo test --workspace -- --test-threads=2
+    cargo test --workspace --no-fail-fast -- --test-threads=2
 fi
 
 heading "all checks passed in $((SECONDS - started)) s"

@@ -437,6 +437,16 @@ impl Drop for Node {
                 self.log.display(),
                 self.log_tail(60)
             );
+            if self.child.is_some() {
+                for what in ["flows", "counters"] {
+                    if let Ok(out) = self.cli(&[what]) {
+                        eprintln!(
+                            "----- proxytun {what} on node {} -----\n{}",
+                            self.name, out.stdout
+                        );
+                    }
+                }
+            }
         }
         if self.child.is_some() && self.stop().is_err() {
             // stop() already SIGKILLed and reaped it.

@@ -416,6 +416,21 @@ impl Kernel for Netlink {
             }
         };
         ensure_mtu_up(&self.handle, &bridge, spec.mtu).await?;
+        // A bridge without an address of its own takes the lowest MAC among
+        // its ports, so attaching or detaching a container would change the
+        // gateway's MAC under every other container's ARP cache. Setting it
+        // explicitly pins it (the kernel stops following the ports), and
+        // deriving it from the gateway address keeps it across restarts.
+        let mac = bridge_mac(spec.gateway.v4);
+        let msg = LinkUnspec::new_with_index(bridge.index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set the MAC address of bridge {}", spec.name)))?;
         ensure_address(
             &self.handle,
             bridge.index,
@@ -509,6 +524,14 @@ impl Kernel for Netlink {
             None => Ok(()),
         }
     }
+}
+
+/// The bridge's MAC: locally administered unicast (`02`), then `50:54`
+/// ("PT"), then the last three bytes of the gateway address, so every node's
+/// bridge differs and keeps its MAC across restarts.
+pub fn bridge_mac(gateway: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x02, 0x50, 0x54, o[1], o[2], o[3]]
 }
 
 #[cfg(test)]
@@ -780,6 +803,10 @@ mod tests {
             assert_eq!(host["mtu"].as_u64(), Some(1400));
             assert!(has_flag(&host, "UP"), "{host}");
             assert_container_configured(&ctx.c1, &spec);
+            // The gateway's MAC is pinned: a port joining (or leaving) the
+            // bridge must not change it under the containers' ARP caches.
+            let br = link(&ctx.host, "ptbr0").expect("bridge");
+            assert_eq!(br["address"].as_str(), Some("02:50:54:12:01:01"), "{br}");
             // No temporary peer left behind anywhere.
             assert!(!ok(&["ip", "-n", &ctx.c1, "link"]).contains("ptt"));
             assert!(!ok(&["ip", "-n", &ctx.host, "link"]).contains("ptt"));
