@@ -140,15 +140,7 @@ impl Table {
 
     /// The instances of one service (keys sort by service, then number).
     fn instances_of<'a>(&'a self, name: &ServiceName) -> impl Iterator<Item = &'a Instance> + 'a {
-        let lo = InstanceKey {
-            name: name.clone(),
-            number: 0,
-        };
-        let hi = InstanceKey {
-            name: name.clone(),
-            number: u32::MAX,
-        };
-        self.instances.range(lo..=hi).map(|(_, i)| i)
+        crate::model::instances_of(&self.instances, name)
     }
 
     /// Every address of the ServiceIP range in use, with what uses it.

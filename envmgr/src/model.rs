@@ -205,6 +205,33 @@ pub struct Snapshot {
     pub peers: BTreeMap<String, Peer>,
 }
 
+/// The instances of one service in number order: keys sort by service
+/// first, so they are one contiguous range of the map.
+pub fn instances_of<'a>(
+    instances: &'a BTreeMap<InstanceKey, Instance>,
+    name: &ServiceName,
+) -> impl Iterator<Item = &'a Instance> + 'a {
+    let lo = InstanceKey {
+        name: name.clone(),
+        number: 0,
+    };
+    let hi = InstanceKey {
+        name: name.clone(),
+        number: u32::MAX,
+    };
+    instances.range(lo..=hi).map(|(_, i)| i)
+}
+
+impl Snapshot {
+    /// The instances of one service, in number order.
+    pub fn instances_of<'a>(
+        &'a self,
+        name: &ServiceName,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        instances_of(&self.instances, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{check_label, DualAddr, Instance, InstanceKey, ServiceName, Snapshot};
+use crate::model::{check_label, DualAddr, Instance, InstanceKey, ServiceName};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 use crate::Error;
 
@@ -444,19 +444,6 @@ fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-/// A service's instances, in number order (the map is sorted by key).
-fn instances_of<'a>(snap: &'a Snapshot, name: &ServiceName) -> impl Iterator<Item = &'a Instance> {
-    let lo = InstanceKey {
-        name: name.clone(),
-        number: 0,
-    };
-    let hi = InstanceKey {
-        name: name.clone(),
-        number: u32::MAX,
-    };
-    snap.instances.range(lo..=hi).map(|(_, i)| i)
-}
-
 fn service_json(name: &ServiceName, rr_ip: &DualAddr, instances: Value) -> Value {
     json!({
         "app": name.app,
@@ -485,9 +472,7 @@ async fn list_services<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
         .services
         .values()
         .map(|svc| {
-            let numbers: Vec<u32> = instances_of(&snap, &svc.name)
-                .map(|i| i.key.number)
-                .collect();
+            let numbers: Vec<u32> = snap.instances_of(&svc.name).map(|i| i.key.number).collect();
             service_json(&svc.name, &svc.rr_ip, json!(numbers))
         })
         .collect();
@@ -503,7 +488,7 @@ async fn get_service<K: Kernel>(
         .services
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no service {name}")))?;
-    let instances: Vec<&Instance> = instances_of(&snap, &name).collect();
+    let instances: Vec<&Instance> = snap.instances_of(&name).collect();
     Ok(Json(service_json(&svc.name, &svc.rr_ip, json!(instances))))
 }
 

@@ -75,33 +75,19 @@ impl IoCounters {
 /// The control plane's handle on the running dataplane thread.
 #[derive(Debug)]
 pub struct LoopHandle {
-    tx: mpsc::Sender<Control>,
-    wake: Arc<EventFd>,
+    ctrl: ControlSender,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LoopHandle {
-    /// Sends a control message and wakes the thread. Fails only when the
-    /// thread has ended.
-    pub fn send(&self, msg: Control) -> anyhow::Result<()> {
-        self.tx
-            .send(msg)
-            .map_err(|_| anyhow::anyhow!("the dataplane thread has stopped"))?;
-        self.wake.write(1).context("wake the dataplane thread")?;
-        Ok(())
-    }
-
-    /// A sender for other tasks (the API's flow dump).
+    /// A sender for other tasks (the snapshot watcher, the API's flow dump).
     pub fn sender(&self) -> ControlSender {
-        ControlSender {
-            tx: self.tx.clone(),
-            wake: self.wake.clone(),
-        }
+        self.ctrl.clone()
     }
 
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
-        let _ = self.send(Control::Stop);
+        let _ = self.ctrl.send(Control::Stop);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("the dataplane thread panicked");
@@ -118,7 +104,8 @@ pub struct ControlSender {
 }
 
 impl ControlSender {
-    /// Sends a control message and wakes the thread.
+    /// Sends a control message and wakes the thread. Fails only when the
+    /// thread has ended.
     pub fn send(&self, msg: Control) -> anyhow::Result<()> {
         self.tx
             .send(msg)
@@ -153,8 +140,7 @@ pub fn spawn(
         .spawn(move || state.run())
         .context("spawn the dataplane thread")?;
     Ok(LoopHandle {
-        tx,
-        wake,
+        ctrl: ControlSender { tx, wake },
         thread: Some(thread),
     })
 }
