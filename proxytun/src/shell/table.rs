@@ -52,3 +52,131 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
     }
     b.build()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use envmgr::model::{
+        DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName, Snapshot,
+    };
+    use envmgr::plan::AddressPlan;
+
+    use super::build;
+    use crate::core::table::Vip;
+    use crate::core::Location;
+
+    fn plan() -> AddressPlan {
+        AddressPlan {
+            cluster: "10.18.0.0/16".parse().expect("net"),
+            cluster6: "fdff:18::/112".parse().expect("net"),
+            node_prefix: 24,
+            services: "10.30.0.0/16".parse().expect("net"),
+            services6: "fdff:30::/112".parse().expect("net"),
+            node_index: 1,
+        }
+    }
+
+    fn instance(
+        plan: &AddressPlan,
+        n: u32,
+        ns: [u8; 4],
+        iip: [u8; 4],
+        placement: Placement,
+    ) -> Instance {
+        Instance {
+            key: InstanceKey {
+                name: ServiceName::new("shop", "web").expect("name"),
+                number: n,
+            },
+            ns_addr: plan.cluster_pair(Ipv4Addr::from(ns)),
+            instance_ip: plan.service_pair(Ipv4Addr::from(iip)),
+            placement,
+        }
+    }
+
+    fn snapshot(with_peer: bool) -> Snapshot {
+        let p = plan();
+        let name = ServiceName::new("shop", "web").expect("name");
+        let peer_ep: SocketAddr = "192.0.2.2:50103".parse().expect("addr");
+        let local = Placement::Local {
+            netns: "/run/netns/c1".into(),
+            pid: None,
+            host_veth: "pt00000001".into(),
+            ifname: "eth0".into(),
+        };
+        let remote = Placement::Remote { node: "b".into() };
+        let insts = [
+            instance(&p, 1, [10, 18, 1, 2], [10, 30, 1, 2], local),
+            instance(&p, 2, [10, 18, 2, 2], [10, 30, 2, 1], remote),
+        ];
+        let mut peers = BTreeMap::new();
+        if with_peer {
+            peers.insert(
+                "b".to_string(),
+                Peer {
+                    name: "b".into(),
+                    endpoint: peer_ep,
+                },
+            );
+        }
+        Snapshot {
+            version: 3,
+            node: NodeInfo {
+                name: "a".into(),
+                subnet: p.node_subnet(),
+                subnet6: p.node_subnet6(),
+                service_range: p.services,
+                service_range6: p.services6,
+            },
+            services: BTreeMap::from([(
+                name.clone(),
+                Service {
+                    name,
+                    rr_ip: DualAddr {
+                        v4: Ipv4Addr::new(10, 30, 1, 1),
+                        v6: p.service_pair(Ipv4Addr::new(10, 30, 1, 1)).v6,
+                    },
+                },
+            )]),
+            instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
+            peers,
+        }
+    }
+
+    #[test]
+    fn snapshot_becomes_table_with_both_families_and_locations() {
+        let t = build(&snapshot(true)).expect("valid table");
+        let rr4 = IpAddr::from([10, 30, 1, 1]);
+        let rr6: IpAddr = "fdff:30::101".parse().expect("v6");
+        assert!(matches!(t.vip(rr4), Some(Vip::RoundRobin(_))));
+        assert!(matches!(t.vip(rr6), Some(Vip::RoundRobin(_))));
+        // Instance IPs pin their instance, local or remote.
+        assert!(matches!(
+            t.vip(IpAddr::from([10, 30, 2, 1])),
+            Some(Vip::Instance(_))
+        ));
+        let local = t.instance_by_name("shop/web/1").expect("local instance");
+        assert_eq!(local.location, Location::Local);
+        let remote = t.instance_by_name("shop/web/2").expect("remote instance");
+        assert_eq!(
+            remote.location,
+            Location::Remote("192.0.2.2:50103".parse().expect("addr"))
+        );
+        assert!(t.is_peer(IpAddr::from([192, 0, 2, 2])));
+        assert!(t.local_by_ns(IpAddr::from([10, 18, 1, 2])).is_some());
+        assert!(
+            t.local_by_ns(IpAddr::from([10, 18, 2, 2])).is_none(),
+            "remote is not local"
+        );
+    }
+
+    #[test]
+    fn instance_on_an_unknown_peer_is_left_out() {
+        let t = build(&snapshot(false)).expect("valid table");
+        assert!(t.instance_by_name("shop/web/1").is_some());
+        assert!(t.instance_by_name("shop/web/2").is_none());
+        assert!(!t.is_peer(IpAddr::from([192, 0, 2, 2])));
+    }
+}
