@@ -16,3 +16,5 @@ pub mod requests;
 pub mod store;
 
 pub use error::{Error, Result};
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -732,90 +732,13 @@ mod tests {
     /// kernel that does nothing), so the CLI and the server agree on the JSON.
     mod live {
         use super::*;
-        use envmgr::api::{serve, DataplaneView};
-        use envmgr::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
+        use envmgr::api::serve;
         use envmgr::manager::{Manager, Settings};
         use envmgr::plan::AddressPlan;
-        use futures::future::BoxFuture;
-        use futures::FutureExt as _;
-        use std::os::unix::fs::MetadataExt as _;
-        use std::process::{Child, Command, Stdio};
         use std::sync::Arc;
         use std::time::Duration;
 
-        struct NoKernel;
-
-        impl Kernel for NoKernel {
-            async fn setup_bridge(&self, _: &BridgeSpec) -> Result<(), KernelError> {
-                Ok(())
-            }
-            async fn route_services(
-                &self,
-                _: &str,
-                _: ipnet::Ipv4Net,
-                _: ipnet::Ipv6Net,
-            ) -> Result<(), KernelError> {
-                Ok(())
-            }
-            async fn attach(&self, _: &VethSpec) -> Result<(), KernelError> {
-                Ok(())
-            }
-            async fn attached(&self, _: &VethSpec) -> Result<bool, KernelError> {
-                Ok(true)
-            }
-            async fn detach(&self, _: &str) -> Result<(), KernelError> {
-                Ok(())
-            }
-        }
-
-        struct Dp;
-
-        impl DataplaneView for Dp {
-            fn status(&self) -> Value {
-                json!({"tun": "ptun0", "mtu": 1400})
-            }
-            fn counters(&self) -> Value {
-                json!({"tun_rx": 10, "drops": {"no_service": 2}})
-            }
-            fn flows(&self) -> BoxFuture<'static, Value> {
-                async {
-                    json!({"flows": [{"proto": "tcp", "client": "10.18.1.2:40000",
-                           "instance": "shop/web/0", "peer": null, "packets": 12}],
-                           "replies": []})
-                }
-                .boxed()
-            }
-        }
-
-        /// A process in its own network namespace, killed by pid on drop.
-        struct NetnsChild(Child);
-
-        impl NetnsChild {
-            fn start() -> Self {
-                let child = Command::new("unshare")
-                    .args(["--net", "sleep", "120"])
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .expect("unshare --net (needs root)");
-                let me = NetnsChild(child);
-                let own = std::fs::metadata("/proc/self/ns/net").expect("ns").ino();
-                for _ in 0..200 {
-                    let path = format!("/proc/{}/ns/net", me.0.id());
-                    if std::fs::metadata(path).is_ok_and(|m| m.ino() != own) {
-                        return me;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                panic!("no new netns");
-            }
-        }
-
-        impl Drop for NetnsChild {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
+        use envmgr::testing::{FixedDataplane, NetnsChild, RecordingKernel};
 
         async fn exec(socket: &Path, args: &[&str]) -> anyhow::Result<String> {
             execute(parse(args).expect("parses"), socket).await
@@ -840,12 +763,16 @@ mod tests {
                 state_dir: dir.path().join("state"),
                 tunnel_port: 50103,
             };
-            let mgr = Arc::new(Manager::open(settings, NoKernel).await.expect("open"));
+            let mgr = Arc::new(
+                Manager::open(settings, RecordingKernel::default())
+                    .await
+                    .expect("open"),
+            );
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn({
                 let socket = socket.clone();
                 async move {
-                    serve(&socket, mgr, Arc::new(Dp), async {
+                    serve(&socket, mgr, Arc::new(FixedDataplane), async {
                         let _ = stopped.await;
                     })
                     .await
@@ -862,7 +789,7 @@ mod tests {
             let out = exec(s, &["status"]).await.expect("status");
             assert!(out.starts_with("node           n1\n"), "{out}");
             assert!(
-                out.contains("\ndataplane:\n  mtu  1400\n  tun  ptun0\n"),
+                out.contains("\ndataplane:\n  flows_active  1\n  mtu           1400\n  tun           ptun0\n"),
                 "{out}"
             );
 
@@ -876,7 +803,7 @@ mod tests {
             assert_eq!(out, "updated peer n2 at 192.0.2.3:50103\n");
 
             let ns = NetnsChild::start();
-            let pid = ns.0.id().to_string();
+            let pid = ns.pid().to_string();
             let out = exec(
                 s,
                 &[
@@ -925,7 +852,7 @@ mod tests {
             assert_eq!(out, "NAME  ENDPOINT\nn2    192.0.2.3:50103\n");
             let out = exec(s, &["flows"]).await.expect("flows");
             assert!(
-                out.contains("PROTO  CLIENT           INSTANCE    PEER  PACKETS"),
+                out.contains("PROTO  CLIENT           VIP           INSTANCE    PEER  PACKETS"),
                 "{out}"
             );
             let out = exec(s, &["counters"]).await.expect("counters");

@@ -5,134 +5,22 @@
 //! checks); the tests start `unshare --net sleep` children for that and kill
 //! them by pid when done. The fake kernel never touches the system.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::FutureExt as _;
 use hyper::Method;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{serve, Client, ClientError, DataplaneView, BODY_LIMIT};
-use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
+use super::{serve, Client, ClientError, BODY_LIMIT};
 use crate::manager::{Manager, Settings};
 use crate::plan::AddressPlan;
 
-/// Records kernel calls; `attach` fails while `fail_attach` is set.
-#[derive(Debug, Clone, Default)]
-struct FakeKernel {
-    calls: Arc<Mutex<Vec<String>>>,
-    fail_attach: Arc<AtomicBool>,
-}
-
-impl FakeKernel {
-    fn record(&self, call: String) {
-        self.calls.lock().expect("lock").push(call);
-    }
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().expect("lock").clone()
-    }
-}
-
-impl Kernel for FakeKernel {
-    async fn setup_bridge(&self, spec: &BridgeSpec) -> Result<(), KernelError> {
-        self.record(format!("setup_bridge {}", spec.name));
-        Ok(())
-    }
-    async fn route_services(
-        &self,
-        tun: &str,
-        services: ipnet::Ipv4Net,
-        _services6: ipnet::Ipv6Net,
-    ) -> Result<(), KernelError> {
-        self.record(format!("route_services {tun} {services}"));
-        Ok(())
-    }
-    async fn attach(&self, spec: &VethSpec) -> Result<(), KernelError> {
-        if self.fail_attach.load(Ordering::SeqCst) {
-            return Err(KernelError {
-                action: format!("create veth {}", spec.host_veth),
-                message: "Operation not permitted (os error 1)".into(),
-            });
-        }
-        self.record(format!("attach {} {}", spec.host_veth, spec.addr.v4));
-        Ok(())
-    }
-    async fn attached(&self, _spec: &VethSpec) -> Result<bool, KernelError> {
-        Ok(true)
-    }
-    async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {
-        self.record(format!("detach {host_veth}"));
-        Ok(())
-    }
-}
-
-/// A dataplane with fixed, recognisable answers.
-#[derive(Debug)]
-struct FakeDataplane;
-
-impl DataplaneView for FakeDataplane {
-    fn status(&self) -> Value {
-        json!({"tun": "ptun0", "mtu": 1400, "flows_active": 1})
-    }
-    fn counters(&self) -> Value {
-        json!({"tun_rx": 10, "drops": {"no_service": 2}})
-    }
-    fn flows(&self) -> BoxFuture<'static, Value> {
-        async {
-            json!({"flows": [{"proto": "tcp", "client": "10.18.1.2:40000",
-                   "vip": "10.30.1.1:80", "peer": null, "packets": 12}],
-                   "replies": []})
-        }
-        .boxed()
-    }
-}
-
-/// A process in a fresh network namespace, killed (by its pid) on drop.
-struct NetnsChild(Child);
-
-impl NetnsChild {
-    fn start() -> Self {
-        let child = Command::new("unshare")
-            .args(["--net", "sleep", "120"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn unshare --net (needs root)");
-        let me = NetnsChild(child);
-        let own = std::fs::metadata("/proc/self/ns/net")
-            .expect("own netns")
-            .ino();
-        for _ in 0..200 {
-            if let Ok(m) = std::fs::metadata(me.netns()) {
-                if m.ino() != own {
-                    return me;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("child {} never entered a new netns", me.pid());
-    }
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-    fn netns(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/ns/net", self.pid()))
-    }
-}
-
-impl Drop for NetnsChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::testing::{FixedDataplane as FakeDataplane, NetnsChild, RecordingKernel as FakeKernel};
 
 struct Harness {
     _dir: tempfile::TempDir,
