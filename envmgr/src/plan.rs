@@ -47,6 +47,22 @@ pub struct AddressPlan {
 }
 
 impl AddressPlan {
+    /// The documented default ranges (`10.18.0.0/16` with `fdff:18::/112`,
+    /// /24 per node, ServiceIPs `10.30.0.0/16` with `fdff:30::/112`) for
+    /// node `node_index`. The config's defaults are these.
+    pub fn with_default_ranges(node_index: u32) -> Self {
+        Self {
+            cluster: Ipv4Net::new(Ipv4Addr::new(10, 18, 0, 0), 16).expect("static prefix"),
+            cluster6: Ipv6Net::new(Ipv6Addr::new(0xfdff, 0x18, 0, 0, 0, 0, 0, 0), 112)
+                .expect("static prefix"),
+            node_prefix: 24,
+            services: Ipv4Net::new(Ipv4Addr::new(10, 30, 0, 0), 16).expect("static prefix"),
+            services6: Ipv6Net::new(Ipv6Addr::new(0xfdff, 0x30, 0, 0, 0, 0, 0, 0), 112)
+                .expect("static prefix"),
+            node_index,
+        }
+    }
+
     /// Checks that the ranges fit together and the index is in range.
     pub fn validate(&self) -> Result<(), PlanError> {
         let err = |key, message: String| Err(PlanError { key, message });
@@ -196,14 +212,17 @@ mod tests {
     use super::*;
 
     fn plan(index: u32) -> AddressPlan {
-        AddressPlan {
-            cluster: "10.18.0.0/16".parse().expect("net"),
-            cluster6: "fdff:18::/112".parse().expect("net"),
-            node_prefix: 24,
-            services: "10.30.0.0/16".parse().expect("net"),
-            services6: "fdff:30::/112".parse().expect("net"),
-            node_index: index,
-        }
+        AddressPlan::with_default_ranges(index)
+    }
+
+    #[test]
+    fn default_ranges_are_the_documented_ones() {
+        let p = plan(1);
+        assert_eq!(p.cluster.to_string(), "10.18.0.0/16");
+        assert_eq!(p.cluster6.to_string(), "fdff:18::/112");
+        assert_eq!(p.node_prefix, 24);
+        assert_eq!(p.services.to_string(), "10.30.0.0/16");
+        assert_eq!(p.services6.to_string(), "fdff:30::/112");
     }
 
     #[test]

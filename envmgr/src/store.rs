@@ -311,14 +311,7 @@ mod tests {
     use crate::model::{DualAddr, InstanceKey, Placement, ServiceName};
 
     fn plan() -> AddressPlan {
-        AddressPlan {
-            cluster: "10.18.0.0/16".parse().expect("net"),
-            cluster6: "fdff:18::/112".parse().expect("net"),
-            node_prefix: 24,
-            services: "10.30.0.0/16".parse().expect("net"),
-            services6: "fdff:30::/112".parse().expect("net"),
-            node_index: 1,
-        }
+        AddressPlan::with_default_ranges(1)
     }
 
     fn sample() -> State {

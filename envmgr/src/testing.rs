@@ -15,6 +15,21 @@ use serde_json::{json, Value};
 
 use crate::api::DataplaneView;
 use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
+use crate::manager::Settings;
+use crate::plan::AddressPlan;
+
+/// Settings of node `n1` (index 1, default ranges) keeping its state in
+/// `state_dir`.
+pub fn settings(state_dir: PathBuf) -> Settings {
+    Settings {
+        node_name: "n1".into(),
+        plan: AddressPlan::with_default_ranges(1),
+        bridge: "ptbr0".into(),
+        mtu: 1400,
+        state_dir,
+        tunnel_port: 50103,
+    }
+}
 
 /// Records kernel calls; `attach` fails while `fail_attach` is set.
 #[derive(Debug, Clone, Default)]

@@ -733,8 +733,7 @@ mod tests {
     mod live {
         use super::*;
         use envmgr::api::serve;
-        use envmgr::manager::{Manager, Settings};
-        use envmgr::plan::AddressPlan;
+        use envmgr::manager::Manager;
         use std::sync::Arc;
         use std::time::Duration;
 
@@ -748,21 +747,7 @@ mod tests {
         async fn cli_against_a_live_server() {
             let dir = tempfile::tempdir().expect("tempdir");
             let socket = dir.path().join("api.sock");
-            let settings = Settings {
-                node_name: "n1".into(),
-                plan: AddressPlan {
-                    cluster: "10.18.0.0/16".parse().expect("net"),
-                    cluster6: "fdff:18::/112".parse().expect("net"),
-                    node_prefix: 24,
-                    services: "10.30.0.0/16".parse().expect("net"),
-                    services6: "fdff:30::/112".parse().expect("net"),
-                    node_index: 1,
-                },
-                bridge: "ptbr0".into(),
-                mtu: 1400,
-                state_dir: dir.path().join("state"),
-                tunnel_port: 50103,
-            };
+            let settings = envmgr::testing::settings(dir.path().join("state"));
             let mgr = Arc::new(
                 Manager::open(settings, RecordingKernel::default())
                     .await

@@ -108,12 +108,13 @@ pub struct NetworkSection {
 
 impl Default for NetworkSection {
     fn default() -> Self {
+        let p = AddressPlan::with_default_ranges(0);
         Self {
-            cluster: Ipv4Net::new(Ipv4Addr::new(10, 18, 0, 0), 16).expect("static"),
-            cluster6: "fdff:18::/112".parse().expect("static"),
-            node_prefix: 24,
-            services: Ipv4Net::new(Ipv4Addr::new(10, 30, 0, 0), 16).expect("static"),
-            services6: "fdff:30::/112".parse().expect("static"),
+            cluster: p.cluster,
+            cluster6: p.cluster6,
+            node_prefix: p.node_prefix,
+            services: p.services,
+            services6: p.services6,
         }
     }
 }

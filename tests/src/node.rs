@@ -116,6 +116,16 @@ impl Node {
         &self.host
     }
 
+    /// The MAC address of the node's bridge (the containers' gateway).
+    pub fn bridge_mac(&self) -> Result<String> {
+        let out = self.host.ip(&["-br", "link", "show", "ptbr0"])?;
+        out.stdout
+            .split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no MAC in {:?}", out.stdout))
+    }
+
     /// The API socket.
     pub fn socket(&self) -> &Path {
         &self.socket

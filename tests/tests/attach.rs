@@ -5,18 +5,6 @@ use std::time::Duration;
 
 use tests::{cmd::Bg, eventually, Cluster};
 
-fn bridge_mac(c: &Cluster) -> String {
-    let out =
-        c.a.host()
-            .ip(&["-br", "link", "show", "ptbr0"])
-            .expect("ip link");
-    out.stdout
-        .split_whitespace()
-        .nth(2)
-        .expect("a MAC address")
-        .to_owned()
-}
-
 #[test]
 fn attach_by_pid_works_and_detach_cleans_up() {
     let c = Cluster::two_nodes("bypid").expect("cluster");
@@ -64,7 +52,7 @@ fn gateway_mac_is_stable_across_attach_and_detach() {
     let d = c.deploy("shop/web", &[(&c.a, &web, 1)]).expect("deploy");
     let (client, _) = c.client(&c.a, "cl", 1).expect("client");
     assert_eq!(client.tcp_hello(d.rr.v4).expect("TCP").name, "web1");
-    let mac = bridge_mac(&c);
+    let mac = c.a.bridge_mac().expect("bridge MAC");
 
     // Containers come and go next to the client; its cached gateway MAC
     // must stay valid the whole time.
@@ -75,7 +63,7 @@ fn gateway_mac_is_stable_across_attach_and_detach() {
     for (i, o) in others.iter().enumerate() {
         c.a.attach("shop/other", &o.path(), Some(i as u32 + 1), None)
             .expect("attach");
-        let now = bridge_mac(&c);
+        let now = c.a.bridge_mac().expect("bridge MAC");
         if now != mac {
             changes.push(format!("after attaching shop/other/{}: {now}", i + 1));
         }
@@ -83,7 +71,7 @@ fn gateway_mac_is_stable_across_attach_and_detach() {
     for i in 0..others.len() {
         c.a.cli_ok(&["detach", &format!("shop/other/{}", i + 1)])
             .expect("detach");
-        let now = bridge_mac(&c);
+        let now = c.a.bridge_mac().expect("bridge MAC");
         if now != mac {
             changes.push(format!("after detaching shop/other/{}: {now}", i + 1));
         }

@@ -42,19 +42,6 @@ fn assert_alternates(seq: &[String], what: &str) {
     assert_eq!(distinct, ["web1", "web2"], "{what}: {seq:?}");
 }
 
-/// Node a's bridge MAC address.
-fn bridge_mac(c: &Cluster) -> String {
-    let out =
-        c.a.host()
-            .ip(&["-br", "link", "show", "ptbr0"])
-            .expect("ip link");
-    out.stdout
-        .split_whitespace()
-        .nth(2)
-        .expect("a MAC address")
-        .to_owned()
-}
-
 #[test]
 fn round_robin_alternates_across_nodes() {
     let c = Cluster::two_nodes("rr").expect("cluster");
@@ -92,12 +79,12 @@ fn detached_instance_gets_no_new_flows() {
         .count();
 
     // The orchestrator detaches web/1 on its node and withdraws it elsewhere.
-    let gateway_mac = bridge_mac(&c);
+    let gateway_mac = c.a.bridge_mac().expect("bridge MAC");
     let out = c.a.cli_ok(&["detach", "shop/web/1"]).expect("detach");
     // Containers cache the gateway's MAC: if the bridge changed its address
     // with its ports, the other containers on the node would be cut off.
     assert_eq!(
-        bridge_mac(&c),
+        c.a.bridge_mac().expect("bridge MAC"),
         gateway_mac,
         "the bridge (the containers' gateway) changed its MAC address when a port left"
     );

@@ -17,8 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{serve, Client, ClientError, BODY_LIMIT};
-use crate::manager::{Manager, Settings};
-use crate::plan::AddressPlan;
+use crate::manager::Manager;
 
 use crate::testing::{FixedDataplane as FakeDataplane, NetnsChild, RecordingKernel as FakeKernel};
 
@@ -400,21 +399,7 @@ async fn api_socket_lifecycle() {
 async fn manager() -> (Arc<Manager<FakeKernel>>, FakeKernel, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = FakeKernel::default();
-    let settings = Settings {
-        node_name: "n1".into(),
-        plan: AddressPlan {
-            cluster: "10.18.0.0/16".parse().expect("net"),
-            cluster6: "fdff:18::/112".parse().expect("net"),
-            node_prefix: 24,
-            services: "10.30.0.0/16".parse().expect("net"),
-            services6: "fdff:30::/112".parse().expect("net"),
-            node_index: 1,
-        },
-        bridge: "ptbr0".into(),
-        mtu: 1400,
-        state_dir: dir.path().join("state"),
-        tunnel_port: 50103,
-    };
+    let settings = crate::testing::settings(dir.path().join("state"));
     let mgr = Manager::open(settings, kernel.clone()).await.expect("open");
     (Arc::new(mgr), kernel, dir)
 }

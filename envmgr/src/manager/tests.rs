@@ -164,14 +164,7 @@ impl Store for FlakyStore {
 // ---------------------------------------------------------------- harness
 
 fn plan(index: u32) -> AddressPlan {
-    AddressPlan {
-        cluster: "10.18.0.0/16".parse().expect("net"),
-        cluster6: "fdff:18::/112".parse().expect("net"),
-        node_prefix: 24,
-        services: "10.30.0.0/16".parse().expect("net"),
-        services6: "fdff:30::/112".parse().expect("net"),
-        node_index: index,
-    }
+    AddressPlan::with_default_ranges(index)
 }
 
 fn settings(dir: &Path) -> Settings {
