@@ -212,16 +212,7 @@ impl Dataplane {
         pkt: &mut [u8],
         now: Instant,
     ) -> Result<Option<SocketAddr>, DropReason> {
-        let info = packet::parse(pkt)?;
-        if matches!(
-            info.l4,
-            L4::Icmp {
-                kind: IcmpKind::Other
-            }
-        ) {
-            return Err(DropReason::IcmpUnsupported);
-        }
-        let key = FlowKey::of(&info);
+        let (info, key) = parse_supported(pkt)?;
         if let Some((idx, dir)) = self.flows.lookup(&key) {
             if let Some(flow) = self.flows.get_mut(idx) {
                 let routed = match dir {
@@ -320,16 +311,7 @@ impl Dataplane {
         let pkt = dgram
             .get_mut(HEADER_LEN..)
             .ok_or(DropReason::TunnelTooShort)?;
-        let info = packet::parse(pkt)?;
-        if matches!(
-            info.l4,
-            L4::Icmp {
-                kind: IcmpKind::Other
-            }
-        ) {
-            return Err(DropReason::IcmpUnsupported);
-        }
-        let key = FlowKey::of(&info);
+        let (info, key) = parse_supported(pkt)?;
         if let Some((_, instance)) = self.table.local_by_ns(info.dst) {
             // A remote client's packet for a local instance.
             if !self.table.in_service_range(info.src) {
@@ -383,4 +365,20 @@ impl Dataplane {
         self.arm(closing);
         Ok(())
     }
+}
+
+/// Parses a packet from either input and refuses what no flow can carry
+/// (ICMP other than echo): the first step both inputs share.
+fn parse_supported(pkt: &[u8]) -> Result<(PacketInfo, FlowKey), DropReason> {
+    let info = packet::parse(pkt)?;
+    if matches!(
+        info.l4,
+        L4::Icmp {
+            kind: IcmpKind::Other
+        }
+    ) {
+        return Err(DropReason::IcmpUnsupported);
+    }
+    let key = FlowKey::of(&info);
+    Ok((info, key))
 }
