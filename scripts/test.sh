@@ -32,6 +32,10 @@ if [ "$#" -gt 0 ]; then
     cargo test --no-fail-fast "$@" -- --test-threads=2
 else
     cargo test --workspace --no-fail-fast -- --test-threads=2
+    # The same end-to-end behaviour on the plain packet path: the daemons
+    # run with `[tun] offload = false` (no vnet header, no UDP GSO/GRO).
+    heading "cargo test -p tests, offloads forced off"
+    PROXYTUN_TEST_OFFLOAD=off cargo test -p tests --no-fail-fast -- --test-threads=2
 fi
 
 heading "all checks passed in $((SECONDS - started)) s"

@@ -146,6 +146,11 @@ pub struct TunSection {
     pub name: String,
     /// Its MTU; also the containers' MTU, so TCP never needs to fragment.
     pub mtu: u32,
+    /// Use the offload fast path (TUN vnet header with TSO/CSUM, UDP GSO/GRO on
+    /// the tunnel) when the kernel has it. `false` forces the plain path, to
+    /// compare the two or to work around a kernel bug; either way the
+    /// behaviour is the same, only the cost per byte differs.
+    pub offload: bool,
 }
 
 impl Default for TunSection {
@@ -153,6 +158,7 @@ impl Default for TunSection {
         Self {
             name: "ptun0".into(),
             mtu: 1400,
+            offload: true,
         }
     }
 }

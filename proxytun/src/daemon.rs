@@ -3,7 +3,7 @@
 //! Start-up order matters and is the same after a crash as on a fresh node:
 //! the manager loads the store and restores the bridge and every attachment;
 //! then the TUN is created and the ServiceIP ranges are routed into it; then
-//! the tunnel socket; then the dataplane thread gets its first table; the API
+//! the tunnel socket; then the two dataplane threads get their first table; the API
 //! opens last, so a client that can connect sees a node that works.
 //!
 //! Shutdown (SIGTERM or SIGINT) keeps every attachment in the kernel: the
@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::core::Dataplane;
-use crate::shell::device::{open_tun, open_tunnel_socket};
+use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control, IoCounters};
 use crate::shell::table;
 use crate::shell::view::ShellView;
@@ -54,19 +54,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("register peer {:?} from the config's [[peer]]", p.name))?;
     }
 
-    let tun = open_tun(&config.tun.name, config.tun.mtu)?;
+    let (tun, offload) = open_tun(&config.tun.name, config.tun.mtu, config.tun.offload)?;
     mgr.kernel()
         .route_services(&config.tun.name, plan.services, plan.services6)
         .await
         .context("route the ServiceIP ranges into the TUN")?;
     let bind = SocketAddr::new(config.tunnel.bind, config.tunnel.port);
-    let socket = open_tunnel_socket(bind)?;
+    let socket = TunnelSocket::open(bind, config.tun.offload)?;
 
     let first = table::build(&mgr.snapshot()).context("build the first forwarding table")?;
     let dp = Dataplane::new(config.core_config(), Arc::new(first));
     let counters = dp.counters();
     let io = Arc::new(IoCounters::default());
-    let handle = io_loop::spawn(dp, tun, socket, io.clone())?;
+    let handle = io_loop::spawn(dp, tun, offload, socket, io.clone())?;
+    tracing::info!(path = handle.path(), "dataplane running");
 
     // Every published snapshot becomes a new table for the dataplane.
     let mut snapshots = mgr.subscribe();
@@ -94,6 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.tun.name.clone(),
         config.tun.mtu,
         bind,
+        handle.path().to_owned(),
         counters,
         io,
         handle.sender(),

@@ -35,7 +35,7 @@ use anyhow::{bail, Result};
 pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP_PORT};
 pub use model::{Dual, Instance, Service};
 pub use netns::Netns;
-pub use node::{Node, NodeConfig, TUNNEL_PORT};
+pub use node::{offload_wanted, Node, NodeConfig, TUNNEL_PORT};
 
 /// Fails with a clear message unless we run as root: namespaces, veths
 /// and TUN devices need it.

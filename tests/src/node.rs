@@ -35,6 +35,13 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one CLI call may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Whether the daemons run with the offload fast path: yes, unless
+/// `PROXYTUN_TEST_OFFLOAD=off`, which `scripts/test.sh` sets for its second
+/// pass so every behaviour is checked on both packet paths.
+pub fn offload_wanted() -> bool {
+    std::env::var("PROXYTUN_TEST_OFFLOAD").map_or(true, |v| v != "off")
+}
+
 /// What goes into a node's config file.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -55,10 +62,11 @@ impl NodeConfig {
         let _ = write!(
             s,
             "[node]\nname = \"{}\"\nindex = {}\n\n[tunnel]\nbind = \"{}\"\nport = {TUNNEL_PORT}\n\n\
-             [api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
+             [tun]\noffload = {}\n\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
             self.name,
             self.index,
             self.underlay,
+            offload_wanted(),
             dir.join("api.sock").display(),
             dir.join("state").display(),
         );

@@ -110,4 +110,20 @@ fn bulk_transfer_across_nodes_is_intact() {
         log.contains(&format!("sink bytes={BYTES} sha256={}", t.sha256)),
         "the server did not log the same checksum:\n{log}"
     );
+
+    // The packet path is the one asked for, and it was really used: with
+    // offloads, the sender's super-packets left in GSO sends; without, none.
+    let status = c.a.get("/v1/status").expect("status");
+    let path = status["dataplane"]["path"].as_str().unwrap_or_default();
+    let gso_sends = c.a.counters().expect("counters")["tunnel_gso_sends"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("path: {path}; GSO sends on node a: {gso_sends}");
+    if tests::offload_wanted() {
+        assert!(path.starts_with("offload:"), "status path: {status}");
+        assert!(gso_sends > 0, "no GSO send during 100 MB: {status}");
+    } else {
+        assert!(path.starts_with("plain:"), "status path: {status}");
+        assert_eq!(gso_sends, 0, "GSO used although offload = false");
+    }
 }

@@ -17,6 +17,7 @@ pub mod checksum;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod offload;
 pub mod packet;
 pub mod policy;
 pub mod reply;

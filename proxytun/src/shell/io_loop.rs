@@ -1,49 +1,47 @@
-//! The dataplane thread: one loop that moves packets between the TUN device
-//! and the tunnel socket through the packet core.
+//! The dataplane threads: one per direction, each reading its input, asking
+//! the packet core, and writing its output inline, with no channel between
+//! them.
 //!
-//! The thread owns the core outright, so the flow table needs no lock. It
-//! sleeps in `poll(2)` on three descriptors: the TUN, the socket, and an
-//! eventfd that the control plane rings when it has sent a [`Control`]
-//! message (a new table, a request for the flow list, stop). Each ready
-//! descriptor is drained in bounded batches so neither direction starves the
-//! other. One buffer, allocated once, carries every packet: a TUN packet is
-//! read at offset [`HEADER_LEN`] so the tunnel header can be written in front
-//! of it without a copy.
+//! - egress ([`super::egress`]): TUN → core → tunnel socket (or back to the
+//!   TUN for a local instance);
+//! - ingress ([`super::ingress`]): tunnel socket → core → TUN.
+//!
+//! Both directions share one [`Dataplane`] (the flow table and reply cache
+//! see both directions of every flow). It sits behind a mutex that each
+//! thread takes **once per batch** (up to a few dozen reads, each up to a
+//! 64 KB super-packet), never per packet, and holds only while the core
+//! decides; every system call happens outside it. Control-plane changes
+//! (a new table snapshot, a flow dump) take the same mutex between batches.
+//!
+//! Stopping: an eventfd that both threads poll next to their input; writing
+//! it once wakes both, and they leave at their next turn.
 
-use std::io::ErrorKind;
-use std::net::UdpSocket;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::BorrowedFd;
 use tun_rs::SyncDevice;
 
-use crate::core::tunnel::{write_header, HEADER_LEN};
-use crate::core::{Dataplane, NetVerdict, Table, TunVerdict};
+use super::device::{TunOffload, TunnelSocket};
+use crate::core::{Dataplane, Table};
 
-/// Packets read from one descriptor before looking at the others.
-const BATCH: usize = 64;
+/// The longest a thread sleeps: it bounds how late an expired flow is
+/// noticed when nothing else wakes the egress thread.
+pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// The longest the loop sleeps without a timer due: it bounds how late an
-/// expired flow is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
-
-/// Largest packet the loop handles: an IP packet cannot be longer.
-const MAX_PACKET: usize = 65535;
-
-/// Messages from the control plane, checked between batches, never per packet.
+/// Messages from the control plane, applied between batches.
 #[derive(Debug)]
 pub enum Control {
     /// A new table built from a new snapshot.
     SetTable(Arc<Table>),
     /// Send back the flow table and reply cache as JSON.
     DumpFlows(tokio::sync::oneshot::Sender<serde_json::Value>),
-    /// Leave the loop.
+    /// Stop both threads.
     Stop,
 }
 
@@ -54,29 +52,102 @@ pub struct IoCounters {
     pub tun_write_errors: AtomicU64,
     /// Reads from the TUN that failed (other than "would block").
     pub tun_read_errors: AtomicU64,
+    /// Super-packets from the TUN whose offload metadata was unusable.
+    pub offload_errors: AtomicU64,
     /// Datagrams the socket refused to send (buffer full, no route).
     pub send_errors: AtomicU64,
     /// Receives from the socket that failed.
     pub recv_errors: AtomicU64,
     /// Datagrams sent to peers.
     pub tunnel_tx: AtomicU64,
-    /// Flows in the table, published once per loop turn (a gauge).
+    /// Send system calls that carried more than one datagram (GSO).
+    pub gso_sends: AtomicU64,
+    /// Flows in the table, published once per batch (a gauge).
     pub flows_active: AtomicU64,
-    /// Reply-cache entries, published once per loop turn (a gauge).
+    /// Reply-cache entries, published once per batch (a gauge).
     pub replies_active: AtomicU64,
 }
 
 impl IoCounters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Adds `n` to `counter`.
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-/// The control plane's handle on the running dataplane thread.
+/// What both direction threads share.
+pub(super) struct Shared {
+    core: Mutex<Dataplane>,
+    pub(super) io: Arc<IoCounters>,
+    pub(super) stop: EventFd,
+    pub(super) tun: SyncDevice,
+    pub(super) offload: TunOffload,
+    pub(super) socket: TunnelSocket,
+}
+
+impl Shared {
+    /// The core, for one batch. A poisoned lock (a panic in the other
+    /// thread) still holds a consistent core: every core call either
+    /// finishes or changes nothing, so go on with it.
+    pub(super) fn core(&self) -> MutexGuard<'_, Dataplane> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the table sizes for `status`.
+    pub(super) fn publish_gauges(&self, dp: &Dataplane) {
+        self.io
+            .flows_active
+            .store(dp.flows_active() as u64, Ordering::Relaxed);
+        self.io
+            .replies_active
+            .store(dp.replies_active() as u64, Ordering::Relaxed);
+    }
+
+    /// Sleeps until `input` is readable, a stop is asked for, or `sleep`
+    /// passes. Returns false when the thread must stop.
+    pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration) -> bool {
+        let ms = u16::try_from(sleep.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [
+            PollFd::new(input, PollFlags::POLLIN),
+            PollFd::new(self.stop.as_fd_ref(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "poll failed; dataplane stops");
+                return false;
+            }
+        }
+        fds[1].revents().is_none_or(|r| r.is_empty())
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("offload", &self.offload)
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Borrowing an `EventFd`'s descriptor for `poll`.
+trait AsFdRef {
+    fn as_fd_ref(&self) -> BorrowedFd<'_>;
+}
+
+impl AsFdRef for EventFd {
+    fn as_fd_ref(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+/// The control plane's handle on the running dataplane threads.
 #[derive(Debug)]
 pub struct LoopHandle {
     ctrl: ControlSender,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    path: String,
 }
 
 impl LoopHandle {
@@ -85,207 +156,130 @@ impl LoopHandle {
         self.ctrl.clone()
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    /// Which packet path is in use, in words, for `status`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Stops both threads and waits for them.
+    pub fn stop(self) {
         let _ = self.ctrl.send(Control::Stop);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads {
             if t.join().is_err() {
-                tracing::error!("the dataplane thread panicked");
+                tracing::error!("a dataplane thread panicked");
             }
         }
     }
 }
 
-/// A cloneable sender of control messages.
+/// A cloneable sender of control messages. Each is applied at once under
+/// the core's lock, so it lands between two batches.
 #[derive(Debug, Clone)]
 pub struct ControlSender {
-    tx: mpsc::Sender<Control>,
-    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
 }
 
 impl ControlSender {
-    /// Sends a control message and wakes the thread. Fails only when the
-    /// thread has ended.
+    /// Applies a control message. Never fails today; the `Result` keeps
+    /// callers ready for a dataplane that can refuse.
     pub fn send(&self, msg: Control) -> anyhow::Result<()> {
-        self.tx
-            .send(msg)
-            .map_err(|_| anyhow::anyhow!("the dataplane thread has stopped"))?;
-        self.wake.write(1).context("wake the dataplane thread")?;
+        match msg {
+            Control::SetTable(t) => self.shared.core().set_table(t),
+            Control::DumpFlows(reply) => {
+                let now = Instant::now();
+                let value = {
+                    let dp = self.shared.core();
+                    let flows: Vec<_> = dp.flows(now).collect();
+                    let replies: Vec<_> = dp.replies(now).collect();
+                    serde_json::json!({ "flows": flows, "replies": replies })
+                };
+                let _ = reply.send(value);
+            }
+            Control::Stop => {
+                self.shared
+                    .stop
+                    .write(1)
+                    .context("wake the dataplane threads")?;
+            }
+        }
         Ok(())
     }
 }
 
-/// Starts the dataplane thread.
+/// The packet path in words, e.g. for `proxytun status`.
+fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
+    let tun = match (offload.vnet, offload.uso) {
+        (true, true) => "TUN vnet-hdr offload (csum, tso4/6, uso4/6)",
+        (true, false) => "TUN vnet-hdr offload (csum, tso4/6)",
+        _ => "TUN plain (one packet per read)",
+    };
+    let gso = if socket.gso() {
+        format!("UDP GSO (up to {} datagrams per send)", socket.max_gso_segments())
+    } else {
+        "one datagram per send".to_owned()
+    };
+    let gro = if socket.gro() {
+        "UDP GRO + recvmmsg"
+    } else {
+        "recvmmsg"
+    };
+    let coalesce = if offload.vnet {
+        ", TUN writes coalesced"
+    } else {
+        ""
+    };
+    format!(
+        "{}: {tun}; {gso}; {gro}{coalesce}; one thread per direction",
+        if offload.vnet || socket.gso() || socket.gro() {
+            "offload"
+        } else {
+            "plain"
+        }
+    )
+}
+
+/// Starts the two direction threads.
 pub fn spawn(
     dp: Dataplane,
     tun: SyncDevice,
-    socket: UdpSocket,
+    offload: TunOffload,
+    socket: TunnelSocket,
     io: Arc<IoCounters>,
 ) -> anyhow::Result<LoopHandle> {
-    let wake = Arc::new(
-        EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .context("create the dataplane's eventfd")?,
-    );
-    let (tx, rx) = mpsc::channel();
-    let state = LoopState {
-        dp,
-        tun,
-        socket,
+    let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+        .context("create the dataplane's eventfd")?;
+    let path = describe(offload, &socket);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(dp),
         io,
-        wake: wake.clone(),
-        rx,
-    };
-    let thread = std::thread::Builder::new()
-        .name("dataplane".into())
-        .spawn(move || state.run())
-        .context("spawn the dataplane thread")?;
+        stop,
+        tun,
+        offload,
+        socket,
+    });
+    let mut threads = Vec::new();
+    let s = shared.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("egress".into())
+            .spawn(move || super::egress::run(&s))
+            .context("spawn the egress thread")?,
+    );
+    let s = shared.clone();
+    let ingress = std::thread::Builder::new()
+        .name("ingress".into())
+        .spawn(move || super::ingress::run(&s));
+    let ctrl = ControlSender { shared };
+    match ingress {
+        Ok(t) => threads.push(t),
+        Err(e) => {
+            let _ = ctrl.send(Control::Stop);
+            return Err(e).context("spawn the ingress thread");
+        }
+    }
     Ok(LoopHandle {
-        ctrl: ControlSender { tx, wake },
-        thread: Some(thread),
+        ctrl,
+        threads,
+        path,
     })
-}
-
-struct LoopState {
-    dp: Dataplane,
-    tun: SyncDevice,
-    socket: UdpSocket,
-    io: Arc<IoCounters>,
-    wake: Arc<EventFd>,
-    rx: mpsc::Receiver<Control>,
-}
-
-impl LoopState {
-    fn run(mut self) {
-        let mut buf = vec![0u8; HEADER_LEN + MAX_PACKET];
-        loop {
-            let now = Instant::now();
-            let sleep = self
-                .dp
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(now))
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
-            let (tun_ready, sock_ready, wake_ready) = match self.wait(sleep) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll failed; dataplane stops");
-                    return;
-                }
-            };
-            if wake_ready && !self.control() {
-                return;
-            }
-            if tun_ready {
-                self.drain_tun(&mut buf);
-            }
-            if sock_ready {
-                self.drain_socket(&mut buf);
-            }
-            let now = Instant::now();
-            if self.dp.poll_timeout().is_some_and(|t| t <= now) {
-                self.dp.handle_timeout(now);
-            }
-            self.io
-                .flows_active
-                .store(self.dp.flows_active() as u64, Ordering::Relaxed);
-            self.io
-                .replies_active
-                .store(self.dp.replies_active() as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Sleeps until a descriptor is ready or `sleep` passes.
-    fn wait(&self, sleep: Duration) -> nix::Result<(bool, bool, bool)> {
-        let ms = u16::try_from(sleep.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [
-            PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok((false, false, false)),
-            Err(e) => return Err(e),
-        }
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        Ok((ready(&fds[0]), ready(&fds[1]), ready(&fds[2])))
-    }
-
-    /// Applies pending control messages; false means stop.
-    fn control(&mut self) -> bool {
-        let _ = self.wake.read();
-        while let Ok(msg) = self.rx.try_recv() {
-            match msg {
-                Control::SetTable(t) => self.dp.set_table(t),
-                Control::DumpFlows(reply) => {
-                    let now = Instant::now();
-                    let flows: Vec<_> = self.dp.flows(now).collect();
-                    let replies: Vec<_> = self.dp.replies(now).collect();
-                    let _ = reply.send(serde_json::json!({ "flows": flows, "replies": replies }));
-                }
-                Control::Stop => return false,
-            }
-        }
-        true
-    }
-
-    fn drain_tun(&mut self, buf: &mut [u8]) {
-        for _ in 0..BATCH {
-            let n = match self.tun.recv(&mut buf[HEADER_LEN..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    IoCounters::bump(&self.io.tun_read_errors);
-                    tracing::debug!(error = %e, "TUN read failed");
-                    return;
-                }
-            };
-            let now = Instant::now();
-            let pkt = &mut buf[HEADER_LEN..HEADER_LEN + n];
-            match self.dp.handle_tun(pkt, now) {
-                TunVerdict::Tun => self.write_tun(HEADER_LEN, n, buf),
-                TunVerdict::Peer(peer) => {
-                    write_header(&mut buf[..HEADER_LEN]);
-                    match self.socket.send_to(&buf[..HEADER_LEN + n], peer) {
-                        Ok(_) => IoCounters::bump(&self.io.tunnel_tx),
-                        Err(e) => {
-                            IoCounters::bump(&self.io.send_errors);
-                            tracing::debug!(error = %e, %peer, "tunnel send failed");
-                        }
-                    }
-                }
-                TunVerdict::Drop(_) => {}
-            }
-        }
-    }
-
-    fn drain_socket(&mut self, buf: &mut [u8]) {
-        for _ in 0..BATCH {
-            let (n, from) = match self.socket.recv_from(buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here (e.g. a peer
-                    // that is down); count them and go on.
-                    IoCounters::bump(&self.io.recv_errors);
-                    tracing::debug!(error = %e, "tunnel receive failed");
-                    continue;
-                }
-            };
-            let now = Instant::now();
-            match self.dp.handle_tunnel(from, &mut buf[..n], now) {
-                NetVerdict::Tun => self.write_tun(HEADER_LEN, n - HEADER_LEN, buf),
-                NetVerdict::Drop(_) => {}
-            }
-        }
-    }
-
-    fn write_tun(&self, start: usize, len: usize, buf: &[u8]) {
-        if let Err(e) = self.tun.send(&buf[start..start + len]) {
-            IoCounters::bump(&self.io.tun_write_errors);
-            tracing::debug!(error = %e, "TUN write failed");
-        }
-    }
 }

@@ -1,11 +1,13 @@
 //! The I/O shell around the packet core: the TUN device, the tunnel socket,
-//! the dataplane thread, and the glue that turns envmgr snapshots into the
-//! core's lookup table.
+//! the two dataplane threads (one per direction), and the glue that turns
+//! envmgr snapshots into the core's lookup table.
 //!
 //! It owns no decisions: every packet goes to [`crate::core::Dataplane`] and
 //! the shell only does what the verdict says.
 
 pub mod device;
+mod egress;
+mod ingress;
 pub mod io_loop;
 pub mod table;
 pub mod view;

@@ -1,8 +1,8 @@
 //! What the management API sees of the dataplane.
 //!
 //! Status and counters are read straight from shared atomics; the flow list
-//! lives inside the dataplane thread, so it is asked for with a control
-//! message and comes back over a oneshot channel.
+//! is copied out of the core between two batches (a control message) and
+//! comes back over a oneshot channel.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,27 +16,26 @@ use serde_json::{json, Value};
 use crate::core::Counters;
 use crate::shell::io_loop::{Control, ControlSender, IoCounters};
 
-/// Which packet path is in use; `status` reports it so operators know what
-/// they are measuring.
-pub const PATH: &str = "plain: poll loop, one dataplane thread, one packet per syscall";
-
 /// The API's window onto the dataplane.
 #[derive(Debug)]
 pub struct ShellView {
     tun: String,
     mtu: u32,
     tunnel: SocketAddr,
+    path: String,
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
     ctrl: ControlSender,
 }
 
 impl ShellView {
-    /// Gathers what the view reports.
+    /// Gathers what the view reports. `path` says which packet path is in
+    /// use, so operators know what they are measuring.
     pub fn new(
         tun: String,
         mtu: u32,
         tunnel: SocketAddr,
+        path: String,
         counters: Arc<Counters>,
         io: Arc<IoCounters>,
         ctrl: ControlSender,
@@ -45,6 +44,7 @@ impl ShellView {
             tun,
             mtu,
             tunnel,
+            path,
             counters,
             io,
             ctrl,
@@ -59,7 +59,7 @@ impl DataplaneView for ShellView {
             "tun": self.tun,
             "mtu": self.mtu,
             "tunnel": self.tunnel.to_string(),
-            "path": PATH,
+            "path": self.path,
             "flows_active": self.io.flows_active.load(Ordering::Relaxed),
             "replies_active": self.io.replies_active.load(Ordering::Relaxed),
             "drops_total": c.drops.values().sum::<u64>(),
@@ -73,6 +73,8 @@ impl DataplaneView for ShellView {
         if let Value::Object(map) = &mut v {
             for (name, c) in [
                 ("tunnel_tx", &io.tunnel_tx),
+                ("tunnel_gso_sends", &io.gso_sends),
+                ("offload_errors", &io.offload_errors),
                 ("flows_active", &io.flows_active),
                 ("replies_active", &io.replies_active),
                 ("tun_write_errors", &io.tun_write_errors),

@@ -6,6 +6,7 @@
 mod drops;
 mod flows;
 mod fuzz;
+mod offload;
 mod pair;
 mod rewrite;
 mod util;

@@ -1,0 +1,241 @@
+//! The egress thread: TUN → core → tunnel socket (or back into the TUN).
+//!
+//! With TUN offloads one read brings a virtio-net header and up to a 64 KB
+//! super-packet. The core rewrites it once (one flow lookup for up to 45
+//! segments); only then is it cut into tunnel datagrams, laid out back to
+//! back at one stride so that a single `UDP_SEGMENT` send carries them all.
+//! A packet for a local instance goes back into the TUN whole, with its
+//! virtio-net header and a re-seeded partial checksum.
+//!
+//! Buffers are allocated once when the thread starts. Every read buffer
+//! keeps [`PKT`] bytes in front of the packet: the virtio-net header is read
+//! there, and the tunnel header is written over its tail, so a packet that
+//! needs no segmenting is sent without a copy.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+
+use super::io_loop::{IoCounters, Shared, MAX_SLEEP};
+use crate::core::offload::{self, CsumAt, Gso, Offload, Segments};
+use crate::core::tunnel::{write_header, HEADER_LEN};
+use crate::core::{DropReason, TunVerdict};
+
+/// Reads taken from the TUN before the core's lock is taken once for all.
+const READS: usize = 16;
+
+/// Where the IP packet starts in each read buffer: room for the virtio-net
+/// header in front, which is also room for the tunnel header.
+const PKT: usize = VIRTIO_NET_HDR_LEN;
+const _: () = assert!(HEADER_LEN <= PKT);
+
+/// The largest IP packet, super-packets included.
+const MAX_PACKET: usize = 65535;
+
+/// Room for the datagrams of one super-packet: its bytes plus a tunnel, IP
+/// and L4 header per segment, with a generous margin for small segments.
+const SEG_BUF: usize = 4 * MAX_PACKET;
+
+/// Payload bytes per GSO send: what fits in one IP packet with room for the
+/// UDP and IPv6 headers.
+const GSO_MAX_BYTES: usize = 65000;
+
+/// Segments per GSO send: the kernel's `UDP_MAX_SEGMENTS`.
+const GSO_MAX_SEGMENTS: usize = 64;
+
+// The virtio-net header fields tun-rs does not name.
+const VNET_F_NEEDS_CSUM: u8 = 1;
+const VNET_GSO_NONE: u8 = 0;
+const VNET_GSO_ECN: u8 = 0x80;
+
+/// One read: the buffer, the packet's length and offload metadata, and the
+/// core's verdict on it.
+struct Slot {
+    buf: Vec<u8>,
+    len: usize,
+    off: Offload,
+    verdict: TunVerdict,
+}
+
+/// Runs until a stop is asked for.
+pub(super) fn run(sh: &Shared) {
+    let mut slots: Vec<Slot> = (0..READS)
+        .map(|_| Slot {
+            buf: vec![0; PKT + MAX_PACKET],
+            len: 0,
+            off: Offload::default(),
+            verdict: TunVerdict::Drop(DropReason::Malformed),
+        })
+        .collect();
+    let mut seg = vec![0u8; SEG_BUF];
+    let mut next_timer: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let sleep = next_timer
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        if !sh.wait(sh.tun.as_fd(), sleep) {
+            return;
+        }
+        let n = read_batch(sh, &mut slots);
+        {
+            let mut dp = sh.core();
+            let now = Instant::now();
+            for s in &mut slots[..n] {
+                s.verdict = dp.handle_tun(&mut s.buf[PKT..PKT + s.len], now);
+            }
+            if dp.poll_timeout().is_some_and(|t| t <= now) {
+                dp.handle_timeout(now);
+            }
+            next_timer = dp.poll_timeout();
+            sh.publish_gauges(&dp);
+        }
+        for s in &mut slots[..n] {
+            output(sh, s, &mut seg);
+        }
+    }
+}
+
+/// Reads up to [`READS`] packets, stopping when the TUN has no more.
+/// Returns how many slots were filled.
+fn read_batch(sh: &Shared, slots: &mut [Slot]) -> usize {
+    let mut n = 0;
+    while n < slots.len() {
+        let s = &mut slots[n];
+        let start = if sh.offload.vnet { 0 } else { PKT };
+        let got = match sh.tun.recv(&mut s.buf[start..]) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                IoCounters::add(&sh.io.tun_read_errors, 1);
+                tracing::debug!(error = %e, "TUN read failed");
+                break;
+            }
+        };
+        if sh.offload.vnet {
+            let meta = (got > PKT)
+                .then(|| VirtioNetHdr::decode(&s.buf[..PKT]).ok())
+                .flatten()
+                .and_then(|h| offload_of(&h));
+            match meta {
+                Some(off) => {
+                    s.off = off;
+                    s.len = got - PKT;
+                }
+                None => {
+                    IoCounters::add(&sh.io.offload_errors, 1);
+                    continue;
+                }
+            }
+        } else {
+            s.off = Offload::default();
+            s.len = got;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The core's view of a virtio-net header; `None` for a GSO type we do not
+/// know (the kernel only sends those we enabled, so this is a bug or a lie).
+fn offload_of(h: &VirtioNetHdr) -> Option<Offload> {
+    let csum = (h.flags & VNET_F_NEEDS_CSUM != 0).then_some(CsumAt {
+        start: h.csum_start,
+        offset: h.csum_offset,
+    });
+    let gso = match h.gso_type & !VNET_GSO_ECN {
+        VNET_GSO_NONE => Gso::None,
+        tun_rs::VIRTIO_NET_HDR_GSO_TCPV4 | tun_rs::VIRTIO_NET_HDR_GSO_TCPV6 => {
+            Gso::Tcp { mss: h.gso_size }
+        }
+        tun_rs::VIRTIO_NET_HDR_GSO_UDP_L4 => Gso::Udp { size: h.gso_size },
+        _ => return None,
+    };
+    Some(Offload { gso, csum })
+}
+
+/// Carries out the core's verdict on one packet.
+fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8]) {
+    let end = PKT + s.len;
+    match s.verdict {
+        TunVerdict::Drop(_) => {}
+        TunVerdict::Tun => {
+            // A local instance: back into the TUN whole. With offloads the
+            // virtio-net header read with the packet still describes it (the
+            // rewrite changed no length), and a partial checksum is seeded
+            // anew for the rewritten addresses.
+            let frame = if sh.offload.vnet {
+                if let Some(at) = s.off.csum {
+                    if offload::seed_partial_checksum(&mut s.buf[PKT..end], at).is_err() {
+                        IoCounters::add(&sh.io.offload_errors, 1);
+                        return;
+                    }
+                }
+                &s.buf[..end]
+            } else {
+                &s.buf[PKT..end]
+            };
+            if let Err(e) = sh.tun.send(frame) {
+                IoCounters::add(&sh.io.tun_write_errors, 1);
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+        }
+        TunVerdict::Peer(to) => {
+            if s.off.gso != Gso::None {
+                match offload::segment(&s.buf[PKT..end], &s.off, seg) {
+                    Ok(segs) => send_segments(sh, to, seg, &segs),
+                    Err(e) => {
+                        IoCounters::add(&sh.io.offload_errors, 1);
+                        tracing::debug!(error = %e, "super-packet not segmented");
+                    }
+                }
+                return;
+            }
+            if let Some(at) = s.off.csum {
+                if offload::finish_checksum(&mut s.buf[PKT..end], at).is_err() {
+                    IoCounters::add(&sh.io.offload_errors, 1);
+                    return;
+                }
+            }
+            write_header(&mut s.buf[PKT - HEADER_LEN..PKT]);
+            send(sh, to, &s.buf[PKT - HEADER_LEN..end], None, 1);
+        }
+    }
+}
+
+/// Sends the datagrams of one super-packet: in as few GSO sends as the
+/// kernel allows, or one by one without GSO.
+fn send_segments(sh: &Shared, to: SocketAddr, seg: &[u8], segs: &Segments) {
+    if sh.socket.gso() {
+        let max = sh.socket.max_gso_segments().min(GSO_MAX_SEGMENTS);
+        for range in segs.groups(max, GSO_MAX_BYTES) {
+            let count = range.len().div_ceil(segs.stride);
+            send(sh, to, &seg[range], Some(segs.stride), count as u64);
+        }
+    } else {
+        for dgram in seg[..segs.len].chunks(segs.stride) {
+            send(sh, to, dgram, None, 1);
+        }
+    }
+}
+
+/// One send system call carrying `count` datagrams.
+fn send(sh: &Shared, to: SocketAddr, bytes: &[u8], segment: Option<usize>, count: u64) {
+    match sh.socket.send(to, bytes, segment) {
+        Ok(()) => {
+            IoCounters::add(&sh.io.tunnel_tx, count);
+            if count > 1 {
+                IoCounters::add(&sh.io.gso_sends, 1);
+            }
+        }
+        Err(e) => {
+            IoCounters::add(&sh.io.send_errors, count);
+            tracing::debug!(error = %e, %to, "tunnel send failed");
+        }
+    }
+}
