@@ -214,7 +214,10 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
         _ => "TUN plain (one packet per read)",
     };
     let gso = if socket.gso() {
-        format!("UDP GSO (up to {} datagrams per send)", socket.max_gso_segments())
+        format!(
+            "UDP GSO (up to {} datagrams per send)",
+            socket.max_gso_segments()
+        )
     } else {
         "one datagram per send".to_owned()
     };
