@@ -1,0 +1,249 @@
+//! The chart: an SVG a person can look at without reading the table.
+//!
+//! Top panel: each metric of each mode as a ratio to `vxlan` (grouped bars,
+//! a line at 1.0 = as good as VXLAN; for "lower is better" metrics the
+//! ratio is flipped so that taller is always better). Bottom panel: the
+//! absolute throughputs in Gbit/s.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::report::{ModeSummary, METRICS};
+use crate::stats;
+
+/// The metrics of the ratio panel (loss is left out: its ratio of small
+/// percentages says little).
+const RATIO_KEYS: &[&str] = &[
+    "tcp1_gbps",
+    "tcp4_gbps",
+    "udp_gbps",
+    "rr_tps",
+    "rr_p50_us",
+    "rr_p99_us",
+    "crr_cps",
+    "sys_cpu_s_per_gbit",
+];
+
+/// Short group labels for the ratio panel.
+fn short(key: &str) -> &'static str {
+    match key {
+        "tcp1_gbps" => "TCP x1",
+        "tcp4_gbps" => "TCP x4",
+        "udp_gbps" => "UDP rate",
+        "rr_tps" => "req/resp tps",
+        "rr_p50_us" => "1/p50 lat",
+        "rr_p99_us" => "1/p99 lat",
+        "crr_cps" => "conn/s",
+        "sys_cpu_s_per_gbit" => "Gbit/CPU-s",
+        _ => "?",
+    }
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x4c, 0x72, 0xb0),
+    RGBColor(0x55, 0xa8, 0x68),
+    RGBColor(0xc4, 0x4e, 0x52),
+    RGBColor(0x81, 0x72, 0xb2),
+    RGBColor(0xcc, 0xb9, 0x74),
+    RGBColor(0x64, 0xb5, 0xcd),
+];
+
+/// "Taller is better" ratio of `mode` to `vxlan` for metric `key`.
+fn better_ratio(summary: &[ModeSummary], mode: &ModeSummary, key: &str) -> Option<f64> {
+    let m = METRICS.iter().find(|m| m.key == key)?;
+    let base = summary.iter().find(|s| s.mode == "vxlan")?.get(key);
+    let r = stats::ratio(mode.get(key), base)?;
+    if m.higher_is_better {
+        Some(r)
+    } else if r > 0.0 {
+        Some(1.0 / r)
+    } else {
+        None
+    }
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing the chart: {e:?}")
+}
+
+/// Draws the chart of `summary` into `path` (SVG), titled `title`.
+pub fn draw(summary: &[ModeSummary], path: &Path, title: &str) -> Result<()> {
+    let root = SVGBackend::new(path, (1280, 960)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(err)?;
+    let (top, bottom) = root.split_vertically(520);
+
+    let has_vxlan = summary.iter().any(|s| s.mode == "vxlan");
+    if has_vxlan {
+        let groups: Vec<(&str, Vec<Option<f64>>)> = RATIO_KEYS
+            .iter()
+            .map(|k| {
+                (
+                    short(k),
+                    summary
+                        .iter()
+                        .map(|s| better_ratio(summary, s, k))
+                        .collect(),
+                )
+            })
+            .collect();
+        bars(
+            &top,
+            "ratio to vxlan (taller is better; 1.0 = vxlan)",
+            "x vxlan",
+            summary,
+            &groups,
+            Some(1.0),
+        )?;
+    } else {
+        top.draw(&Text::new(
+            "no vxlan run: no ratio panel",
+            (40, 40),
+            ("sans-serif", 18),
+        ))
+        .map_err(err)?;
+    }
+
+    let groups: Vec<(&str, Vec<Option<f64>>)> = [
+        ("TCP 1 stream", "tcp1_gbps"),
+        ("TCP 4 streams", "tcp4_gbps"),
+        ("UDP 1400 B received", "udp_gbps"),
+    ]
+    .iter()
+    .map(|(l, k)| (*l, summary.iter().map(|s| s.get(k)).collect()))
+    .collect();
+    bars(
+        &bottom,
+        "throughput (median)",
+        "Gbit/s",
+        summary,
+        &groups,
+        None,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One grouped bar panel: a group per entry of `groups`, a bar per mode.
+fn bars(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    summary: &[ModeSummary],
+    groups: &[(&str, Vec<Option<f64>>)],
+    reference: Option<f64>,
+) -> Result<()> {
+    let n = groups.len();
+    let ymax = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().copied())
+        .chain(reference)
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    let k = summary.len().max(1) as f64;
+    let slot = 0.8 / k;
+    for (mi, s) in summary.iter().enumerate() {
+        let color = COLORS[mi % COLORS.len()];
+        let rects = groups.iter().enumerate().filter_map(|(gi, (_, vals))| {
+            let v = vals.get(mi).copied().flatten()?;
+            let x0 = gi as f64 + 0.1 + slot * mi as f64;
+            Some(Rectangle::new(
+                [(x0, 0.0), (x0 + slot * 0.9, v)],
+                color.filled(),
+            ))
+        });
+        chart
+            .draw_series(rects)
+            .map_err(err)?
+            .label(s.mode.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    // Group labels under the axis, in the area's own coordinates (the
+    // plotting area would clip them).
+    let (bx, by) = area.get_base_pixel();
+    let style =
+        TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (gi, (label, _)) in groups.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, 0.0));
+        area.draw(&Text::new(
+            label.to_string(),
+            (px - bx, py - by + 8),
+            style.clone(),
+        ))
+        .map_err(err)?;
+    }
+    if let Some(r) = reference {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, r), (n as f64, r)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_an_svg_with_every_mode() {
+        let mk = |mode: &str, tcp: f64, lat: f64| ModeSummary {
+            mode: mode.into(),
+            runs: 3,
+            medians: METRICS
+                .iter()
+                .map(|m| match m.key {
+                    "tcp1_gbps" | "tcp4_gbps" | "udp_gbps" => Some(tcp),
+                    "rr_p50_us" | "rr_p99_us" => Some(lat),
+                    _ => Some(1.0),
+                })
+                .collect(),
+        };
+        let s = vec![
+            mk("direct", 30.0, 20.0),
+            mk("vxlan", 10.0, 25.0),
+            mk("proxytun", 6.0, 50.0),
+        ];
+        // Lower latency is better, so the flipped ratio of proxytun is 0.5.
+        assert_eq!(better_ratio(&s, &s[2], "rr_p50_us"), Some(0.5));
+        assert_eq!(better_ratio(&s, &s[2], "tcp1_gbps"), Some(0.6));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.svg");
+        draw(&s, &p, "test").unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        for m in ["direct", "vxlan", "proxytun", "TCP x1", "Gbit/s"] {
+            assert!(svg.contains(m), "no {m} in the SVG");
+        }
+    }
+}

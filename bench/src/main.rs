@@ -1,0 +1,118 @@
+//! `bench`: the proxytun benchmark harness.
+//!
+//! `bench compare` builds two hosts and per-mode containers in network
+//! namespaces, measures every dataplane interleaved, and prints, writes and
+//! draws the medians. The hidden subcommands are the traffic tools it runs
+//! inside the containers. Later harnesses (control plane, DNS) are further
+//! subcommands next to `compare`.
+
+mod chart;
+mod cmd;
+mod compare;
+mod measure;
+mod modes;
+mod netns;
+mod report;
+mod stats;
+mod topo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::modes::ModeKind;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "proxytun benchmark harness (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun,
+    /// proxytun-plain; prints medians and ratios, writes JSON and an SVG.
+    Compare(CompareArgs),
+    /// Echo server for the request/response tests (runs in a container).
+    #[command(hide = true)]
+    RrServer {
+        /// TCP port to listen on.
+        #[arg(long)]
+        port: u16,
+    },
+    /// One connection, small ping-pong for SECS seconds; prints JSON.
+    #[command(hide = true)]
+    RrClient {
+        /// The server.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// How long, seconds.
+        #[arg(long)]
+        secs: f64,
+        /// Message size, bytes.
+        #[arg(long, default_value_t = 1)]
+        size: usize,
+    },
+    /// New connection per request for SECS seconds; prints JSON.
+    #[command(hide = true)]
+    CrrClient {
+        /// The server.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// How long, seconds.
+        #[arg(long)]
+        secs: f64,
+    },
+}
+
+/// Options of `bench compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// How many interleaved rounds (A B C A B C ...).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Seconds per load.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Which modes, comma-separated (default: all available).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Option<Vec<ModeKind>>,
+    /// Namespace-name prefix (default `ptb<pid % 1000>-`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Where the JSON and SVG go (default `target/bench/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// apt-get install openvpn if it is missing.
+    #[arg(long)]
+    pub install: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Compare(a) => {
+            let r = compare::run(&a);
+            if r.is_err() && cmd::interrupted() {
+                eprintln!("bench: interrupted; processes stopped and namespaces removed");
+                std::process::exit(130);
+            }
+            r
+        }
+        Cmd::RrServer { port } => measure::rr::serve(port),
+        Cmd::RrClient { addr, secs, size } => {
+            let r = measure::rr::rr_client(addr, secs, size)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::CrrClient { addr, secs } => {
+            let r = measure::rr::crr_client(addr, secs)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Named network namespaces that delete themselves.
+//!
+//! Every host and container of a bench run is a namespace whose name starts
+//! with the run's prefix. The handle deletes it on Drop, which also runs on
+//! an error or an interrupt, so a failed run leaves nothing behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cmd::{self, Bg, Out};
+
+/// How long plain `ip` configuration commands may take.
+pub const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A network namespace created with `ip netns add`, deleted on Drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace (replacing a stale one of the same name left
+    /// by a killed earlier run) and brings its loopback up.
+    pub fn create(name: &str) -> Result<Netns> {
+        if PathBuf::from("/run/netns").join(name).exists() {
+            delete(name);
+        }
+        cmd::run_ok("ip", &["netns", "add", name], IP_TIMEOUT)
+            .with_context(|| format!("creating netns {name}"))?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mounted namespace file, what `proxytun attach --netns` takes.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A `Command` that runs `prog args..` inside this namespace
+    /// (`ip netns exec` execs, so the child's pid is `prog`'s).
+    pub fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]).args(args);
+        c
+    }
+
+    /// Runs `prog args..` inside the namespace with a deadline; the exit
+    /// status is left to the caller.
+    pub fn exec(&self, prog: &str, args: &[&str], timeout: Duration) -> Result<Out> {
+        cmd::run(&mut self.command(prog, args), timeout)
+    }
+
+    /// Starts `prog args..` in the background inside the namespace.
+    pub fn spawn(&self, prog: &str, args: &[&str]) -> Result<Bg> {
+        Bg::spawn(&mut self.command(prog, args))
+    }
+
+    /// `ip -n <ns> args..`, required to succeed.
+    pub fn ip(&self, args: &[&str]) -> Result<Out> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        cmd::run_ok("ip", &full, IP_TIMEOUT)
+            .with_context(|| format!("ip {} (in netns {})", args.join(" "), self.name))
+    }
+
+    /// Sets a sysctl inside the namespace (`key` like `net.ipv4.ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")], IP_TIMEOUT)?
+            .ok()
+            .with_context(|| format!("sysctl {key}={value} in {}", self.name))?;
+        Ok(())
+    }
+
+    /// Whether something listens on TCP `port` in this namespace (from
+    /// `ss`, so no traffic is needed to find out).
+    pub fn listens_tcp(&self, port: u16) -> Result<bool> {
+        let out = self
+            .exec("ss", &["-Hltn", &format!("sport = :{port}")], IP_TIMEOUT)?
+            .ok()?;
+        Ok(!out.stdout.trim().is_empty())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
+/// Deletes namespace `name`, warning (not failing) if that does not work:
+/// the teardown must go on.
+fn delete(name: &str) {
+    let r = cmd::run_uninterruptible(Command::new("ip").args(["netns", "del", name]), IP_TIMEOUT)
+        .and_then(Out::ok);
+    if let Err(e) = r {
+        eprintln!("warning: could not delete netns {name}: {e:#}");
+    }
+}
+
+/// The namespaces whose names start with `prefix`.
+pub fn list_with_prefix(prefix: &str) -> Result<Vec<String>> {
+    let out = cmd::run_ok("ip", &["netns", "list"], IP_TIMEOUT)?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes namespaces with our prefix left by a killed earlier run.
+pub fn remove_stale(prefix: &str) -> Result<()> {
+    for n in list_with_prefix(prefix)? {
+        eprintln!("bench: removing stale namespace {n} from an earlier run");
+        delete(&n);
+    }
+    Ok(())
+}
