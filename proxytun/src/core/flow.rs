@@ -4,8 +4,12 @@
 //! instance. It is reachable by two exact 5-tuple keys (the client's packets
 //! and the instance's replies) that both point at one slot of a slab, so a
 //! hit costs one hash lookup and no allocation.
+//!
+//! The maps of the packet core hash with [`FastMap`]'s foldhash, not std's
+//! SipHash; see there for why that is safe enough and what it buys.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,8 +53,27 @@ impl Default for CoreConfig {
     }
 }
 
+/// The hash map of the packet's hot path: std's `HashMap` (hashbrown) with
+/// foldhash instead of SipHash-1-3.
+///
+/// Why: every packet costs at least one lookup keyed by a 5-tuple, and
+/// SipHash of a [`FlowKey`] was most of a hit's cost (see
+/// `docs/benchmarks.md`). foldhash is several times faster on such small
+/// keys. Why it is still safe enough: the keys are partly chosen by
+/// containers (ports, and addresses within what a container owns), so a
+/// fixed-seed hash would let them craft collisions and turn every lookup
+/// into a scan. foldhash's `RandomState` seeds each map from a per-process
+/// random seed (plus a per-map one), which keeps it "minimally
+/// DoS-resistant": an attacker who cannot observe the process's timing
+/// closely cannot predict collisions. It is not a cryptographic hash, and
+/// the table sizes are capped by [`CoreConfig::max_flows`] anyway.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// An exact 5-tuple as seen on the wire (ICMP: identifier in both ports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// `Hash` is written by hand (see the impl) so a key costs one or three
+/// hasher rounds instead of a dozen small writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     /// Transport protocol.
     pub proto: Proto,
@@ -85,6 +108,47 @@ impl FlowKey {
             sport: self.dport,
             dport: self.sport,
         }
+    }
+}
+
+/// Hashes exactly the fields `Eq` compares, packed into as few words as
+/// possible: an IPv4 key is one 128-bit word (addresses, ports, protocol),
+/// anything else three. Keys that are equal always pack equally; unequal
+/// keys of different families may share a word but still compare unequal.
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let proto: u8 = match self.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+        };
+        // sport | dport | family | protocol.
+        let tail = |family: u8| {
+            (u64::from(self.sport) << 32)
+                | (u64::from(self.dport) << 16)
+                | (u64::from(family) << 8)
+                | u64::from(proto)
+        };
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => h.write_u128(
+                (u128::from(s.to_bits()) << 96)
+                    | (u128::from(d.to_bits()) << 64)
+                    | u128::from(tail(4)),
+            ),
+            (s, d) => {
+                h.write_u128(bits(s));
+                h.write_u128(bits(d));
+                h.write_u64(tail(6));
+            }
+        }
+    }
+}
+
+/// An address as 128 bits (IPv4 in the low 32).
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits(),
     }
 }
 
@@ -307,11 +371,26 @@ pub(crate) fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S
 pub struct FlowTable {
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
-    map: HashMap<FlowKey, (usize, Dir)>,
+    map: FastMap<FlowKey, (usize, Dir)>,
     len: usize,
 }
 
 impl FlowTable {
+    /// A table with room for `flows` flows before it first grows.
+    ///
+    /// Growing is amortised and costs no more per flow than a pre-sized
+    /// table (bench `flow_insert`), so the dataplane does not pre-size; this
+    /// is for a caller that cannot afford the one long pause of rehashing a
+    /// large table on the packet path.
+    pub fn with_capacity(flows: usize) -> Self {
+        FlowTable {
+            slots: Vec::with_capacity(flows),
+            free: Vec::new(),
+            map: FastMap::with_capacity_and_hasher(flows.saturating_mul(2), Default::default()),
+            len: 0,
+        }
+    }
+
     /// Number of live flows.
     pub fn len(&self) -> usize {
         self.len
@@ -448,6 +527,77 @@ mod tests {
             &cfg,
         );
         assert_eq!(d, Some(t1 + Duration::from_secs(2) + cfg.tcp_rst_linger));
+    }
+
+    #[test]
+    fn key_hash_agrees_with_eq() {
+        use std::hash::BuildHasher;
+        let st = foldhash::fast::RandomState::default();
+        let base = flow(7).key;
+        let v6 = FlowKey {
+            src: "fdff:18::105".parse().unwrap(),
+            dst: "fdff:30::10".parse().unwrap(),
+            ..base
+        };
+        for k in [base, base.reversed(), v6, v6.reversed()] {
+            let copy = k;
+            assert_eq!(st.hash_one(k), st.hash_one(copy));
+        }
+        // Every field takes part: changing any one changes the hash (a
+        // collision here would be a 1 in 2^64 accident, or a packing bug).
+        let mut variants = vec![base, v6];
+        for k in [base, v6] {
+            variants.push(FlowKey {
+                proto: Proto::Tcp,
+                ..k
+            });
+            variants.push(FlowKey {
+                sport: k.sport + 1,
+                ..k
+            });
+            variants.push(FlowKey {
+                dport: k.dport + 1,
+                ..k
+            });
+            variants.push(k.reversed());
+        }
+        variants.push(FlowKey {
+            src: "10.18.1.6".parse().unwrap(),
+            ..base
+        });
+        variants.push(FlowKey {
+            dst: "10.30.0.2".parse().unwrap(),
+            ..base
+        });
+        variants.push(FlowKey {
+            src: "fdff:18::106".parse().unwrap(),
+            ..v6
+        });
+        variants.push(FlowKey {
+            dst: "fdff:30::11".parse().unwrap(),
+            ..v6
+        });
+        // An IPv4-mapped twin of the v4 key is a different key.
+        variants.push(FlowKey {
+            src: "::a12:105".parse().unwrap(),
+            dst: "::a1e:1".parse().unwrap(),
+            ..base
+        });
+        let hashes: std::collections::HashSet<u64> =
+            variants.iter().map(|k| st.hash_one(k)).collect();
+        assert_eq!(hashes.len(), variants.len());
+    }
+
+    #[test]
+    fn with_capacity_behaves_like_default() {
+        let mut t = FlowTable::with_capacity(4);
+        for p in 0..10 {
+            t.insert(flow(p));
+        }
+        assert_eq!(t.len(), 10);
+        assert!((0..10).all(|p| t.lookup(&flow(p).key).is_some()));
+        t.remove(0);
+        assert_eq!(t.lookup(&flow(0).key), None);
     }
 
     fn flow(port: u16) -> Flow {

@@ -1,18 +1,19 @@
 //! Load-balancing policies: which instance a new flow gets.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::flow::FastMap;
 use super::table::{InstanceId, ServiceEntry, Table};
 
 /// A true rotation per service: the n-th new flow to a service gets
 /// instance `n mod len` in table order.
 ///
 /// Counters are keyed by service name, not table index, so they survive
-/// table swaps; a new instance simply joins the rotation.
+/// table swaps; a new instance simply joins the rotation. The map is
+/// consulted once per new flow, so it uses the core's fast hasher too.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    next: HashMap<Arc<str>, u64>,
+    next: FastMap<Arc<str>, u64>,
 }
 
 impl RoundRobin {

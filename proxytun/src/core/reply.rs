@@ -5,14 +5,13 @@
 //! the instance's *reply*. Replies then go back to that peer unchanged: the
 //! server node needs no table entry for the client at all.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::flow::{min_opt, serialize_ms, Activity, CoreConfig, FlowKey};
+use super::flow::{min_opt, serialize_ms, Activity, CoreConfig, FastMap, FlowKey};
 
 /// Where a local instance's replies to one remote client go.
 #[derive(Debug, Clone)]
@@ -26,9 +25,12 @@ pub struct ReplyEntry {
 }
 
 /// Reply entries by the reply's 5-tuple (local ns:port -> remote iip:port).
+///
+/// Looked up on every packet a server node receives or answers, so it uses
+/// the core's fast hasher ([`FastMap`]).
 #[derive(Debug, Default)]
 pub struct ReplyCache {
-    map: HashMap<FlowKey, ReplyEntry>,
+    map: FastMap<FlowKey, ReplyEntry>,
 }
 
 impl ReplyCache {

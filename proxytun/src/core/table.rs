@@ -3,11 +3,13 @@
 //! The control plane builds a new [`Table`] on every change (never per
 //! packet) and swaps it in; the packet path only does O(1) hash lookups.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::flow::FastMap;
 
 /// Where an instance runs, as far as forwarding is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,11 +144,11 @@ pub struct Table {
     services6: Ipv6Net,
     services: Vec<ServiceEntry>,
     instances: Vec<InstanceEntry>,
-    vips: HashMap<IpAddr, Vip>,
-    local_ns: HashMap<IpAddr, InstanceId>,
-    local_iip: HashMap<IpAddr, InstanceId>,
-    by_name: HashMap<Arc<str>, InstanceId>,
-    peers: HashSet<IpAddr>,
+    vips: FastMap<IpAddr, Vip>,
+    local_ns: FastMap<IpAddr, InstanceId>,
+    local_iip: FastMap<IpAddr, InstanceId>,
+    by_name: FastMap<Arc<str>, InstanceId>,
+    peers: HashSet<IpAddr, foldhash::fast::RandomState>,
 }
 
 impl Table {
@@ -157,11 +159,11 @@ impl Table {
             services6,
             services: Vec::new(),
             instances: Vec::new(),
-            vips: HashMap::new(),
-            local_ns: HashMap::new(),
-            local_iip: HashMap::new(),
-            by_name: HashMap::new(),
-            peers: HashSet::new(),
+            vips: FastMap::default(),
+            local_ns: FastMap::default(),
+            local_iip: FastMap::default(),
+            by_name: FastMap::default(),
+            peers: HashSet::default(),
         }
     }
 

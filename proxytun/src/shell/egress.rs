@@ -71,6 +71,7 @@ pub(super) fn run(sh: &Shared) {
         })
         .collect();
     let mut seg = vec![0u8; SEG_BUF];
+    let mut train = Train::new();
     let mut next_timer: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -95,8 +96,9 @@ pub(super) fn run(sh: &Shared) {
             sh.publish_gauges(&dp);
         }
         for s in &mut slots[..n] {
-            output(sh, s, &mut seg);
+            output(sh, s, &mut seg, &mut train);
         }
+        train.flush(sh);
     }
 }
 
@@ -160,7 +162,7 @@ fn offload_of(h: &VirtioNetHdr) -> Option<Offload> {
 }
 
 /// Carries out the core's verdict on one packet.
-fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8]) {
+fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
     let end = PKT + s.len;
     match s.verdict {
         TunVerdict::Drop(_) => {}
@@ -187,6 +189,9 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8]) {
         }
         TunVerdict::Peer(to) => {
             if s.off.gso != Gso::None {
+                // Datagrams of earlier packets go first: order within a
+                // flow is kept.
+                train.flush(sh);
                 match offload::segment(&s.buf[PKT..end], &s.off, seg) {
                     Ok(segs) => send_segments(sh, to, seg, &segs),
                     Err(e) => {
@@ -203,8 +208,69 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8]) {
                 }
             }
             write_header(&mut s.buf[PKT - HEADER_LEN..PKT]);
-            send(sh, to, &s.buf[PKT - HEADER_LEN..end], None, 1);
+            train.push(sh, to, &s.buf[PKT - HEADER_LEN..end]);
         }
+    }
+}
+
+/// Ordinary datagrams of one batch, gathered so that a run of them to the
+/// same peer leaves in one GSO send: `UDP_SEGMENT` only asks that all but
+/// the last datagram have the same size, not that they come from one
+/// super-packet. A UDP flood or many small flows then cost one send per
+/// batch instead of one per packet. Without GSO each datagram is sent as it
+/// comes, from where it lies.
+struct Train {
+    buf: Vec<u8>,
+    to: Option<SocketAddr>,
+    stride: usize,
+    count: usize,
+    /// The last datagram was shorter than `stride`: nothing may follow it.
+    closed: bool,
+}
+
+impl Train {
+    fn new() -> Train {
+        Train {
+            buf: Vec::with_capacity(GSO_MAX_BYTES),
+            to: None,
+            stride: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Adds one datagram for `to`, sending what came before when it cannot
+    /// join them.
+    fn push(&mut self, sh: &Shared, to: SocketAddr, dgram: &[u8]) {
+        if !sh.socket.gso() {
+            self.flush(sh);
+            send(sh, to, dgram, None, 1);
+            return;
+        }
+        let joins = self.to == Some(to)
+            && !self.closed
+            && dgram.len() <= self.stride
+            && self.count < GSO_MAX_SEGMENTS.min(sh.socket.max_gso_segments())
+            && self.buf.len() + dgram.len() <= GSO_MAX_BYTES;
+        if !joins {
+            self.flush(sh);
+            self.to = Some(to);
+            self.stride = dgram.len();
+        }
+        self.buf.extend_from_slice(dgram);
+        self.count += 1;
+        self.closed = dgram.len() < self.stride;
+    }
+
+    /// Sends what is gathered.
+    fn flush(&mut self, sh: &Shared) {
+        if let Some(to) = self.to.take() {
+            let segment = (self.count > 1).then_some(self.stride);
+            send(sh, to, &self.buf, segment, self.count as u64);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
     }
 }
 
