@@ -19,16 +19,11 @@
 use std::ops::Range;
 
 use super::checksum::{checksum, checksum_with, ones_sum, pseudo_header_sum};
-use super::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use super::packet::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN, IPV6_HEADER_LEN,
+    TCP_CWR, TCP_FIN, TCP_HEADER_MIN, TCP_PSH, UDP_HEADER_LEN,
+};
 use super::tunnel::{write_header, HEADER_LEN};
-
-const IPV4_HEADER_MIN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const TCP_HEADER_MIN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// Where the transport checksum lives (virtio `csum_start`/`csum_offset`),
 /// so the checksum can be completed or re-seeded after a rewrite.

@@ -27,13 +27,21 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag.
 pub const TCP_RST: u8 = 0x04;
+/// TCP PSH flag.
+pub const TCP_PSH: u8 = 0x08;
 /// TCP ACK flag.
 pub const TCP_ACK: u8 = 0x10;
+/// TCP CWR flag.
+pub const TCP_CWR: u8 = 0x80;
 
-const IPV4_HEADER_MIN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const TCP_HEADER_MIN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
+/// Shortest IPv4 header (no options).
+pub const IPV4_HEADER_MIN: usize = 20;
+/// The fixed IPv6 header.
+pub const IPV6_HEADER_LEN: usize = 40;
+/// Shortest TCP header (no options).
+pub const TCP_HEADER_MIN: usize = 20;
+/// The UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
 const ICMP_HEADER_MIN: usize = 8;
 
 /// The transport protocols the dataplane forwards (ICMP covers ICMPv6).
