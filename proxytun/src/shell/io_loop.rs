@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
@@ -109,7 +109,7 @@ impl Shared {
         let ms = u16::try_from(sleep.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [
             PollFd::new(input, PollFlags::POLLIN),
-            PollFd::new(self.stop.as_fd_ref(), PollFlags::POLLIN),
+            PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -128,17 +128,6 @@ impl std::fmt::Debug for Shared {
             .field("offload", &self.offload)
             .field("socket", &self.socket)
             .finish_non_exhaustive()
-    }
-}
-
-/// Borrowing an `EventFd`'s descriptor for `poll`.
-trait AsFdRef {
-    fn as_fd_ref(&self) -> BorrowedFd<'_>;
-}
-
-impl AsFdRef for EventFd {
-    fn as_fd_ref(&self) -> BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self)
     }
 }
 
