@@ -26,6 +26,10 @@ pub enum Error {
     /// The state could not be written (HTTP 500); the change was undone.
     #[error("store: {0}")]
     Store(String),
+    /// The cluster store (etcd) cannot be reached right now (HTTP 503);
+    /// nothing was changed and the request may be retried.
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -38,6 +42,7 @@ impl Error {
             Error::Unprocessable(_) => 422,
             Error::Exhausted(_) => 507,
             Error::Kernel(_) | Error::Store(_) => 500,
+            Error::Unavailable(_) => 503,
         }
     }
 
@@ -51,6 +56,7 @@ impl Error {
             Error::Exhausted(_) => "exhausted",
             Error::Kernel(_) => "kernel",
             Error::Store(_) => "store",
+            Error::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod alloc;
 pub mod api;
+pub mod cluster;
 pub mod error;
 pub mod kernel;
 pub mod manager;
 pub mod model;
 pub mod plan;
+pub mod registry;
 pub mod requests;
 pub mod store;
 

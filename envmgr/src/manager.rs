@@ -31,6 +31,7 @@ use crate::model::{
     Snapshot,
 };
 use crate::plan::AddressPlan;
+use crate::registry::{Claim, ClusterView, Registry};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 use crate::store::{LocalStore, State, Store};
 
@@ -148,6 +149,9 @@ impl Table {
         let mut used = BTreeMap::new();
         for s in self.services.values() {
             used.insert(s.rr_ip.v4, format!("the ServiceIP of {}", s.name));
+            if let Some(c) = s.closest_ip {
+                used.insert(c.v4, format!("the closest ServiceIP of {}", s.name));
+            }
         }
         for i in self.instances.values() {
             used.insert(i.instance_ip.v4, format!("the instance IP of {}", i.key));
@@ -191,6 +195,9 @@ pub struct Manager<K: Kernel> {
     kernel: K,
     store: Box<dyn Store>,
     probe: Box<dyn NetnsProbe>,
+    /// The cluster store's allocator; `None` with the local store, where
+    /// this node allocates everything from its own block.
+    registry: Option<Arc<dyn Registry>>,
     table: Mutex<Table>,
     tx: watch::Sender<Arc<Snapshot>>,
 }
@@ -227,14 +234,47 @@ impl<K: Kernel> Manager<K> {
         kernel: K,
         store: Box<dyn Store>,
     ) -> anyhow::Result<Self> {
-        Self::open_inner(settings, kernel, store, Box::new(SysNetns)).await
+        Self::open_full(settings, kernel, store, Box::new(SysNetns), None).await
     }
 
+    /// [`Self::open`] for a node of a cluster store: ServiceIPs, instance
+    /// numbers and instance IPs are claimed through `registry`, peers and
+    /// remote instances arrive through [`Self::set_cluster_view`], and the
+    /// API's peer and remote-instance writes are refused. The local store
+    /// still keeps the attachments and the last known cluster view, so a
+    /// node restarts with a working table while the cluster store is down.
+    pub async fn open_clustered(
+        settings: Settings,
+        kernel: K,
+        registry: Arc<dyn Registry>,
+    ) -> anyhow::Result<Self> {
+        let store = LocalStore::open_exclusive(settings.state_dir.clone())?;
+        Self::open_full(
+            settings,
+            kernel,
+            Box::new(store),
+            Box::new(SysNetns),
+            Some(registry),
+        )
+        .await
+    }
+
+    #[cfg(test)]
     async fn open_inner(
         settings: Settings,
         kernel: K,
         store: Box<dyn Store>,
         probe: Box<dyn NetnsProbe>,
+    ) -> anyhow::Result<Self> {
+        Self::open_full(settings, kernel, store, probe, None).await
+    }
+
+    async fn open_full(
+        settings: Settings,
+        kernel: K,
+        store: Box<dyn Store>,
+        probe: Box<dyn NetnsProbe>,
+        registry: Option<Arc<dyn Registry>>,
     ) -> anyhow::Result<Self> {
         settings.plan.validate()?;
         check_label("node", &settings.node_name).context("node.name")?;
@@ -307,6 +347,9 @@ impl<K: Kernel> Manager<K> {
                 }
             }
         }
+        if registry.is_none() && allocate_missing_closest(&mut table, &settings)? {
+            released = true;
+        }
         if released {
             table.version += 1;
         }
@@ -321,9 +364,47 @@ impl<K: Kernel> Manager<K> {
             kernel,
             store,
             probe,
+            registry,
             table: Mutex::new(table),
             tx,
         })
+    }
+
+    /// Which store the node uses and how it is doing, for `status`.
+    pub fn store_status(&self) -> serde_json::Value {
+        match &self.registry {
+            None => serde_json::json!({
+                "backend": "local",
+                "location": self.store.location(),
+            }),
+            Some(r) => {
+                let mut v = r.status();
+                if !v.is_object() {
+                    v = serde_json::json!({});
+                }
+                if let Some(o) = v.as_object_mut() {
+                    o.entry("backend").or_insert_with(|| "etcd".into());
+                    o.insert("cache".into(), self.store.location().into());
+                }
+                v
+            }
+        }
+    }
+
+    /// True when a cluster store allocates and peers come from it.
+    pub fn is_clustered(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// Refuses a manual peer or remote-instance change on a clustered node.
+    fn refuse_when_clustered(&self, what: &str) -> Result<()> {
+        if self.registry.is_some() {
+            return Err(Error::Conflict(format!(
+                "{what} come from the cluster store on this node (store.backend = \"etcd\"); \
+                 register nodes and instances there instead"
+            )));
+        }
+        Ok(())
     }
 
     /// The settings the manager was opened with.
@@ -394,11 +475,6 @@ impl<K: Kernel> Manager<K> {
                 }
             }
         }
-        let key = self.instance_key(&table, name, req.instance)?;
-        let mut next = table.clone();
-        next.version += 1;
-        let instance_ip =
-            self.service_and_instance_ip(&mut next, &key, req.service_ip, req.instance_ip)?;
         let ns_v4 = {
             let used: BTreeSet<Ipv4Addr> = table.ns_addrs().into_keys().collect();
             alloc::lowest_free_ns_addr(self.settings.plan.node_subnet(), &used).ok_or_else(
@@ -410,10 +486,35 @@ impl<K: Kernel> Manager<K> {
                 },
             )?
         };
+        let ns_addr = self.settings.plan.cluster_pair(ns_v4);
+        let mut next = table.clone();
+        next.version += 1;
+        let (key, instance_ip) = match &self.registry {
+            None => {
+                let key = self.instance_key(&table, name, req.instance)?;
+                let ip =
+                    self.service_and_instance_ip(&mut next, &key, req.service_ip, req.instance_ip)?;
+                (key, ip)
+            }
+            Some(registry) => {
+                // The cluster store decides: the same ServiceIPs on every
+                // node, a number and an instance IP unique in the cluster.
+                let service = registry.service(&name, req.service_ip).await?;
+                let claim = Claim {
+                    name: name.clone(),
+                    number: req.instance,
+                    instance_ip: req.instance_ip,
+                    ns_addr,
+                };
+                let (key, ip) = registry.claim(claim).await?;
+                next.services.insert(name, service);
+                (key, ip)
+            }
+        };
         let host_veth = alloc::host_veth_name(&key, &table.host_veths());
         let inst = Instance {
             key: key.clone(),
-            ns_addr: self.settings.plan.cluster_pair(ns_v4),
+            ns_addr,
             instance_ip,
             placement: Placement::Local {
                 netns,
@@ -426,11 +527,15 @@ impl<K: Kernel> Manager<K> {
 
         let spec = veth_spec(&self.settings, &inst)
             .ok_or_else(|| Error::Kernel("internal: local instance without a veth".to_owned()))?;
-        self.kernel.attach(&spec).await.map_err(kernel_error)?;
+        if let Err(e) = self.kernel.attach(&spec).await {
+            self.release_claim(&inst.key).await;
+            return Err(kernel_error(e));
+        }
         if let Err(e) = self.persist(&next) {
             if let Err(undo) = self.kernel.detach(&host_veth).await {
                 tracing::error!(instance = %inst.key, "undo attach after store failure: {undo}");
             }
+            self.release_claim(&inst.key).await;
             return Err(e);
         }
         *table = next;
@@ -473,11 +578,14 @@ impl<K: Kernel> Manager<K> {
         *table = next;
         self.publish(&table);
         tracing::info!(instance = %key, "detached");
+        drop(table);
+        self.release_claim(key).await;
         Ok(inst)
     }
 
     /// Registers an instance that runs on a peer node.
     pub async fn add_remote(&self, req: RemoteInstanceRequest) -> Result<Instance> {
+        self.refuse_when_clustered("remote instances")?;
         let name = service_name(&req.app, &req.service)?;
         let plan = &self.settings.plan;
         if !plan.cluster.contains(&req.ns_addr) {
@@ -558,6 +666,7 @@ impl<K: Kernel> Manager<K> {
     /// Unregisters a remote instance (and its service when it was the last
     /// instance).
     pub async fn remove_remote(&self, key: &InstanceKey) -> Result<Instance> {
+        self.refuse_when_clustered("remote instances")?;
         let mut table = self.table.lock().await;
         let inst = table
             .instances
@@ -584,6 +693,7 @@ impl<K: Kernel> Manager<K> {
     /// Putting a peer with the endpoint it already has changes nothing and
     /// publishes nothing.
     pub async fn put_peer(&self, req: PeerRequest) -> Result<(Peer, bool)> {
+        self.refuse_when_clustered("peers")?;
         check_label("node", &req.name).map_err(|e| Error::Invalid(e.to_string()))?;
         if req.name == self.settings.node_name {
             return Err(Error::Invalid(format!(
@@ -624,6 +734,7 @@ impl<K: Kernel> Manager<K> {
 
     /// Removes a peer that no remote instance runs on any more.
     pub async fn remove_peer(&self, name: &str) -> Result<Peer> {
+        self.refuse_when_clustered("peers")?;
         let mut table = self.table.lock().await;
         let peer = table
             .peers
@@ -648,6 +759,50 @@ impl<K: Kernel> Manager<K> {
         self.publish(&table);
         tracing::info!(peer = %name, "peer removed");
         Ok(peer)
+    }
+
+    /// Withdraws a cluster claim after a failed attach or a detach. A
+    /// failure is only logged: the cluster sync removes registrations of
+    /// instances this node no longer has when the store is back.
+    async fn release_claim(&self, key: &InstanceKey) {
+        if let Some(registry) = &self.registry {
+            if let Err(e) = registry.release(key).await {
+                tracing::warn!(instance = %key, "release the cluster claim later: {e}");
+            }
+        }
+    }
+
+    /// Replaces what this node knows of the rest of the cluster with `view`:
+    /// its peers, and the services and remote instances it is interested
+    /// in. Local attachments and their services stay as they are.
+    ///
+    /// An entry of the view that would clash with what is already known (an
+    /// address used twice, a container address on this node's own subnet,
+    /// an instance on an unknown node) is left out with a warning, so one
+    /// bad record in the cluster store cannot stop the node's table from
+    /// updating. Returns whether anything changed; an unchanged view
+    /// publishes nothing.
+    pub async fn set_cluster_view(&self, view: &ClusterView) -> Result<bool> {
+        let mut table = self.table.lock().await;
+        let next = merge_view(&table, view, &self.settings);
+        if next.services == table.services
+            && next.instances == table.instances
+            && next.peers == table.peers
+        {
+            return Ok(false);
+        }
+        let mut next = next;
+        next.version = table.version + 1;
+        self.persist(&next)?;
+        *table = next;
+        self.publish(&table);
+        tracing::debug!(
+            version = table.version,
+            revision = view.revision,
+            peers = table.peers.len(),
+            "cluster view applied"
+        );
+        Ok(true)
     }
 
     /// Checks the netns path; the message says what is wrong with it.
@@ -733,11 +888,14 @@ impl<K: Kernel> Manager<K> {
         }
         let v4 = self.pick_service_addr("service_ip", pinned, used)?;
         used.insert(v4, format!("the ServiceIP of {name}"));
+        let closest = self.pick_service_addr("closest_ip", None, used)?;
+        used.insert(closest, format!("the closest ServiceIP of {name}"));
         next.services.insert(
             name.clone(),
             Service {
                 name: name.clone(),
                 rr_ip: self.settings.plan.service_pair(v4),
+                closest_ip: Some(self.settings.plan.service_pair(closest)),
             },
         );
         Ok(())
@@ -798,6 +956,138 @@ impl<K: Kernel> Manager<K> {
         self.tx
             .send_replace(Arc::new(table.snapshot(&self.settings)));
     }
+}
+
+/// The table with the local attachments of `table` and the rest from
+/// `view`; see [`Manager::set_cluster_view`].
+fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
+    let mut next = Table {
+        version: table.version,
+        services: BTreeMap::new(),
+        instances: BTreeMap::new(),
+        peers: BTreeMap::new(),
+    };
+    for (name, peer) in &view.peers {
+        if name == &settings.node_name {
+            continue;
+        }
+        if let Some(other) = next.peers.values().find(|p| p.endpoint == peer.endpoint) {
+            tracing::warn!(peer = %name, other = %other.name, endpoint = %peer.endpoint, "cluster: two nodes share an endpoint; ignoring the second");
+            continue;
+        }
+        next.peers.insert(name.clone(), peer.clone());
+    }
+    // Local attachments first: they are this node's truth.
+    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut ns: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for inst in table.instances.values().filter(|i| i.is_local()) {
+        if let Some(svc) = view
+            .services
+            .get(&inst.key.name)
+            .or_else(|| table.services.get(&inst.key.name))
+        {
+            next.services
+                .entry(svc.name.clone())
+                .or_insert_with(|| svc.clone());
+        }
+        vips.insert(inst.instance_ip.v4, inst.key.to_string());
+        ns.insert(inst.ns_addr.v4);
+        next.instances.insert(inst.key.clone(), inst.clone());
+    }
+    for svc in next.services.values() {
+        vips.insert(svc.rr_ip.v4, svc.name.to_string());
+        if let Some(c) = svc.closest_ip {
+            vips.insert(c.v4, svc.name.to_string());
+        }
+    }
+    for (name, svc) in &view.services {
+        if next.services.contains_key(name) {
+            continue;
+        }
+        let addrs = std::iter::once(svc.rr_ip.v4).chain(svc.closest_ip.map(|c| c.v4));
+        let clash = addrs
+            .clone()
+            .find_map(|a| vips.get(&a).map(|o| (a, o.clone())));
+        if let Some((addr, owner)) = clash {
+            tracing::warn!(service = %name, %addr, %owner, "cluster: ServiceIP already used here; service left out");
+            continue;
+        }
+        if !addrs.clone().all(|a| settings.plan.services.contains(&a)) {
+            tracing::warn!(service = %name, "cluster: ServiceIP outside network.services; service left out");
+            continue;
+        }
+        for a in addrs {
+            vips.insert(a, name.to_string());
+        }
+        next.services.insert(name.clone(), svc.clone());
+    }
+    let own_subnet = settings.plan.node_subnet();
+    for (key, inst) in &view.instances {
+        let Placement::Remote { node } = &inst.placement else {
+            continue;
+        };
+        let why = if next.instances.contains_key(key) {
+            Some("the same instance is attached here".to_owned())
+        } else if !next.services.contains_key(&key.name) {
+            Some("its service is unknown".to_owned())
+        } else if !next.peers.contains_key(node) {
+            Some(format!("node {node} is not a known peer"))
+        } else if own_subnet.contains(&inst.ns_addr.v4)
+            || !settings.plan.cluster.contains(&inst.ns_addr.v4)
+        {
+            Some(format!(
+                "its address {} is not on another node's subnet",
+                inst.ns_addr.v4
+            ))
+        } else if ns.contains(&inst.ns_addr.v4) {
+            Some(format!("its address {} is used twice", inst.ns_addr.v4))
+        } else if !settings.plan.services.contains(&inst.instance_ip.v4) {
+            Some(format!(
+                "its instance IP {} is outside network.services",
+                inst.instance_ip.v4
+            ))
+        } else {
+            vips.get(&inst.instance_ip.v4).map(|o| {
+                format!(
+                    "its instance IP {} is already used by {o}",
+                    inst.instance_ip.v4
+                )
+            })
+        };
+        if let Some(why) = why {
+            tracing::warn!(instance = %key, "cluster: instance left out: {why}");
+            continue;
+        }
+        vips.insert(inst.instance_ip.v4, key.to_string());
+        ns.insert(inst.ns_addr.v4);
+        next.instances.insert(key.clone(), inst.clone());
+    }
+    next
+}
+
+/// Gives every service of a state written before closest existed its
+/// closest ServiceIP; returns whether any was added.
+fn allocate_missing_closest(table: &mut Table, settings: &Settings) -> anyhow::Result<bool> {
+    let missing: Vec<ServiceName> = table
+        .services
+        .values()
+        .filter(|s| s.closest_ip.is_none())
+        .map(|s| s.name.clone())
+        .collect();
+    for name in &missing {
+        let used: BTreeSet<Ipv4Addr> = table.service_addrs().into_keys().collect();
+        let block = settings.plan.alloc_block();
+        let v4 = alloc::lowest_free_service_addr(block, &used).with_context(|| {
+            format!(
+                "no free address in ServiceIP block {block} for the closest ServiceIP of {name}"
+            )
+        })?;
+        if let Some(svc) = table.services.get_mut(name) {
+            svc.closest_ip = Some(settings.plan.service_pair(v4));
+        }
+        tracing::info!(service = %name, closest_ip = %v4, "allocated a closest ServiceIP");
+    }
+    Ok(!missing.is_empty())
 }
 
 /// Refuses a state written for another node or plan, naming the config key.

@@ -112,13 +112,21 @@ pub struct DualAddr {
     pub v6: Ipv6Addr,
 }
 
-/// A service and its round-robin ServiceIP.
+/// A service and its ServiceIPs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     /// Its name.
     pub name: ServiceName,
     /// The round-robin ServiceIP: flows to it rotate over all instances.
     pub rr_ip: DualAddr,
+    /// The closest ServiceIP: flows to it go to an instance on the node with
+    /// the lowest measured round-trip time (this node counts as 0).
+    ///
+    /// `None` only in a state written before closest existed; the manager
+    /// allocates one when it opens such a state, so a published snapshot
+    /// always has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_ip: Option<DualAddr>,
 }
 
 /// Where an instance runs.

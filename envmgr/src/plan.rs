@@ -114,9 +114,7 @@ impl AddressPlan {
                 ),
             );
         }
-        let nodes = 1u64 << (self.node_prefix - self.cluster.prefix_len());
-        let blocks = 1u64 << (self.node_prefix - self.services.prefix_len());
-        let max = nodes.min(blocks);
+        let max = self.max_nodes();
         if u64::from(self.node_index) >= max {
             return err(
                 "node.index",
@@ -127,6 +125,16 @@ impl AddressPlan {
             );
         }
         Ok(())
+    }
+
+    /// How many node indexes these ranges hold: one subnet of the cluster
+    /// range and one block of the ServiceIP range per node. Valid indexes
+    /// are `0..max_nodes()`; a cluster store leases them out.
+    pub fn max_nodes(&self) -> u64 {
+        let bits = |outer: u8| u32::from(self.node_prefix.saturating_sub(outer)).min(63);
+        let nodes = 1u64 << bits(self.cluster.prefix_len());
+        let blocks = 1u64 << bits(self.services.prefix_len());
+        nodes.min(blocks)
     }
 
     /// This node's IPv4 subnet (containers and the bridge live here).

@@ -322,6 +322,7 @@ mod tests {
         s.services.push(Service {
             name: name.clone(),
             rr_ip: p.service_pair("10.30.1.1".parse().expect("ip")),
+            closest_ip: Some(p.service_pair("10.30.1.3".parse().expect("ip"))),
         });
         s.instances.push(Instance {
             key: InstanceKey { name, number: 0 },

@@ -106,6 +106,10 @@ impl DataplaneView for FixedDataplane {
         }
         .boxed()
     }
+    fn peers(&self) -> Value {
+        json!([{"endpoint": "192.0.2.9:50103", "alive": false, "rtt_us": 1500,
+                "last_heard_ms": 4200}])
+    }
 }
 
 /// A process in a fresh network namespace (`unshare --net`, needs root),

@@ -460,6 +460,7 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
             ),
         ),
         ("peers".to_owned(), text(&v["peers"])),
+        ("store".to_owned(), describe_store(&v["store"])),
     ];
     let dp = flatten(&v["dataplane"]);
     let mut out = format_kv(&pairs, "");
@@ -468,6 +469,33 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
         out.push_str(&format_kv(&dp, "  "));
     }
     Ok(out)
+}
+
+/// One line on the store: `local (/var/lib/proxytun/state.json)` or
+/// `etcd connected (lease 7587…, revision 42)`.
+fn describe_store(v: &Value) -> String {
+    match v["backend"].as_str() {
+        Some("local") => format!("local ({})", text(&v["location"])),
+        Some(backend) => {
+            let state = match v["connected"].as_bool() {
+                Some(true) => "connected",
+                Some(false) => "UNREACHABLE (using the last known table)",
+                None => "",
+            };
+            let mut details = Vec::new();
+            for key in ["lease", "revision", "interests"] {
+                if !v[key].is_null() {
+                    details.push(format!("{key} {}", text(&v[key])));
+                }
+            }
+            if details.is_empty() {
+                format!("{backend} {state}")
+            } else {
+                format!("{backend} {state} ({})", details.join(", "))
+            }
+        }
+        None => "-".to_owned(),
+    }
 }
 
 fn format_services(v: &Value) -> anyhow::Result<String> {
@@ -486,6 +514,7 @@ fn format_services(v: &Value) -> anyhow::Result<String> {
                 format!("{}/{}", text(&s["app"]), text(&s["service"])),
                 text(&s["rr_ip"]["v4"]),
                 text(&s["rr_ip"]["v6"]),
+                text(&s["closest_ip"]["v4"]),
                 if numbers.is_empty() {
                     "-".to_owned()
                 } else {
@@ -494,7 +523,10 @@ fn format_services(v: &Value) -> anyhow::Result<String> {
             ]
         })
         .collect();
-    Ok(table(&["SERVICE", "RR_IP", "RR_IP6", "INSTANCES"], &rows))
+    Ok(table(
+        &["SERVICE", "RR_IP", "RR_IP6", "CLOSEST_IP", "INSTANCES"],
+        &rows,
+    ))
 }
 
 fn format_instances(v: &Value) -> anyhow::Result<String> {
@@ -532,9 +564,33 @@ fn format_peers(v: &Value) -> anyhow::Result<String> {
     }
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|p| vec![text(&p["name"]), text(&p["endpoint"])])
+        .map(|p| {
+            let state = match p["alive"].as_bool() {
+                Some(true) => "up",
+                Some(false) => "DOWN",
+                None => "-",
+            };
+            let rtt = p["rtt_us"]
+                .as_u64()
+                .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                .unwrap_or_else(|| "-".to_owned());
+            let heard = p["last_heard_ms"]
+                .as_u64()
+                .map(|ms| format!("{:.1} s ago", ms as f64 / 1000.0))
+                .unwrap_or_else(|| "never".to_owned());
+            vec![
+                text(&p["name"]),
+                text(&p["endpoint"]),
+                state.to_owned(),
+                rtt,
+                heard,
+            ]
+        })
         .collect();
-    Ok(table(&["NAME", "ENDPOINT"], &rows))
+    Ok(table(
+        &["NAME", "ENDPOINT", "STATE", "RTT", "LAST HEARD"],
+        &rows,
+    ))
 }
 
 /// The column order of well-known flow and reply fields; JSON objects
@@ -834,7 +890,22 @@ mod tests {
             assert!(out.contains("shop/db/1   n2     10.18.2.5"), "{out}");
             assert!(out.contains(&format!("/proc/{pid}/ns/net")), "{out}");
             let out = exec(s, &["peers"]).await.expect("peers");
-            assert_eq!(out, "NAME  ENDPOINT\nn2    192.0.2.3:50103\n");
+            assert_eq!(
+                out,
+                "NAME  ENDPOINT         STATE  RTT  LAST HEARD\nn2    192.0.2.3:50103  -      -    never\n"
+            );
+            // A measured peer shows its state and RTT (the fixed view knows 192.0.2.9).
+            exec(s, &["peer", "add", "n9", "192.0.2.9"])
+                .await
+                .expect("peer add");
+            let out = exec(s, &["peers"]).await.expect("peers");
+            assert!(
+                out.contains("n9    192.0.2.9:50103  DOWN   1.50 ms  4.2 s ago"),
+                "{out}"
+            );
+            exec(s, &["peer", "remove", "n9"])
+                .await
+                .expect("peer remove");
             let out = exec(s, &["flows"]).await.expect("flows");
             assert!(
                 out.contains("PROTO  CLIENT           VIP           INSTANCE    PEER  PACKETS"),

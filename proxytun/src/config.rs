@@ -69,6 +69,10 @@ pub struct Config {
     /// Where state is kept.
     #[serde(default)]
     pub state: StateSection,
+    /// Which store holds the cluster's view: local (one node or a static
+    /// cluster) or etcd.
+    #[serde(default)]
+    pub store: StoreSection,
     /// Flow timeouts and limits.
     #[serde(default)]
     pub flows: FlowsSection,
@@ -86,8 +90,9 @@ pub struct Config {
 pub struct NodeSection {
     /// The node's name (a DNS label).
     pub name: String,
-    /// Picks the node's subnet and its ServiceIP allocation block.
-    pub index: u32,
+    /// Picks the node's subnet and its ServiceIP allocation block. Required
+    /// with the local store; with etcd it is leased and must be absent.
+    pub index: Option<u32>,
 }
 
 /// `[network]`
@@ -127,6 +132,15 @@ pub struct TunnelSection {
     pub bind: IpAddr,
     /// The UDP port.
     pub port: u16,
+    /// The address other nodes reach this one at, as registered in the
+    /// cluster store; `bind` when absent.
+    pub advertise: Option<IpAddr>,
+    /// How often a keepalive goes to each peer, in milliseconds; it measures
+    /// the round-trip time the closest policy uses.
+    pub keepalive_ms: u64,
+    /// A peer not heard from for this long (milliseconds) is down: new flows
+    /// avoid its instances until it answers again.
+    pub peer_timeout_ms: u64,
 }
 
 impl Default for TunnelSection {
@@ -134,6 +148,9 @@ impl Default for TunnelSection {
         Self {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 50103,
+            advertise: None,
+            keepalive_ms: 1000,
+            peer_timeout_ms: 3000,
         }
     }
 }
@@ -210,6 +227,57 @@ impl Default for StateSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/var/lib/proxytun"),
+        }
+    }
+}
+
+/// `store.backend`: where the cluster's view lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded file store in `state.dir`: a single node or a static
+    /// cluster whose peers and remote instances are registered by API.
+    #[default]
+    Local,
+    /// etcd: subnets, ServiceIPs and instances are agreed cluster-wide.
+    Etcd,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `local` (default) or `etcd`.
+    pub backend: Backend,
+    /// etcd client URLs, e.g. `http://10.0.0.5:2379`.
+    pub endpoints: Vec<String>,
+    /// The key prefix all of this cluster's keys live under.
+    pub prefix: String,
+    /// TTL of the node's lease, in seconds: how long a dead node's
+    /// instances stay registered.
+    pub lease_ttl_secs: u64,
+    /// How long one etcd request may take before the node treats etcd as
+    /// unreachable, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// CA certificate (PEM) to verify etcd's server certificate (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate auth.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Local,
+            endpoints: Vec::new(),
+            prefix: "/proxytun".into(),
+            lease_ttl_secs: 10,
+            request_timeout_ms: 3000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -308,16 +376,29 @@ impl Config {
         Ok(config)
     }
 
-    /// The address plan this config describes.
+    /// The address plan this config describes, with the configured node
+    /// index (0 when there is none: an etcd node's index is leased, see
+    /// [`Self::plan_with_index`]).
     pub fn plan(&self) -> AddressPlan {
+        self.plan_with_index(self.node.index.unwrap_or(0))
+    }
+
+    /// The address plan with node index `index`.
+    pub fn plan_with_index(&self, index: u32) -> AddressPlan {
         AddressPlan {
             cluster: self.network.cluster,
             cluster6: self.network.cluster6,
             node_prefix: self.network.node_prefix,
             services: self.network.services,
             services6: self.network.services6,
-            node_index: self.node.index,
+            node_index: index,
         }
+    }
+
+    /// The tunnel endpoint other nodes should send to.
+    pub fn advertise_endpoint(&self) -> std::net::SocketAddr {
+        let ip = self.tunnel.advertise.unwrap_or(self.tunnel.bind);
+        std::net::SocketAddr::new(ip, self.tunnel.port)
     }
 
     /// Checks that cross values: the things serde cannot see.
@@ -325,6 +406,24 @@ impl Config {
         envmgr::model::check_label("node", &self.node.name)
             .map_err(|e| ("node.name", e.to_string()))?;
         self.plan().validate().map_err(|e| (e.key, e.message))?;
+        self.check_store()?;
+        let ka = self.tunnel.keepalive_ms;
+        if !(50..=60_000).contains(&ka) {
+            return Err((
+                "tunnel.keepalive_ms",
+                format!("must be between 50 and 60000 milliseconds, got {ka}"),
+            ));
+        }
+        let to = self.tunnel.peer_timeout_ms;
+        if to < 2 * ka || to > 600_000 {
+            return Err((
+                "tunnel.peer_timeout_ms",
+                format!(
+                    "must be at least twice tunnel.keepalive_ms ({}) and at most 600000, got {to}",
+                    2 * ka
+                ),
+            ));
+        }
         for (what, name) in [
             ("tun.name", &self.tun.name),
             ("bridge.name", &self.bridge.name),
@@ -399,6 +498,108 @@ impl Config {
         Ok(())
     }
 
+    /// The rules between `node.index`, `[store]`, `[[peer]]` and the tunnel
+    /// address that depend on the backend.
+    fn check_store(&self) -> Result<(), (&'static str, String)> {
+        let st = &self.store;
+        match st.backend {
+            Backend::Local => {
+                if self.node.index.is_none() {
+                    return Err((
+                        "node.index",
+                        "is required with store.backend = \"local\" (with \"etcd\" it is leased)"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            }
+            Backend::Etcd => {}
+        }
+        if self.node.index.is_some() {
+            return Err((
+                "node.index",
+                "must be absent with store.backend = \"etcd\": the index is leased from etcd"
+                    .into(),
+            ));
+        }
+        if !self.peer.is_empty() {
+            return Err((
+                "peer",
+                "[[peer]] entries are for the local store; with etcd every node registers itself"
+                    .into(),
+            ));
+        }
+        if st.endpoints.is_empty() {
+            return Err((
+                "store.endpoints",
+                "needs at least one etcd URL with store.backend = \"etcd\", e.g. [\"http://10.0.0.5:2379\"]".into(),
+            ));
+        }
+        for e in &st.endpoints {
+            let ok = (e.starts_with("http://") || e.starts_with("https://"))
+                && e.split_once("://")
+                    .is_some_and(|(_, rest)| !rest.is_empty());
+            if !ok {
+                return Err((
+                    "store.endpoints",
+                    format!("{e:?} must be a URL such as http://10.0.0.5:2379"),
+                ));
+            }
+        }
+        if !st.prefix.starts_with('/') || st.prefix.len() < 2 || st.prefix.ends_with('/') {
+            return Err((
+                "store.prefix",
+                format!(
+                    "{:?} must start with '/', not end with '/', and not be just \"/\"",
+                    st.prefix
+                ),
+            ));
+        }
+        if !(2..=3600).contains(&st.lease_ttl_secs) {
+            return Err((
+                "store.lease_ttl_secs",
+                format!(
+                    "must be between 2 and 3600 seconds, got {}",
+                    st.lease_ttl_secs
+                ),
+            ));
+        }
+        if !(100..=60_000).contains(&st.request_timeout_ms) {
+            return Err((
+                "store.request_timeout_ms",
+                format!(
+                    "must be between 100 and 60000 milliseconds, got {}",
+                    st.request_timeout_ms
+                ),
+            ));
+        }
+        if st.cert_file.is_some() != st.key_file.is_some() {
+            return Err((
+                "store.key_file",
+                "store.cert_file and store.key_file go together: give both or neither".into(),
+            ));
+        }
+        if (st.cert_file.is_some() || st.ca_file.is_some())
+            && st.endpoints.iter().any(|e| e.starts_with("http://"))
+        {
+            return Err((
+                "store.endpoints",
+                "TLS files are set, so the endpoints must be https:// URLs".into(),
+            ));
+        }
+        let ip = self.tunnel.advertise.unwrap_or(self.tunnel.bind);
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err((
+                "tunnel.advertise",
+                "with etcd the node registers the address peers reach it at: set tunnel.advertise (or bind the tunnel to that address)".into(),
+            ));
+        }
+        self.plan_with_index(1)
+            .validate()
+            .map_err(|e| (e.key, e.message))?;
+        Ok(())
+    }
+
     /// The flow limits as the packet core wants them.
     pub fn core_config(&self) -> CoreConfig {
         let f = &self.flows;
@@ -411,6 +612,8 @@ impl Config {
             tcp_rst_linger: secs(f.tcp_rst_secs),
             udp_idle: secs(f.udp_idle_secs),
             icmp_idle: secs(f.icmp_idle_secs),
+            keepalive_interval: Duration::from_millis(self.tunnel.keepalive_ms),
+            peer_timeout: Duration::from_millis(self.tunnel.peer_timeout_ms),
         }
     }
 }
@@ -470,7 +673,86 @@ mod tests {
             key_of(&format!("{base}[flows]\nudp_idle_secs = 0\n")),
             "flows.udp_idle_secs"
         );
-        assert_eq!(key_of("[node]\nname = \"a\"\n"), "node");
+        assert_eq!(key_of("[node]\nname = \"a\"\n"), "node.index");
+        assert_eq!(
+            key_of(&format!("{base}[tunnel]\nkeepalive_ms = 10\n")),
+            "tunnel.keepalive_ms"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{base}[tunnel]\nkeepalive_ms = 1000\npeer_timeout_ms = 1500\n"
+            )),
+            "tunnel.peer_timeout_ms"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[store]\nbackend = \"zookeeper\"\n")),
+            "store.backend"
+        );
+    }
+
+    const ETCD: &str = "[node]\nname = \"a\"\n[tunnel]\nbind = \"192.0.2.1\"\n\
+                        [store]\nbackend = \"etcd\"\nendpoints = [\"http://192.0.2.254:2379\"]\n";
+
+    #[test]
+    fn etcd_store_config() {
+        let c = parse(ETCD).expect("valid");
+        assert_eq!(c.store.backend, Backend::Etcd);
+        assert_eq!(c.store.prefix, "/proxytun");
+        assert_eq!(c.store.lease_ttl_secs, 10);
+        assert_eq!(c.advertise_endpoint().to_string(), "192.0.2.1:50103");
+        assert_eq!(
+            c.plan_with_index(3).node_subnet().to_string(),
+            "10.18.3.0/24"
+        );
+        let c = parse(&format!("{ETCD}prefix = \"/x\"\nlease_ttl_secs = 3\n")).expect("valid");
+        assert_eq!((c.store.prefix.as_str(), c.store.lease_ttl_secs), ("/x", 3));
+        let advertised = ETCD.replace("bind = \"192.0.2.1\"", "advertise = \"192.0.2.7\"");
+        let c = parse(&advertised).expect("valid");
+        assert_eq!(c.advertise_endpoint().to_string(), "192.0.2.7:50103");
+    }
+
+    #[test]
+    fn etcd_store_errors_name_the_key() {
+        let with_index = ETCD.replace("name = \"a\"\n", "name = \"a\"\nindex = 1\n");
+        assert_eq!(key_of(&with_index), "node.index");
+        assert_eq!(
+            key_of(&ETCD.replace("endpoints = [\"http://192.0.2.254:2379\"]\n", "")),
+            "store.endpoints"
+        );
+        assert_eq!(
+            key_of(&ETCD.replace("http://192.0.2.254:2379", "192.0.2.254:2379")),
+            "store.endpoints"
+        );
+        assert_eq!(
+            key_of(&format!("{ETCD}prefix = \"proxytun\"\n")),
+            "store.prefix"
+        );
+        assert_eq!(
+            key_of(&format!("{ETCD}lease_ttl_secs = 1\n")),
+            "store.lease_ttl_secs"
+        );
+        assert_eq!(
+            key_of(&format!("{ETCD}cert_file = \"/c.pem\"\n")),
+            "store.key_file"
+        );
+        assert_eq!(
+            key_of(&format!("{ETCD}ca_file = \"/ca.pem\"\n")),
+            "store.endpoints"
+        );
+        assert_eq!(
+            key_of(&format!("{ETCD}endpoint = \"x\"\n")),
+            "store.endpoint"
+        );
+        assert_eq!(
+            key_of(&ETCD.replace("bind = \"192.0.2.1\"\n", "")),
+            "tunnel.advertise"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{ETCD}[[peer]]\nname = \"b\"\nendpoint = \"192.0.2.2\"\n"
+            )),
+            "peer"
+        );
     }
 
     #[test]

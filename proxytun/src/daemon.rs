@@ -24,26 +24,123 @@ use envmgr::manager::{Manager, Settings};
 use envmgr::requests::PeerRequest;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::Config;
+use std::net::IpAddr;
+
+use envmgr::cluster::{EtcdCluster, EtcdSettings, TlsFiles};
+use envmgr::plan::AddressPlan;
+use envmgr::store::LocalStore;
+use tokio::sync::mpsc;
+
+use crate::config::{Backend, Config};
 use crate::core::Dataplane;
 use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control, IoCounters};
 use crate::shell::table;
 use crate::shell::view::ShellView;
 
-/// Runs the stack described by `config` until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let plan = config.plan();
-    let settings = Settings {
+/// How long a starting node waits for etcd to lease its subnet before it
+/// falls back to the subnet cached in its state directory.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
+
+/// The misses the dataplane may queue for the cluster sync before it drops
+/// more (each is one first packet to a ServiceIP this node does not know).
+const MISS_QUEUE: usize = 1024;
+
+/// The cluster store, when the node runs with `store.backend = "etcd"`.
+struct Clustered {
+    cluster: EtcdCluster,
+    misses_tx: mpsc::Sender<IpAddr>,
+    misses_rx: mpsc::Receiver<IpAddr>,
+}
+
+/// The etcd client settings from the config.
+fn etcd_settings(config: &Config) -> EtcdSettings {
+    let st = &config.store;
+    EtcdSettings {
+        endpoints: st.endpoints.clone(),
+        prefix: st.prefix.clone(),
+        lease_ttl: Duration::from_secs(st.lease_ttl_secs),
+        tls: st.ca_file.clone().map(|ca| TlsFiles {
+            ca,
+            cert: st.cert_file.clone(),
+            key: st.key_file.clone(),
+        }),
+        request_timeout: Duration::from_millis(st.request_timeout_ms),
+    }
+}
+
+/// The node index this node had when it last ran, from its state file.
+fn cached_index(config: &Config) -> anyhow::Result<Option<u32>> {
+    let store = LocalStore::new(config.state.dir.clone());
+    Ok(store
+        .load()?
+        .filter(|s| s.node_name == config.node.name)
+        .map(|s| s.plan.node_index))
+}
+
+/// Opens the manager on the configured store; with etcd, first leases the
+/// node's subnet (or falls back to the cached one when etcd is down).
+async fn open_manager(
+    config: &Config,
+    kernel: Netlink,
+) -> anyhow::Result<(Arc<Manager<Netlink>>, Option<Clustered>)> {
+    let settings = |plan: AddressPlan| Settings {
         node_name: config.node.name.clone(),
-        plan: plan.clone(),
+        plan,
         bridge: config.bridge.name.clone(),
         mtu: config.tun.mtu,
         state_dir: config.state.dir.clone(),
         tunnel_port: config.tunnel.port,
     };
+    match config.store.backend {
+        Backend::Local => {
+            let mgr = Manager::open(settings(config.plan()), kernel).await?;
+            Ok((Arc::new(mgr), None))
+        }
+        Backend::Etcd => {
+            let cluster = EtcdCluster::start(
+                etcd_settings(config),
+                config.node.name.clone(),
+                config.advertise_endpoint(),
+            )
+            .context("start the etcd client")?;
+            let index = match cluster.join(&config.plan_with_index(0), JOIN_WAIT).await {
+                Ok(index) => index,
+                Err(e) => match cached_index(config)? {
+                    Some(index) => {
+                        tracing::warn!(error = %e, index, "etcd unreachable; starting with the subnet and table cached in the state directory");
+                        index
+                    }
+                    None => {
+                        return Err(e).context(format!(
+                        "lease a subnet from etcd at {} (and no cached state in {} to start from)",
+                        config.store.endpoints.join(", "),
+                        config.state.dir.display()
+                    ))
+                    }
+                },
+            };
+            let plan = config.plan_with_index(index);
+            let registry = cluster.registry(plan.clone());
+            let mgr = Manager::open_clustered(settings(plan), kernel, registry).await?;
+            let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
+            Ok((
+                Arc::new(mgr),
+                Some(Clustered {
+                    cluster,
+                    misses_tx,
+                    misses_rx,
+                }),
+            ))
+        }
+    }
+}
+
+/// Runs the stack described by `config` until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
     let kernel = Netlink::new().context("open a netlink connection")?;
-    let mgr = Arc::new(Manager::open(settings, kernel).await?);
+    let (mgr, clustered) = open_manager(&config, kernel).await?;
+    let plan = mgr.settings().plan.clone();
     for p in &config.peer {
         let req = PeerRequest {
             name: p.name.clone(),
@@ -66,8 +163,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let dp = Dataplane::new(config.core_config(), Arc::new(first));
     let counters = dp.counters();
     let io = Arc::new(IoCounters::default());
-    let handle = io_loop::spawn(dp, tun, offload, socket, io.clone())?;
+    let misses = clustered.as_ref().map(|c| c.misses_tx.clone());
+    let handle = io_loop::spawn(dp, tun, offload, socket, io.clone(), misses)?;
     tracing::info!(path = handle.path(), "dataplane running");
+
+    // With etcd, the sync task's views of the rest of the cluster become
+    // the manager's (and so the dataplane's) table.
+    // The cluster handle lives as long as the daemon: dropping it ends the
+    // lease keepalive and the sync.
+    let mut cluster = None;
+    if let Some(Clustered {
+        cluster: c,
+        misses_rx,
+        ..
+    }) = clustered
+    {
+        let mut views = c.start_sync(mgr.subscribe(), misses_rx);
+        cluster = Some(c);
+        let mgr = mgr.clone();
+        tokio::spawn(async move {
+            loop {
+                let view = views.borrow_and_update().clone();
+                if let Err(e) = mgr.set_cluster_view(&view).await {
+                    tracing::error!(error = %e, "cannot apply the cluster view; keeping the previous table");
+                }
+                if views.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
 
     // Every published snapshot becomes a new table for the dataplane.
     let mut snapshots = mgr.subscribe();
@@ -103,6 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node = %config.node.name,
         subnet = %plan.node_subnet(),
+        index = plan.node_index,
         tunnel = %bind,
         socket = %config.api.socket.display(),
         "proxytun is up"
@@ -110,6 +236,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let served =
         envmgr::api::serve(&config.api.socket, mgr.clone(), view, shutdown_signal()?).await;
     handle.stop();
+    // Stop the sync without revoking the lease: a restart within the lease
+    // TTL keeps this node's instances registered, so other nodes never drop
+    // their flows to them; a node that does not come back loses them after
+    // the TTL.
+    if let Some(c) = cluster {
+        c.stop();
+    }
     tracing::info!("proxytun stopped; attachments stay in place for the next start");
     served
 }

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{check_label, DualAddr, Instance, InstanceKey, ServiceName};
+use crate::model::{check_label, Instance, InstanceKey, Service, ServiceName};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 use crate::Error;
 
@@ -52,6 +52,12 @@ pub trait DataplaneView: Send + Sync + 'static {
     /// `{"flows":[..],"replies":[..]}`. Async because the dataplane may
     /// have to ask its packet threads.
     fn flows(&self) -> BoxFuture<'static, Value>;
+    /// Liveness and round-trip time of each peer endpoint, as measured by
+    /// the tunnel keepalives: `[{"endpoint":"ip:port","alive":true,
+    /// "rtt_us":123,"last_heard_ms":456,...}]`. Empty when not measured.
+    fn peers(&self) -> Value {
+        Value::Array(Vec::new())
+    }
 }
 
 /// An API error response: the status, a machine-readable code and a
@@ -444,11 +450,12 @@ fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-fn service_json(name: &ServiceName, rr_ip: &DualAddr, instances: Value) -> Value {
+fn service_json(svc: &Service, instances: Value) -> Value {
     json!({
-        "app": name.app,
-        "service": name.service,
-        "rr_ip": rr_ip,
+        "app": svc.name.app,
+        "service": svc.name.service,
+        "rr_ip": svc.rr_ip,
+        "closest_ip": svc.closest_ip,
         "instances": instances,
     })
 }
@@ -462,6 +469,7 @@ async fn status<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
         "instances": snap.instances.len(),
         "local_instances": snap.instances.values().filter(|i| i.is_local()).count(),
         "peers": snap.peers.len(),
+        "store": s.mgr.store_status(),
         "dataplane": s.dp.status(),
     }))
 }
@@ -473,7 +481,7 @@ async fn list_services<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
         .values()
         .map(|svc| {
             let numbers: Vec<u32> = snap.instances_of(&svc.name).map(|i| i.key.number).collect();
-            service_json(&svc.name, &svc.rr_ip, json!(numbers))
+            service_json(svc, json!(numbers))
         })
         .collect();
     Json(Value::Array(list))
@@ -489,7 +497,7 @@ async fn get_service<K: Kernel>(
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no service {name}")))?;
     let instances: Vec<&Instance> = snap.instances_of(&name).collect();
-    Ok(Json(service_json(&svc.name, &svc.rr_ip, json!(instances))))
+    Ok(Json(service_json(svc, json!(instances))))
 }
 
 async fn list_instances<K: Kernel>(State(s): State<AppState<K>>) -> Json<Vec<Instance>> {
@@ -537,9 +545,39 @@ async fn remove_remote<K: Kernel>(
     Ok(Json(s.mgr.remove_remote(&key).await?))
 }
 
+/// The registered peers, each with the liveness and round-trip time the
+/// dataplane's keepalives measured for its endpoint (`alive` is null and
+/// `rtt_us` absent until the dataplane has an opinion).
 async fn list_peers<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
     let snap = s.mgr.snapshot();
-    Json(json!(snap.peers.values().collect::<Vec<_>>()))
+    let health = s.dp.peers();
+    let by_endpoint: std::collections::HashMap<String, &Value> = health
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| Some((h.get("endpoint")?.as_str()?.to_owned(), h)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let peers: Vec<Value> = snap
+        .peers
+        .values()
+        .map(|p| {
+            let mut v = json!(p);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("alive".into(), Value::Null);
+                if let Some(Value::Object(h)) = by_endpoint.get(&p.endpoint.to_string()).copied() {
+                    for (k, val) in h {
+                        if k != "endpoint" {
+                            obj.insert(k.clone(), val.clone());
+                        }
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    Json(Value::Array(peers))
 }
 
 async fn put_peer<K: Kernel>(

@@ -113,7 +113,23 @@ async fn api_happy_paths() {
     assert_eq!((s, &v["endpoint"]), (200, &json!("192.0.2.3:4000")));
     let (s, v) = c.get("/v1/peers").await.expect("peers");
     assert_eq!(s, 200);
-    assert_eq!(v, json!([{"name": "n2", "endpoint": "192.0.2.3:4000"}]));
+    assert_eq!(
+        v,
+        json!([{"name": "n2", "endpoint": "192.0.2.3:4000", "alive": null}]),
+        "no liveness before the dataplane measured any"
+    );
+    // A peer the dataplane measured gets its liveness and RTT.
+    c.post("/v1/peers", &json!({"name": "n9", "endpoint": "192.0.2.9"}))
+        .await
+        .expect("add peer");
+    let (_, v) = c.get("/v1/peers").await.expect("peers");
+    assert_eq!(
+        v[1],
+        json!({"name": "n9", "endpoint": "192.0.2.9:50103", "alive": false,
+               "rtt_us": 1500, "last_heard_ms": 4200})
+    );
+    let (s, _) = c.delete("/v1/peers/n9").await.expect("remove");
+    assert_eq!(s, 200);
 
     // Attach by pid and by netns path.
     let ns1 = NetnsChild::start();

@@ -42,7 +42,7 @@ drop_reasons! {
     BadMagic => "bad_magic",
     /// Tunnel header of a version this node does not speak.
     BadVersion => "bad_version",
-    /// Tunnel message type unknown to this version (includes keepalive for now).
+    /// Tunnel message type unknown to this version.
     UnknownType => "unknown_type",
     /// Tunnel header reserved bytes not zero.
     ReservedNotZero => "reserved_not_zero",
@@ -78,6 +78,12 @@ drop_reasons! {
     FlowTableFull => "flow_table_full",
     /// Reply cache at its configured maximum.
     ReplyTableFull => "reply_table_full",
+    /// Keepalive of the wrong length, an unknown kind or non-zero reserved bytes.
+    KeepaliveMalformed => "keepalive_malformed",
+    /// Pong whose echoed send time is in the future or too old to be a fair sample.
+    KeepaliveBadTime => "keepalive_bad_time",
+    /// Pong that answers no ping of ours (unknown peer endpoint or a sequence never sent).
+    KeepaliveUnexpected => "keepalive_unexpected",
 }
 
 impl fmt::Display for DropReason {
@@ -99,6 +105,12 @@ pub struct Counters {
     pub tunnel_rx: AtomicU64,
     /// Flows installed.
     pub flows_created: AtomicU64,
+    /// Keepalive pings written for peers.
+    pub keepalive_pings_tx: AtomicU64,
+    /// Keepalive pings from members, each answered with a pong.
+    pub keepalive_pings_rx: AtomicU64,
+    /// Keepalive pongs accepted as RTT samples.
+    pub keepalive_pongs_rx: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -122,6 +134,9 @@ impl Counters {
             tun_tx_peer: get(&self.tun_tx_peer),
             tunnel_rx: get(&self.tunnel_rx),
             flows_created: get(&self.flows_created),
+            keepalive_pings_tx: get(&self.keepalive_pings_tx),
+            keepalive_pings_rx: get(&self.keepalive_pings_rx),
+            keepalive_pongs_rx: get(&self.keepalive_pongs_rx),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), self.dropped(*r)))
@@ -148,6 +163,12 @@ pub struct CountersSnapshot {
     pub tunnel_rx: u64,
     /// Flows installed.
     pub flows_created: u64,
+    /// Keepalive pings written for peers.
+    pub keepalive_pings_tx: u64,
+    /// Keepalive pings answered (one pong each).
+    pub keepalive_pings_rx: u64,
+    /// Keepalive pongs accepted as RTT samples.
+    pub keepalive_pongs_rx: u64,
     /// Drops by reason name (every reason present, zero included).
     pub drops: BTreeMap<&'static str, u64>,
 }

@@ -4,17 +4,20 @@
 //! with the (rewritten in place) packet. Nothing here blocks, sleeps, reads
 //! a clock or does I/O.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::counters::{inc, Counters, DropReason};
 use super::flow::{min_opt, Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable, FlowView};
+use super::health::{PeerHealthView, Peers};
+use super::keepalive::{self, Kind};
+use super::miss::Misses;
 use super::packet::{self, IcmpKind, PacketInfo, L4};
-use super::policy::RoundRobin;
+use super::policy::Balancer;
 use super::reply::{ReplyCache, ReplyEntry, ReplyView};
 use super::table::{Location, Table, Vip};
-use super::tunnel::{self, HEADER_LEN};
+use super::tunnel::{self, MsgType, HEADER_LEN};
 
 /// Timer expiry is batched: a sweep runs at most this often, so expiry may
 /// be up to this late, and thousands of flows with scattered deadlines cost
@@ -37,6 +40,11 @@ pub enum TunVerdict {
 pub enum NetVerdict {
     /// Write `dgram[HEADER_LEN..]` (rewritten in place) to the TUN.
     Tun,
+    /// Send `dgram[..len]` (rewritten in place: a keepalive pong) back to
+    /// the sender, `from`.
+    Reply(usize),
+    /// Consumed by the core (a keepalive pong); nothing to send.
+    Done,
     /// Drop it; the reason was counted.
     Drop(DropReason),
 }
@@ -48,7 +56,9 @@ pub struct Dataplane {
     table: Arc<Table>,
     flows: FlowTable,
     replies: ReplyCache,
-    rr: RoundRobin,
+    balancer: Balancer,
+    peers: Peers,
+    misses: Misses,
     counters: Arc<Counters>,
     next_sweep: Option<Instant>,
 }
@@ -65,12 +75,16 @@ fn opens(info: &PacketInfo) -> bool {
 impl Dataplane {
     /// A dataplane with no flows, forwarding according to `table`.
     pub fn new(config: CoreConfig, table: Arc<Table>) -> Self {
+        let mut peers = Peers::default();
+        peers.set_endpoints(table.peer_endpoints());
         Dataplane {
             config,
             table,
             flows: FlowTable::default(),
             replies: ReplyCache::default(),
-            rr: RoundRobin::default(),
+            balancer: Balancer::default(),
+            peers,
+            misses: Misses::default(),
             counters: Arc::new(Counters::default()),
             next_sweep: None,
         }
@@ -116,7 +130,8 @@ impl Dataplane {
     /// Swaps in a new table. Flows whose instance is gone (by name, or it
     /// moved: other namespace address or location) or whose client is no
     /// longer attached here are removed, as are reply entries whose local
-    /// instance is gone. Round-robin positions survive.
+    /// instance is gone. Round-robin positions survive, and so does the
+    /// health of every peer endpoint the new table still lists.
     pub fn set_table(&mut self, table: Arc<Table>) {
         self.flows.retain(|f| {
             let instance_ok = table.instance_by_name(&f.instance).is_some_and(|i| {
@@ -132,8 +147,45 @@ impl Dataplane {
                 .local_by_ns(k.src)
                 .is_some_and(|(_, i)| i.name == e.instance)
         });
-        self.rr.retain_services(&table);
+        self.balancer.retain_services(&table);
+        self.peers.set_endpoints(table.peer_endpoints());
         self.table = table;
+    }
+
+    /// When [`Dataplane::poll_keepalive`] should next be called. `None`:
+    /// no peer to ping (or keepalives are off), or the schedule is not
+    /// known yet because the core has not been polled since a peer
+    /// appeared; a shell polls at its next wake-up then, which costs
+    /// nothing when there is no peer.
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        self.peers.next_due(self.config.keepalive_interval)
+    }
+
+    /// Writes the next due keepalive ping into `buf` and says where to send
+    /// it: `(peer endpoint, length)`. Call repeatedly until `None`; each
+    /// due peer gets one ping. Also `None` when `buf` cannot hold a
+    /// keepalive ([`keepalive::KEEPALIVE_LEN`] bytes).
+    pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let out = self.peers.poll(now, self.config.keepalive_interval, buf)?;
+        inc(&self.counters.keepalive_pings_tx);
+        Some(out)
+    }
+
+    /// Each peer endpoint's liveness and smoothed RTT as of `now`, for the API.
+    pub fn peer_health(&self, now: Instant) -> impl Iterator<Item = PeerHealthView> + '_ {
+        self.peers.views(now, self.config.peer_timeout)
+    }
+
+    /// True when misses wait to be drained (a cheap check for every batch).
+    pub fn has_misses(&self) -> bool {
+        !self.misses.is_empty()
+    }
+
+    /// Hands each recorded miss (a ServiceIP-range destination without a
+    /// table entry, deduplicated, at most [`super::miss::MISS_RING`]) to
+    /// `f` and forgets them.
+    pub fn drain_misses(&mut self, f: impl FnMut(IpAddr)) {
+        self.misses.drain(f);
     }
 
     /// When [`Dataplane::handle_timeout`] should next be called (`None`:
@@ -194,14 +246,51 @@ impl Dataplane {
         now: Instant,
     ) -> NetVerdict {
         inc(&self.counters.tunnel_rx);
-        match self.tunnel_input(from, dgram, now) {
-            Ok(()) => {
-                inc(&self.counters.tun_tx_tun);
-                NetVerdict::Tun
+        let result = match tunnel::parse_header(dgram) {
+            Ok(MsgType::Data) => self
+                .tunnel_input(from, dgram, now)
+                .map(|()| NetVerdict::Tun),
+            Ok(MsgType::Keepalive) => self.keepalive_input(from, dgram, now),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(v) => {
+                match v {
+                    NetVerdict::Tun => inc(&self.counters.tun_tx_tun),
+                    NetVerdict::Reply(_) => inc(&self.counters.keepalive_pings_rx),
+                    NetVerdict::Done => inc(&self.counters.keepalive_pongs_rx),
+                    NetVerdict::Drop(_) => {}
+                }
+                v
             }
             Err(reason) => {
                 self.counters.count_drop(reason);
                 NetVerdict::Drop(reason)
+            }
+        }
+    }
+
+    /// A keepalive from `from`: a member's ping is answered in place, a
+    /// member's pong feeds that peer's health.
+    fn keepalive_input(
+        &mut self,
+        from: SocketAddr,
+        dgram: &mut [u8],
+        now: Instant,
+    ) -> Result<NetVerdict, DropReason> {
+        if !self.table.is_peer(from.ip()) {
+            return Err(DropReason::NotMember);
+        }
+        let ka = keepalive::parse(dgram)?;
+        match ka.kind {
+            Kind::Ping => {
+                let len = keepalive::ping_to_pong(dgram).ok_or(DropReason::KeepaliveMalformed)?;
+                self.peers.on_ping(from, now);
+                Ok(NetVerdict::Reply(len))
+            }
+            Kind::Pong => {
+                self.peers.on_pong(from, &ka, now)?;
+                Ok(NetVerdict::Done)
             }
         }
     }
@@ -252,7 +341,12 @@ impl Dataplane {
         now: Instant,
     ) -> Result<Option<SocketAddr>, DropReason> {
         let table = Arc::clone(&self.table);
-        let vip = table.vip(info.dst).ok_or(DropReason::NoService)?;
+        let Some(vip) = table.vip(info.dst) else {
+            if table.in_service_range(info.dst) {
+                self.misses.record(info.dst);
+            }
+            return Err(DropReason::NoService);
+        };
         let (_, client) = table
             .local_by_ns(info.src)
             .ok_or(DropReason::SourceNotInstance)?;
@@ -260,7 +354,7 @@ impl Dataplane {
             return Err(DropReason::NoFlow);
         }
         let service = match vip {
-            Vip::RoundRobin(s) => {
+            Vip::RoundRobin(s) | Vip::Closest(s) => {
                 let svc = table.service(s).ok_or(DropReason::NoService)?;
                 if svc.instances.is_empty() {
                     return Err(DropReason::NoInstance);
@@ -272,9 +366,18 @@ impl Dataplane {
         if self.flows.len() >= self.config.max_flows {
             return Err(DropReason::FlowTableFull);
         }
+        let (peers, timeout) = (&self.peers, self.config.peer_timeout);
+        let cost = |loc: Location| peers.cost(loc, now, timeout);
         let chosen = match (vip, service) {
             (Vip::Instance(i), _) => i,
-            (_, Some(svc)) => self.rr.pick(svc).ok_or(DropReason::NoInstance)?,
+            (Vip::RoundRobin(_), Some(svc)) => self
+                .balancer
+                .round_robin(svc, &table, cost)
+                .ok_or(DropReason::NoInstance)?,
+            (Vip::Closest(_), Some(svc)) => self
+                .balancer
+                .closest(svc, &table, cost)
+                .ok_or(DropReason::NoInstance)?,
             (_, None) => return Err(DropReason::NoInstance),
         };
         let instance = table.instance(chosen).ok_or(DropReason::NoInstance)?;
@@ -304,7 +407,6 @@ impl Dataplane {
         dgram: &mut [u8],
         now: Instant,
     ) -> Result<(), DropReason> {
-        tunnel::parse_header(dgram)?;
         if !self.table.is_peer(from.ip()) {
             return Err(DropReason::NotMember);
         }

@@ -37,6 +37,11 @@ pub struct CoreConfig {
     pub udp_idle: Duration,
     /// Idle timeout of an ICMP echo flow.
     pub icmp_idle: Duration,
+    /// How often each peer is sent a keepalive ping (zero: never, and
+    /// every peer counts as alive).
+    pub keepalive_interval: Duration,
+    /// A peer not heard from for this long is down: new flows avoid it.
+    pub peer_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -49,6 +54,8 @@ impl Default for CoreConfig {
             tcp_rst_linger: Duration::from_secs(2),
             udp_idle: Duration::from_secs(60),
             icmp_idle: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(3),
         }
     }
 }

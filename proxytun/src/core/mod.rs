@@ -5,8 +5,9 @@
 //! parsing ([`packet`]), address rewriting with incremental checksums
 //! ([`checksum`]), the flow table and its timers ([`flow`]), the server-side
 //! reply cache ([`reply`]), load balancing ([`policy`]), the forwarding view
-//! of the cluster ([`table`]), the tunnel header ([`tunnel`]) and the
-//! counters ([`counters`]).
+//! of the cluster ([`table`]), the tunnel header ([`tunnel`]), keepalives
+//! and peer health ([`keepalive`], [`health`]), the record of unknown
+//! ServiceIPs ([`miss`]) and the counters ([`counters`]).
 //!
 //! Invariants: nothing here does I/O, reads a clock or spawns; time comes in
 //! as `now`. Nothing on the hit path allocates; only installing a flow or a
@@ -17,6 +18,9 @@ pub mod checksum;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod health;
+pub mod keepalive;
+pub mod miss;
 pub mod offload;
 pub mod packet;
 pub mod policy;
@@ -30,6 +34,7 @@ mod tests;
 pub use counters::{Counters, CountersSnapshot, DropReason};
 pub use dataplane::{Dataplane, NetVerdict, TunVerdict};
 pub use flow::{CoreConfig, FlowView};
+pub use health::PeerHealthView;
 pub use reply::ReplyView;
 pub use table::{Location, Table, TableBuilder, TableError};
 pub use tunnel::{write_header, HEADER_LEN};

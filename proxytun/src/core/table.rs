@@ -38,7 +38,7 @@ pub struct ServiceId(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceId(usize);
 
-/// A service: its name, round-robin ServiceIPs and instances in table order.
+/// A service: its name, ServiceIPs and instances in table order.
 #[derive(Debug, Clone)]
 pub struct ServiceEntry {
     /// `app/service`.
@@ -47,6 +47,8 @@ pub struct ServiceEntry {
     pub rr4: Ipv4Addr,
     /// Round-robin ServiceIP, IPv6.
     pub rr6: Ipv6Addr,
+    /// Closest ServiceIPs (IPv4, IPv6), if the service has them.
+    pub closest: Option<(Ipv4Addr, Ipv6Addr)>,
     /// Its instances, in the order they were added.
     pub instances: Vec<InstanceId>,
 }
@@ -93,6 +95,9 @@ impl InstanceEntry {
 pub enum Vip {
     /// A round-robin ServiceIP: rotate over the service's instances.
     RoundRobin(ServiceId),
+    /// A closest ServiceIP: the instances on the node with the lowest
+    /// measured round-trip time (this node counts as zero).
+    Closest(ServiceId),
     /// An instance IP: always that instance.
     Instance(InstanceId),
 }
@@ -149,6 +154,7 @@ pub struct Table {
     local_iip: FastMap<IpAddr, InstanceId>,
     by_name: FastMap<Arc<str>, InstanceId>,
     peers: HashSet<IpAddr, foldhash::fast::RandomState>,
+    endpoints: Vec<SocketAddr>,
 }
 
 impl Table {
@@ -164,6 +170,7 @@ impl Table {
             local_iip: FastMap::default(),
             by_name: FastMap::default(),
             peers: HashSet::default(),
+            endpoints: Vec::new(),
         }
     }
 
@@ -216,6 +223,12 @@ impl Table {
     pub fn is_peer(&self, addr: IpAddr) -> bool {
         self.peers.contains(&addr)
     }
+
+    /// The peers' tunnel endpoints, in the order they were added: the
+    /// nodes keepalives go to.
+    pub fn peer_endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
 }
 
 /// Builds a [`Table`], checking that addresses do not collide.
@@ -248,7 +261,7 @@ impl TableBuilder {
         }
         if let Some(prev) = self.table.vips.insert(addr, vip) {
             let first = match prev {
-                Vip::RoundRobin(s) => self.table.services[s.0].name.to_string(),
+                Vip::RoundRobin(s) | Vip::Closest(s) => self.table.services[s.0].name.to_string(),
                 Vip::Instance(i) => self.table.instances[i.0].name.to_string(),
             };
             self.fail(TableError::DuplicateVip {
@@ -266,11 +279,25 @@ impl TableBuilder {
             name: name.into(),
             rr4,
             rr6,
+            closest: None,
             instances: Vec::new(),
         });
         self.add_vip(IpAddr::V4(rr4), Vip::RoundRobin(id), name);
         self.add_vip(IpAddr::V6(rr6), Vip::RoundRobin(id), name);
         id
+    }
+
+    /// Gives `service` its closest ServiceIPs (see [`Vip::Closest`]).
+    pub fn closest(&mut self, service: ServiceId, v4: Ipv4Addr, v6: Ipv6Addr) -> &mut Self {
+        let Some(svc) = self.table.services.get_mut(service.0) else {
+            self.fail(TableError::UnknownService(format!("closest {v4}")));
+            return self;
+        };
+        svc.closest = Some((v4, v6));
+        let name = svc.name.clone();
+        self.add_vip(IpAddr::V4(v4), Vip::Closest(service), &name);
+        self.add_vip(IpAddr::V6(v6), Vip::Closest(service), &name);
+        self
     }
 
     /// Adds an instance (`app/service/n`) of `service`; it joins the service's
@@ -326,9 +353,14 @@ impl TableBuilder {
         id
     }
 
-    /// Accepts tunnel datagrams from this underlay address.
-    pub fn peer(&mut self, addr: IpAddr) -> &mut Self {
-        self.table.peers.insert(addr);
+    /// Adds a peer node by its tunnel endpoint: datagrams from its address
+    /// are accepted, and it is sent keepalives. Adding an endpoint twice
+    /// is harmless.
+    pub fn peer(&mut self, endpoint: SocketAddr) -> &mut Self {
+        self.table.peers.insert(endpoint.ip());
+        if !self.table.endpoints.contains(&endpoint) {
+            self.table.endpoints.push(endpoint);
+        }
         self
     }
 
@@ -371,7 +403,13 @@ mod tests {
             "fdff:30::103".parse().unwrap(),
             Location::Local,
         );
-        b.peer("192.168.0.2".parse().unwrap());
+        b.closest(
+            s,
+            "10.30.0.2".parse().unwrap(),
+            "fdff:30::2".parse().unwrap(),
+        );
+        b.peer("192.168.0.2:50103".parse().unwrap());
+        b.peer("192.168.0.2:50103".parse().unwrap());
         let t = b.build().unwrap();
         assert_eq!(
             t.vip("10.30.0.1".parse().unwrap()),
@@ -392,6 +430,16 @@ mod tests {
         assert!(t.local_by_iip("10.30.1.3".parse().unwrap()).is_some());
         assert!(t.is_peer("192.168.0.2".parse().unwrap()));
         assert!(!t.is_peer("192.168.0.3".parse().unwrap()));
+        assert_eq!(
+            t.peer_endpoints(),
+            &["192.168.0.2:50103".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(t.vip("10.30.0.2".parse().unwrap()), Some(Vip::Closest(s)));
+        assert_eq!(t.vip("fdff:30::2".parse().unwrap()), Some(Vip::Closest(s)));
+        assert_eq!(
+            t.service(s).unwrap().closest,
+            Some(("10.30.0.2".parse().unwrap(), "fdff:30::2".parse().unwrap()))
+        );
         assert!(t.in_service_range("10.30.9.9".parse().unwrap()));
         assert!(!t.in_service_range("10.18.1.5".parse().unwrap()));
 

@@ -20,8 +20,26 @@ pub const MAGIC: [u8; 2] = *b"PT";
 pub const VERSION: u8 = 1;
 /// Message type: an IP packet follows.
 pub const TYPE_DATA: u8 = 1;
-/// Message type reserved for keepalives; not accepted yet.
+/// Message type: a keepalive (ping or pong) follows; see [`super::keepalive`].
 pub const TYPE_KEEPALIVE: u8 = 2;
+
+/// What a datagram carries, from its header's type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgType {
+    /// An IP packet for the data path ([`TYPE_DATA`]).
+    Data,
+    /// A keepalive ping or pong ([`TYPE_KEEPALIVE`]).
+    Keepalive,
+}
+
+impl MsgType {
+    fn byte(self) -> u8 {
+        match self {
+            MsgType::Data => TYPE_DATA,
+            MsgType::Keepalive => TYPE_KEEPALIVE,
+        }
+    }
+}
 
 /// Why a tunnel header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,11 +79,20 @@ impl From<HeaderError> for DropReason {
 /// If `buf` is shorter than [`HEADER_LEN`]: the shell's own buffer is
 /// always larger, so this is a programming error, never a packet's fault.
 pub fn write_header(buf: &mut [u8]) {
-    buf[..HEADER_LEN].copy_from_slice(&[MAGIC[0], MAGIC[1], VERSION, TYPE_DATA, 0, 0, 0, 0]);
+    write_header_of(buf, MsgType::Data);
 }
 
-/// Checks a datagram's header; on success the inner packet is `buf[HEADER_LEN..]`.
-pub fn parse_header(buf: &[u8]) -> Result<(), HeaderError> {
+/// Writes a v1 header of type `msg` into `buf[..HEADER_LEN]`.
+///
+/// # Panics
+/// If `buf` is shorter than [`HEADER_LEN`] (a programming error, as above).
+pub fn write_header_of(buf: &mut [u8], msg: MsgType) {
+    buf[..HEADER_LEN].copy_from_slice(&[MAGIC[0], MAGIC[1], VERSION, msg.byte(), 0, 0, 0, 0]);
+}
+
+/// Checks a datagram's header and says what follows it: for
+/// [`MsgType::Data`] the inner packet is `buf[HEADER_LEN..]`.
+pub fn parse_header(buf: &[u8]) -> Result<MsgType, HeaderError> {
     let Some(h) = buf.get(..HEADER_LEN) else {
         return Err(HeaderError::TooShort);
     };
@@ -75,13 +102,15 @@ pub fn parse_header(buf: &[u8]) -> Result<(), HeaderError> {
     if h[2] != VERSION {
         return Err(HeaderError::BadVersion(h[2]));
     }
-    if h[3] != TYPE_DATA {
-        return Err(HeaderError::UnknownType(h[3]));
-    }
+    let msg = match h[3] {
+        TYPE_DATA => MsgType::Data,
+        TYPE_KEEPALIVE => MsgType::Keepalive,
+        other => return Err(HeaderError::UnknownType(other)),
+    };
     if h[4..] != [0, 0, 0, 0] {
         return Err(HeaderError::ReservedNotZero);
     }
-    Ok(())
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -93,7 +122,7 @@ mod tests {
     fn roundtrip_and_each_error() {
         let mut buf = [0xaau8; 12];
         write_header(&mut buf);
-        assert_eq!(parse_header(&buf), Ok(()));
+        assert_eq!(parse_header(&buf), Ok(MsgType::Data));
         assert_eq!(&buf[..4], b"PT\x01\x01");
         assert_eq!(buf[8..], [0xaa; 4], "payload untouched");
         assert_eq!(parse_header(&buf[..7]), Err(HeaderError::TooShort));
@@ -106,7 +135,13 @@ mod tests {
         assert_eq!(parse_header(&b), Err(HeaderError::BadVersion(2)));
         let mut b = buf;
         b[3] = TYPE_KEEPALIVE;
-        assert_eq!(parse_header(&b), Err(HeaderError::UnknownType(2)));
+        assert_eq!(parse_header(&b), Ok(MsgType::Keepalive));
+        let mut k = [0u8; HEADER_LEN];
+        write_header_of(&mut k, MsgType::Keepalive);
+        assert_eq!(parse_header(&k), Ok(MsgType::Keepalive));
+        let mut b = buf;
+        b[3] = 3;
+        assert_eq!(parse_header(&b), Err(HeaderError::UnknownType(3)));
         let mut b = buf;
         b[7] = 1;
         assert_eq!(parse_header(&b), Err(HeaderError::ReservedNotZero));

@@ -7,19 +7,27 @@
 //! A packet for a local instance goes back into the TUN whole, with its
 //! virtio-net header and a re-seeded partial checksum.
 //!
+//! This thread also sends the keepalive pings: its sleep is bounded by the
+//! next one due, and after each batch it collects the due pings under the
+//! same lock and sends them with the batch's datagrams. It drains the
+//! core's misses into the control plane's channel the same way.
+//!
 //! Buffers are allocated once when the thread starts. Every read buffer
 //! keeps [`PKT`] bytes in front of the packet: the virtio-net header is read
 //! there, and the tunnel header is written over its tail, so a packet that
 //! needs no segmenting is sent without a copy.
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::io_loop::{IoCounters, Shared, MAX_SLEEP};
+use crate::core::flow::min_opt;
+use crate::core::keepalive::KEEPALIVE_LEN;
+use crate::core::miss::MISS_RING;
 use crate::core::offload::{self, CsumAt, Gso, Offload, Segments};
 use crate::core::tunnel::{write_header, HEADER_LEN};
 use crate::core::{DropReason, TunVerdict};
@@ -60,6 +68,75 @@ struct Slot {
     verdict: TunVerdict,
 }
 
+/// Pings one turn may collect; bounds the loop over the core's due peers.
+const MAX_PINGS: usize = 4096;
+
+/// What one turn gathered under the lock besides the packets: due pings
+/// and misses, sent once the lock is released.
+struct Extra {
+    pings: Vec<(SocketAddr, [u8; KEEPALIVE_LEN])>,
+    misses: [IpAddr; MISS_RING],
+    n_misses: usize,
+    next_keepalive: Option<Instant>,
+}
+
+impl Extra {
+    fn new() -> Extra {
+        Extra {
+            pings: Vec::with_capacity(64),
+            misses: [IpAddr::V4(Ipv4Addr::UNSPECIFIED); MISS_RING],
+            n_misses: 0,
+            next_keepalive: None,
+        }
+    }
+
+    /// Under the lock: takes the due pings (if any are due, or the schedule
+    /// is unknown) and the misses.
+    fn collect(&mut self, dp: &mut crate::core::Dataplane, now: Instant) {
+        if dp.next_keepalive().is_none_or(|t| t <= now) {
+            let mut buf = [0u8; KEEPALIVE_LEN];
+            while self.pings.len() < MAX_PINGS {
+                match dp.poll_keepalive(now, &mut buf) {
+                    Some((to, len)) if len == KEEPALIVE_LEN => self.pings.push((to, buf)),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        self.next_keepalive = dp.next_keepalive();
+        if dp.has_misses() {
+            let (list, n) = (&mut self.misses, &mut self.n_misses);
+            dp.drain_misses(|a| {
+                if let Some(slot) = list.get_mut(*n) {
+                    *slot = a;
+                    *n += 1;
+                }
+            });
+        }
+    }
+
+    /// After the lock: sends the pings and hands the misses on.
+    fn send(&mut self, sh: &Shared) {
+        for (to, ping) in self.pings.drain(..) {
+            match sh.socket.send(to, &ping, None) {
+                Ok(()) => IoCounters::add(&sh.io.keepalive_tx, 1),
+                Err(e) => {
+                    IoCounters::add(&sh.io.send_errors, 1);
+                    tracing::debug!(error = %e, %to, "keepalive ping not sent");
+                }
+            }
+        }
+        if let Some(tx) = &sh.misses {
+            for &a in &self.misses[..self.n_misses] {
+                if tx.try_send(a).is_err() {
+                    IoCounters::add(&sh.io.misses_lost, 1);
+                }
+            }
+        }
+        self.n_misses = 0;
+    }
+}
+
 /// Runs until a stop is asked for.
 pub(super) fn run(sh: &Shared) {
     let mut slots: Vec<Slot> = (0..READS)
@@ -73,9 +150,13 @@ pub(super) fn run(sh: &Shared) {
     let mut seg = vec![0u8; SEG_BUF];
     let mut train = Train::new();
     let mut next_timer: Option<Instant> = None;
+    let mut extra = Extra::new();
+    // The first pings leave at once, not after the first sleep.
+    extra.collect(&mut sh.core(), Instant::now());
+    extra.send(sh);
     loop {
         let now = Instant::now();
-        let sleep = next_timer
+        let sleep = min_opt(next_timer, extra.next_keepalive)
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
@@ -93,12 +174,14 @@ pub(super) fn run(sh: &Shared) {
                 dp.handle_timeout(now);
             }
             next_timer = dp.poll_timeout();
+            extra.collect(&mut dp, now);
             sh.publish_gauges(&dp);
         }
         for s in &mut slots[..n] {
             output(sh, s, &mut seg, &mut train);
         }
         train.flush(sh);
+        extra.send(sh);
     }
 }
 

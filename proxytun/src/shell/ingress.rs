@@ -8,9 +8,14 @@
 //! which coalesces the segments of a TCP (or UDP) flow back into one
 //! super-packet and one write; without, each is written in place.
 //!
+//! Keepalive pings from peers come back from the core as pongs written in
+//! place ([`NetVerdict::Reply`]); they are sent back to their senders once
+//! the lock is released.
+//!
 //! Buffers are allocated once when the thread starts.
 
 use std::io::{ErrorKind, IoSliceMut};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use quinn_udp::RecvMeta;
@@ -32,6 +37,10 @@ const MSG_BUF: usize = 64 * 2048;
 /// never grows.
 const MAX_DGRAMS: usize = MSGS * 64;
 
+/// Pongs one batch can send back; more pings in one batch than this are
+/// left unanswered (the peer's next ping comes a keepalive interval later).
+const MAX_PONGS: usize = 1024;
+
 /// Room in a TUN write buffer: a coalesced super-packet, and the
 /// virtio-net header twice over, as tun-rs's GRO asks.
 const OUT_BUF: usize = 2 * VIRTIO_NET_HDR_LEN + 65536;
@@ -46,6 +55,8 @@ pub(super) fn run(sh: &Shared) {
         .map(|_| Vec::with_capacity(OUT_BUF))
         .collect();
     let mut gro = GROTable::default();
+    // (to, start, len) of each pong the core wrote in place, in `big`.
+    let mut pongs: Vec<(SocketAddr, usize, usize)> = Vec::with_capacity(MAX_PONGS);
     loop {
         if !sh.wait(sh.socket.as_fd(), MAX_SLEEP) {
             return;
@@ -68,6 +79,7 @@ pub(super) fn run(sh: &Shared) {
             }
         };
         accepted.clear();
+        pongs.clear();
         {
             let mut dp = sh.core();
             let now = Instant::now();
@@ -79,15 +91,28 @@ pub(super) fn run(sh: &Shared) {
                 while at < len {
                     let end = (at + stride).min(len);
                     let dgram = &mut big[base + at..base + end];
-                    if dp.handle_tunnel(m.addr, dgram, now) == NetVerdict::Tun
-                        && accepted.len() < MAX_DGRAMS
-                    {
-                        accepted.push((base + at + HEADER_LEN, end - at - HEADER_LEN));
+                    match dp.handle_tunnel(m.addr, dgram, now) {
+                        NetVerdict::Tun if accepted.len() < MAX_DGRAMS => {
+                            accepted.push((base + at + HEADER_LEN, end - at - HEADER_LEN));
+                        }
+                        NetVerdict::Reply(len) if pongs.len() < MAX_PONGS => {
+                            pongs.push((m.addr, base + at, len.min(end - at)));
+                        }
+                        _ => {}
                     }
                     at = end;
                 }
             }
             sh.publish_gauges(&dp);
+        }
+        for &(to, start, len) in &pongs {
+            match sh.socket.send(to, &big[start..start + len], None) {
+                Ok(()) => IoCounters::add(&sh.io.keepalive_tx, 1),
+                Err(e) => {
+                    IoCounters::add(&sh.io.send_errors, 1);
+                    tracing::debug!(error = %e, %to, "keepalive pong not sent");
+                }
+            }
         }
         if sh.offload.vnet {
             write_coalesced(sh, &big, &accepted, &mut out, &mut gro);

@@ -13,9 +13,18 @@
 //! decides; every system call happens outside it. Control-plane changes
 //! (a new table snapshot, a flow dump) take the same mutex between batches.
 //!
+//! Keepalives: the egress thread also sends each peer its keepalive pings
+//! (its sleep is bounded by the next one due, so they leave on time with no
+//! traffic at all); the ingress thread sends the pongs the core writes in
+//! place of the pings it receives. Misses (first packets to ServiceIPs the
+//! table does not know) are drained after each egress batch into the
+//! control plane's channel with `try_send`: never blocking, a full channel
+//! loses them (the client's retry records them again).
+//!
 //! Stopping: an eventfd that both threads poll next to their input; writing
 //! it once wakes both, and they leave at their next turn.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -28,7 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
-use crate::core::{Dataplane, Table};
+use crate::core::{Dataplane, PeerHealthView, Table};
 
 /// The longest a thread sleeps: it bounds how late an expired flow is
 /// noticed when nothing else wakes the egress thread.
@@ -66,6 +75,10 @@ pub struct IoCounters {
     pub flows_active: AtomicU64,
     /// Reply-cache entries, published once per batch (a gauge).
     pub replies_active: AtomicU64,
+    /// Keepalive pings and pongs sent to peers.
+    pub keepalive_tx: AtomicU64,
+    /// Misses lost because the control plane's channel was full or closed.
+    pub misses_lost: AtomicU64,
 }
 
 impl IoCounters {
@@ -83,6 +96,7 @@ pub(super) struct Shared {
     pub(super) tun: SyncDevice,
     pub(super) offload: TunOffload,
     pub(super) socket: TunnelSocket,
+    pub(super) misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
 }
 
 impl Shared {
@@ -106,7 +120,9 @@ impl Shared {
     /// Sleeps until `input` is readable, a stop is asked for, or `sleep`
     /// passes. Returns false when the thread must stop.
     pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration) -> bool {
-        let ms = u16::try_from(sleep.as_millis()).unwrap_or(u16::MAX);
+        // Rounded up: waking a little early would only spin until the
+        // deadline really passes.
+        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
         let mut fds = [
             PollFd::new(input, PollFlags::POLLIN),
             PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
@@ -169,6 +185,13 @@ pub struct ControlSender {
 }
 
 impl ControlSender {
+    /// Each peer endpoint's keepalive health, read under the core's lock
+    /// (held only to copy it out).
+    pub fn peers(&self) -> Vec<PeerHealthView> {
+        let now = Instant::now();
+        self.shared.core().peer_health(now).collect()
+    }
+
     /// Applies a control message. Never fails today; the `Result` keeps
     /// callers ready for a dataplane that can refuse.
     pub fn send(&self, msg: Control) -> anyhow::Result<()> {
@@ -230,13 +253,16 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
     )
 }
 
-/// Starts the two direction threads.
+/// Starts the two direction threads. `misses`, when given, receives the
+/// destinations of first packets to ServiceIPs the table has no entry for
+/// (deduplicated per batch; dropped when the channel is full).
 pub fn spawn(
     dp: Dataplane,
     tun: SyncDevice,
     offload: TunOffload,
     socket: TunnelSocket,
     io: Arc<IoCounters>,
+    misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
 ) -> anyhow::Result<LoopHandle> {
     let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .context("create the dataplane's eventfd")?;
@@ -248,6 +274,7 @@ pub fn spawn(
         tun,
         offload,
         socket,
+        misses,
     });
     let mut threads = Vec::new();
     let s = shared.clone();

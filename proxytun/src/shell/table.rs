@@ -17,13 +17,14 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
     let mut b = TableBuilder::new(node.service_range, node.service_range6);
     let mut ids = BTreeMap::new();
     for (name, svc) in &snapshot.services {
-        ids.insert(
-            name,
-            b.service(&name.to_string(), svc.rr_ip.v4, svc.rr_ip.v6),
-        );
+        let id = b.service(&name.to_string(), svc.rr_ip.v4, svc.rr_ip.v6);
+        if let Some(closest) = &svc.closest_ip {
+            b.closest(id, closest.v4, closest.v6);
+        }
+        ids.insert(name, id);
     }
     for peer in snapshot.peers.values() {
-        b.peer(peer.endpoint.ip());
+        b.peer(peer.endpoint);
     }
     for inst in snapshot.instances.values() {
         let Some(&svc) = ids.get(&inst.key.name) else {
@@ -89,7 +90,7 @@ mod tests {
         }
     }
 
-    fn snapshot(with_peer: bool) -> Snapshot {
+    fn snapshot(with_peer: bool, with_closest: bool) -> Snapshot {
         let p = plan();
         let name = ServiceName::new("shop", "web").expect("name");
         let peer_ep: SocketAddr = "192.0.2.2:50103".parse().expect("addr");
@@ -131,6 +132,7 @@ mod tests {
                         v4: Ipv4Addr::new(10, 30, 1, 1),
                         v6: p.service_pair(Ipv4Addr::new(10, 30, 1, 1)).v6,
                     },
+                    closest_ip: with_closest.then(|| p.service_pair(Ipv4Addr::new(10, 30, 1, 9))),
                 },
             )]),
             instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
@@ -140,7 +142,7 @@ mod tests {
 
     #[test]
     fn snapshot_becomes_table_with_both_families_and_locations() {
-        let t = build(&snapshot(true)).expect("valid table");
+        let t = build(&snapshot(true, false)).expect("valid table");
         let rr4 = IpAddr::from([10, 30, 1, 1]);
         let rr6: IpAddr = "fdff:30::101".parse().expect("v6");
         assert!(matches!(t.vip(rr4), Some(Vip::RoundRobin(_))));
@@ -158,6 +160,11 @@ mod tests {
             Location::Remote("192.0.2.2:50103".parse().expect("addr"))
         );
         assert!(t.is_peer(IpAddr::from([192, 0, 2, 2])));
+        assert_eq!(
+            t.peer_endpoints(),
+            &["192.0.2.2:50103".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(t.services().next().expect("service").closest, None);
         assert!(t.local_by_ns(IpAddr::from([10, 18, 1, 2])).is_some());
         assert!(
             t.local_by_ns(IpAddr::from([10, 18, 2, 2])).is_none(),
@@ -167,9 +174,24 @@ mod tests {
 
     #[test]
     fn instance_on_an_unknown_peer_is_left_out() {
-        let t = build(&snapshot(false)).expect("valid table");
+        let t = build(&snapshot(false, false)).expect("valid table");
         assert!(t.instance_by_name("shop/web/1").is_some());
         assert!(t.instance_by_name("shop/web/2").is_none());
         assert!(!t.is_peer(IpAddr::from([192, 0, 2, 2])));
+    }
+
+    #[test]
+    fn closest_ip_becomes_a_closest_vip_of_both_families() {
+        let t = build(&snapshot(true, true)).expect("valid table");
+        let v4 = IpAddr::from([10, 30, 1, 9]);
+        let v6 = IpAddr::V6(plan().service_pair(Ipv4Addr::new(10, 30, 1, 9)).v6);
+        let Some(Vip::Closest(id)) = t.vip(v4) else {
+            panic!("no closest VIP for {v4}");
+        };
+        assert_eq!(t.vip(v6), Some(Vip::Closest(id)));
+        let svc = t.service(id).expect("service");
+        assert_eq!(svc.name.as_ref(), "shop/web");
+        assert_eq!(svc.instances.len(), 2);
+        assert!(matches!(t.vip(IpAddr::from([10, 30, 1, 1])), Some(Vip::RoundRobin(s)) if s == id));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Status and counters are read straight from shared atomics; the flow list
 //! is copied out of the core between two batches (a control message) and
-//! comes back over a oneshot channel.
+//! comes back over a oneshot channel; peer health is copied out under the
+//! core's lock.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -73,6 +74,8 @@ impl DataplaneView for ShellView {
         if let Value::Object(map) = &mut v {
             for (name, c) in [
                 ("tunnel_tx", &io.tunnel_tx),
+                ("keepalive_tx", &io.keepalive_tx),
+                ("misses_lost", &io.misses_lost),
                 ("tunnel_gso_sends", &io.gso_sends),
                 ("offload_errors", &io.offload_errors),
                 ("flows_active", &io.flows_active),
@@ -86,6 +89,11 @@ impl DataplaneView for ShellView {
             }
         }
         v
+    }
+
+    fn peers(&self) -> Value {
+        serde_json::to_value(self.ctrl.peers())
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }))
     }
 
     fn flows(&self) -> BoxFuture<'static, Value> {

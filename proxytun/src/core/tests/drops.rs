@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::util::*;
 use crate::core::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::core::flow::CoreConfig;
+use crate::core::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN};
 use crate::core::tunnel::HEADER_LEN;
 use crate::core::DropReason;
 
@@ -83,8 +84,28 @@ fn every_drop_reason_is_counted() {
     d[2] = 9;
     p.net(&mut b, A, d, BadVersion);
     let mut d = good.clone();
-    d[3] = 2;
+    d[3] = 3;
     p.net(&mut b, A, d, UnknownType);
+    // A data packet's length under the keepalive type.
+    let mut d = good.clone();
+    d[3] = 2;
+    p.net(&mut b, A, d, KeepaliveMalformed);
+    // Pongs: b pings A first (its first peer), then gets forged answers.
+    let now = Instant::now();
+    let mut ping = [0u8; KEEPALIVE_LEN];
+    assert_eq!(b.poll_keepalive(now, &mut ping), Some((A, KEEPALIVE_LEN)));
+    let pong = |seq, sent_ns| {
+        let mut d = vec![0u8; KEEPALIVE_LEN];
+        let ka = Keepalive {
+            kind: Kind::Pong,
+            seq,
+            sent_ns,
+        };
+        keepalive::write(&mut d, &ka).unwrap();
+        d
+    };
+    p.net(&mut b, A, pong(0, u64::MAX / 2), KeepaliveBadTime);
+    p.net(&mut b, A, pong(1, 0), KeepaliveUnexpected);
     let mut d = good.clone();
     d[5] = 1;
     p.net(&mut b, A, d, ReservedNotZero);

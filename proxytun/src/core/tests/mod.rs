@@ -6,7 +6,9 @@
 mod drops;
 mod flows;
 mod fuzz;
+mod keepalive;
 mod offload;
 mod pair;
+mod policy;
 mod rewrite;
 mod util;

@@ -14,7 +14,7 @@ use crate::core::offload::{
     OffloadError, Segments,
 };
 use crate::core::packet;
-use crate::core::tunnel::{parse_header, write_header, HEADER_LEN};
+use crate::core::tunnel::{parse_header, write_header, MsgType, HEADER_LEN};
 
 const NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
@@ -215,7 +215,7 @@ fn compare_with_tun_rs(pkt: &[u8], s: Shape, size: u16) -> Segments {
             assert!(d.len() <= segs.stride);
         }
         assert_eq!(d[..HEADER_LEN], header);
-        assert_eq!(parse_header(d), Ok(()));
+        assert_eq!(parse_header(d), Ok(MsgType::Data));
         let inner = &d[HEADER_LEN..];
         assert_eq!(inner, &bufs[i][..sizes[i]], "{s:?} size {size} segment {i}");
         let seen = check(inner);

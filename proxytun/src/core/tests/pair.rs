@@ -49,6 +49,7 @@ impl Pair {
                 match dst_dp.handle_tunnel(src_addr, &mut buf, now) {
                     NetVerdict::Tun => Some(buf[HEADER_LEN..].to_vec()),
                     NetVerdict::Drop(r) => panic!("dropped on arrival: {r}"),
+                    v => panic!("a data packet got {v:?}"),
                 }
             }
         }

@@ -172,8 +172,11 @@ pub fn table(me: Node, instances: &[Def]) -> Arc<Table> {
             loc,
         );
     }
+    // Like a snapshot's peers: every other member node, not this one.
     for p in [A, B, C] {
-        b.peer(p.ip());
+        if p != me.addr() {
+            b.peer(p);
+        }
     }
     Arc::new(b.build().unwrap())
 }
@@ -377,7 +380,7 @@ pub fn assert_balanced(dp: &Dataplane) {
     let drops: u64 = s.drops.values().sum();
     assert_eq!(
         s.tun_rx + s.tunnel_rx,
-        s.tun_tx_tun + s.tun_tx_peer + drops,
+        s.tun_tx_tun + s.tun_tx_peer + s.keepalive_pings_rx + s.keepalive_pongs_rx + drops,
         "{s:?}"
     );
 }

@@ -1,0 +1,722 @@
+//! The sync task: what the other nodes run, as far as this node cares, and
+//! this node's registrations kept in line with its attachments.
+//!
+//! Interest-based, like Oakestra's lazy table queries: the task never reads
+//! all services or instances. It watches `nodes/` (every node is a peer that
+//! may send traffic here) and, per interesting service, its `services/` key
+//! and its `instances/` prefix, all on one watch stream. A service becomes
+//! interesting when a local instance serves it or when the dataplane reports
+//! a miss on one of its addresses.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchRequestSender, WatchResponse,
+};
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+
+use super::keys::{self, InstanceRecord, NodeRecord, ParsedKey, VipKind, VipRecord};
+use super::registry::{corrupt, unavailable, withdraw};
+use super::{Backoff, Inner, Session};
+use crate::error::{Error, Result};
+use crate::model::{
+    Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName, Snapshot,
+};
+use crate::plan;
+use crate::registry::ClusterView;
+
+/// How long an address that nobody claims is not looked up again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Misses remembered while etcd is away.
+const PENDING_MISSES: usize = 1024;
+
+/// Why a connected round ended without an error.
+enum Exit {
+    /// The session went away or its lease changed: start over.
+    SessionChanged,
+    /// The manager or the cluster handle is gone.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Services watched.
+    interests: BTreeSet<ServiceName>,
+    nodes: BTreeMap<String, NodeRecord>,
+    services: BTreeMap<ServiceName, Service>,
+    /// Instances of the interesting services, on every node (ours too).
+    instances: BTreeMap<InstanceKey, InstanceRecord>,
+    /// The last revision seen.
+    revision: i64,
+    /// Unclaimed addresses, until when they are not looked up again.
+    negative: HashMap<Ipv4Addr, Instant>,
+    /// Misses that came while etcd was away.
+    pending: BTreeSet<IpAddr>,
+    /// What etcd was last made to hold for the local instances.
+    reconciled: BTreeMap<InstanceKey, InstanceRecord>,
+    /// Local instances whose key is held by another node.
+    conflicting: BTreeSet<InstanceKey>,
+    /// Local instances whose registration vanished (seen in a watch).
+    dirty: BTreeSet<InstanceKey>,
+}
+
+/// The sync task's body; see the module doc. Ends when the manager's
+/// snapshot channel or the view's receivers are all gone.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut local: watch::Receiver<Arc<Snapshot>>,
+    mut misses: mpsc::Receiver<IpAddr>,
+    tx: watch::Sender<Arc<ClusterView>>,
+) {
+    let mut st = State::default();
+    let mut sessions = inner.session.subscribe();
+    let mut backoff = Backoff::new();
+    let mut misses_open = true;
+    let mut in_outage = false;
+    loop {
+        let session = loop {
+            if let Some(s) = sessions.borrow_and_update().clone() {
+                break s;
+            }
+            tokio::select! {
+                r = sessions.changed() => if r.is_err() { return },
+                r = local.changed() => if r.is_err() { return },
+                m = misses.recv(), if misses_open => match m {
+                    Some(ip) if st.pending.len() < PENDING_MISSES => { st.pending.insert(ip); }
+                    Some(_) => {}
+                    None => misses_open = false,
+                },
+            }
+        };
+        let mut round = Round {
+            inner: &inner,
+            st: &mut st,
+            client: session.client.clone(),
+            session: &session,
+            tx: &tx,
+        };
+        match round
+            .run(
+                &mut local,
+                &mut misses,
+                &mut misses_open,
+                &mut sessions,
+                &mut || {
+                    if in_outage {
+                        tracing::info!("cluster sync: resumed");
+                        in_outage = false;
+                    }
+                    backoff.reset();
+                },
+            )
+            .await
+        {
+            Ok(Exit::SessionChanged) => {}
+            Ok(Exit::Closed) => return,
+            Err(e) => {
+                inner.status().last_error = Some(e.to_string());
+                if !in_outage {
+                    tracing::warn!("cluster sync: {e}; keeping the last view and retrying");
+                    in_outage = true;
+                }
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+/// One connected stretch of the sync task.
+struct Round<'a> {
+    inner: &'a Inner,
+    st: &'a mut State,
+    client: Client,
+    session: &'a Session,
+    tx: &'a watch::Sender<Arc<ClusterView>>,
+}
+
+impl Round<'_> {
+    async fn run(
+        &mut self,
+        local: &mut watch::Receiver<Arc<Snapshot>>,
+        misses: &mut mpsc::Receiver<IpAddr>,
+        misses_open: &mut bool,
+        sessions: &mut watch::Receiver<Option<Session>>,
+        on_up: &mut (dyn FnMut() + Send),
+    ) -> Result<Exit> {
+        let t = self.inner.settings.request_timeout;
+        let snap = local.borrow_and_update().clone();
+        let want = self.wanted(&snap);
+        for k in want.keys() {
+            self.st.interests.insert(k.name.clone());
+        }
+        let index = self.inner.status().node_index;
+        if let Some(index) = index {
+            let ensure = super::ensure_member(self.inner, &mut self.client, index);
+            match tokio::time::timeout(t, ensure).await {
+                Ok(Ok(())) => {}
+                Ok(Err(super::ClusterError::Unavailable(e))) => return Err(Error::Unavailable(e)),
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "etcd did not answer within {t:?}"
+                    )))
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("cluster sync: {e}");
+                    self.inner.status().last_error = Some(e.to_string());
+                }
+            }
+        }
+        // Re-read everything: the old revision may be compacted by now.
+        let nodes_prefix = self.inner.keys.nodes();
+        let got = timed(
+            t,
+            self.client
+                .get(nodes_prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let nodes_rev = got.header().map(|h| h.revision()).unwrap_or(0);
+        self.st.nodes.clear();
+        for kv in got.kvs() {
+            self.apply(kv.key(), Some(kv.value()));
+        }
+        self.st.revision = nodes_rev;
+        let mut revs = Vec::new();
+        for name in self.st.interests.clone() {
+            revs.push((name.clone(), self.load(&name).await?));
+        }
+        let pending = std::mem::take(&mut self.st.pending);
+        let mut new = Vec::new();
+        for ip in pending {
+            if let Some((name, rev)) = self.miss(ip, &snap.node).await? {
+                new.push((name, rev));
+            }
+        }
+        revs.extend(new);
+        self.reconcile(&want, true).await?;
+
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(nodes_rev + 1);
+        let stream = timed(t, self.client.watch(nodes_prefix.as_str(), Some(opts))).await?;
+        let (mut wtx, mut wrx) = stream.split();
+        for (name, rev) in &revs {
+            self.watch(&mut wtx, name, *rev).await?;
+        }
+        self.publish();
+        on_up();
+
+        loop {
+            tokio::select! {
+                msg = wrx.message() => {
+                    self.event(msg)?;
+                    // Coalesce a burst: take what is ready, publish once.
+                    while let Some(msg) = wrx.message().now_or_never() {
+                        self.event(msg)?;
+                    }
+                    if !self.st.dirty.is_empty() {
+                        let want = self.wanted(&local.borrow().clone());
+                        self.reconcile(&want, false).await?;
+                    }
+                    self.publish();
+                }
+                r = local.changed() => {
+                    if r.is_err() {
+                        return Ok(Exit::Closed);
+                    }
+                    let snap = local.borrow_and_update().clone();
+                    let want = self.wanted(&snap);
+                    for name in want.keys().map(|k| k.name.clone()).collect::<BTreeSet<_>>() {
+                        if !self.st.interests.contains(&name) {
+                            self.st.interests.insert(name.clone());
+                            let rev = self.load(&name).await?;
+                            self.watch(&mut wtx, &name, rev).await?;
+                        }
+                    }
+                    self.reconcile(&want, false).await?;
+                    self.publish();
+                }
+                m = misses.recv(), if *misses_open => {
+                    let Some(ip) = m else {
+                        *misses_open = false;
+                        continue;
+                    };
+                    let node = local.borrow().node.clone();
+                    let mut ips = vec![ip];
+                    while let Ok(ip) = misses.try_recv() {
+                        ips.push(ip);
+                    }
+                    for ip in ips {
+                        if let Some((name, rev)) = self.miss(ip, &node).await? {
+                            self.watch(&mut wtx, &name, rev).await?;
+                        }
+                    }
+                    self.publish();
+                }
+                r = sessions.changed() => {
+                    if r.is_err() {
+                        return Ok(Exit::Closed);
+                    }
+                    let same = sessions
+                        .borrow_and_update()
+                        .as_ref()
+                        .is_some_and(|s| s.epoch == self.session.epoch);
+                    if !same {
+                        return Ok(Exit::SessionChanged);
+                    }
+                }
+                _ = self.tx.closed() => return Ok(Exit::Closed),
+            }
+        }
+    }
+
+    /// What etcd should hold for the local instances.
+    fn wanted(&self, snap: &Snapshot) -> BTreeMap<InstanceKey, InstanceRecord> {
+        snap.instances
+            .values()
+            .filter(|i| matches!(i.placement, Placement::Local { .. }))
+            .map(|i| {
+                let rec = InstanceRecord {
+                    node: self.inner.node.clone(),
+                    ns_addr: i.ns_addr,
+                    instance_ip: i.instance_ip,
+                };
+                (i.key.clone(), rec)
+            })
+            .collect()
+    }
+
+    /// Reads one service's record and instances; returns the revision to
+    /// watch from.
+    async fn load(&mut self, name: &ServiceName) -> Result<i64> {
+        let keys = &self.inner.keys;
+        let (sk, ip) = (keys.service(name), keys.instances_of(name));
+        let txn = Txn::new().and_then([
+            TxnOp::get(sk.as_str(), None),
+            TxnOp::get(ip.as_str(), Some(GetOptions::new().with_prefix())),
+        ]);
+        let t = self.inner.settings.request_timeout;
+        let resp = timed(t, self.client.txn(txn)).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.st.services.remove(name);
+        let lo = InstanceKey {
+            name: name.clone(),
+            number: 0,
+        };
+        let hi = InstanceKey {
+            name: name.clone(),
+            number: u32::MAX,
+        };
+        let stale: Vec<InstanceKey> = self
+            .st
+            .instances
+            .range(lo..=hi)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.st.instances.remove(&k);
+        }
+        for r in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = r {
+                for kv in g.kvs() {
+                    self.apply(kv.key(), Some(kv.value()));
+                }
+            }
+        }
+        self.st.revision = self.st.revision.max(rev);
+        self.inner.status().interests = self.st.interests.len();
+        Ok(rev)
+    }
+
+    /// Adds the watches of one service to the stream, from `rev + 1`.
+    async fn watch(
+        &mut self,
+        wtx: &mut WatchRequestSender,
+        name: &ServiceName,
+        rev: i64,
+    ) -> Result<()> {
+        let keys = &self.inner.keys;
+        let from = WatchOptions::new().with_start_revision(rev + 1);
+        wtx.watch(keys.service(name), Some(from.clone()))
+            .await
+            .map_err(unavailable)?;
+        wtx.watch(keys.instances_of(name), Some(from.with_prefix()))
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Applies one watch message (or fails the round on a stream error).
+    fn event(
+        &mut self,
+        msg: std::result::Result<Option<WatchResponse>, etcd_client::Error>,
+    ) -> Result<()> {
+        let resp = msg
+            .map_err(unavailable)?
+            .ok_or_else(|| Error::Unavailable("etcd closed the watch stream".to_owned()))?;
+        if resp.canceled() {
+            return Err(Error::Unavailable(format!(
+                "etcd cancelled a watch (compacted at {}: {}); reading everything again",
+                resp.compact_revision(),
+                resp.cancel_reason()
+            )));
+        }
+        if let Some(h) = resp.header() {
+            self.st.revision = self.st.revision.max(h.revision());
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => self.apply(kv.key(), Some(kv.value())),
+                EventType::Delete => self.apply(kv.key(), None),
+            }
+        }
+        self.inner.status().revision = self.st.revision;
+        Ok(())
+    }
+
+    /// Applies a key's new value (`None`: deleted) to the state. A record
+    /// that does not parse is skipped with a warning.
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let st = &mut *self.st;
+        match self.inner.keys.parse(key) {
+            Some(ParsedKey::Node(name)) => match value {
+                Some(v) => match keys::decode::<NodeRecord>(key, v) {
+                    Ok(rec) => {
+                        st.nodes.insert(name, rec);
+                    }
+                    Err(e) => tracing::warn!("cluster sync: {e}"),
+                },
+                None => {
+                    st.nodes.remove(&name);
+                }
+            },
+            Some(ParsedKey::Service(name)) if st.interests.contains(&name) => match value {
+                Some(v) => match keys::decode::<Service>(key, v) {
+                    Ok(svc) if svc.name == name => {
+                        st.services.insert(name, svc);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(service = %name, "cluster sync: record names another service; skipped")
+                    }
+                    Err(e) => tracing::warn!("cluster sync: {e}"),
+                },
+                None => {
+                    st.services.remove(&name);
+                }
+            },
+            Some(ParsedKey::Instance(ik)) if st.interests.contains(&ik.name) => match value {
+                Some(v) => match keys::decode::<InstanceRecord>(key, v) {
+                    Ok(rec) => {
+                        st.instances.insert(ik, rec);
+                    }
+                    Err(e) => tracing::warn!("cluster sync: {e}"),
+                },
+                None => {
+                    if st.reconciled.contains_key(&ik) {
+                        // Ours and still attached: register it again.
+                        st.dirty.insert(ik.clone());
+                    }
+                    st.instances.remove(&ik);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// Looks up the owner of a missed address; returns a new interest (with
+    /// the revision to watch from) if it belongs to a service not watched yet.
+    async fn miss(&mut self, ip: IpAddr, node: &NodeInfo) -> Result<Option<(ServiceName, i64)>> {
+        let v4 = match ip {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => match plan::unmirror(node.service_range, node.service_range6, a) {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+        };
+        if !node.service_range.contains(&v4) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if self.st.negative.get(&v4).is_some_and(|until| *until > now) {
+            return Ok(None);
+        }
+        let known = self
+            .st
+            .services
+            .values()
+            .any(|s| s.rr_ip.v4 == v4 || s.closest_ip.is_some_and(|c| c.v4 == v4))
+            || self.st.instances.values().any(|i| i.instance_ip.v4 == v4);
+        if known {
+            return Ok(None);
+        }
+        let t = self.inner.settings.request_timeout;
+        let got = timed(t, self.client.get(self.inner.keys.vip(v4), None)).await?;
+        let owner = match got.kvs().first() {
+            None => None,
+            Some(kv) => match keys::decode::<VipRecord>(kv.key(), kv.value()) {
+                Ok(rec) => rec.service(),
+                Err(e) => {
+                    tracing::warn!("cluster sync: {e}");
+                    None
+                }
+            },
+        };
+        let Some(name) = owner else {
+            if self.st.negative.len() > 4096 {
+                self.st.negative.retain(|_, until| *until > now);
+            }
+            self.st.negative.insert(v4, now + NEGATIVE_TTL);
+            return Ok(None);
+        };
+        if self.st.interests.contains(&name) {
+            return Ok(None);
+        }
+        tracing::debug!(%ip, service = %name, "cluster sync: new interest from a miss");
+        self.st.interests.insert(name.clone());
+        let rev = self.load(&name).await?;
+        Ok(Some((name, rev)))
+    }
+
+    /// Makes etcd hold `want` for this node: registers what is missing
+    /// (under the current lease), withdraws this node's registrations that
+    /// are no longer local. `full` checks everything (after a (re)connect),
+    /// otherwise only what changed since the last time.
+    async fn reconcile(
+        &mut self,
+        want: &BTreeMap<InstanceKey, InstanceRecord>,
+        full: bool,
+    ) -> Result<()> {
+        let t = self.inner.settings.request_timeout;
+        let mut check: BTreeSet<InstanceKey> = std::mem::take(&mut self.st.dirty);
+        let mut gone: BTreeSet<InstanceKey> = BTreeSet::new();
+        if full {
+            check.extend(want.keys().cloned());
+            // Ours in etcd: the keys under our lease, and what the watches show.
+            let ttl = timed(
+                t,
+                self.client.lease_time_to_live(
+                    self.session.lease,
+                    Some(LeaseTimeToLiveOptions::new().with_keys()),
+                ),
+            )
+            .await?;
+            for k in ttl.keys() {
+                if let Some(ParsedKey::Instance(ik)) = self.inner.keys.parse(k) {
+                    gone.insert(ik);
+                }
+            }
+            for (k, rec) in &self.st.instances {
+                if rec.node == self.inner.node {
+                    gone.insert(k.clone());
+                }
+            }
+            gone.extend(self.st.reconciled.keys().cloned());
+        } else {
+            for (k, rec) in want {
+                if self.st.reconciled.get(k) != Some(rec) {
+                    check.insert(k.clone());
+                }
+            }
+            gone.extend(self.st.reconciled.keys().cloned());
+        }
+        gone.retain(|k| !want.contains_key(k));
+        for k in &check {
+            if let Some(rec) = want.get(k) {
+                timed_r(t, self.register(k, rec)).await?;
+            }
+        }
+        for k in &gone {
+            let mut c = self.client.clone();
+            timed_r(t, withdraw(self.inner, &mut c, k)).await?;
+        }
+        self.st.reconciled = want.clone();
+        self.st.conflicting.retain(|k| want.contains_key(k));
+        self.inner.status().conflicts = self.st.conflicting.len() as u64;
+        Ok(())
+    }
+
+    /// Registers one local instance under the current lease unless etcd
+    /// already holds exactly that. Never takes a key another node holds.
+    async fn register(&mut self, key: &InstanceKey, rec: &InstanceRecord) -> Result<()> {
+        let keys = &self.inner.keys;
+        let lease = self.session.lease;
+        let (ik, vk) = (keys.instance(key), keys.vip(rec.instance_ip.v4));
+        let value = keys::encode(rec);
+        let vip = keys::encode(&VipRecord {
+            kind: VipKind::Instance,
+            owner: key.to_string(),
+        });
+        for _ in 0..8 {
+            let read =
+                Txn::new().and_then([TxnOp::get(ik.as_str(), None), TxnOp::get(vk.as_str(), None)]);
+            let resp = self.client.txn(read).await.map_err(unavailable)?;
+            let mut got = resp.op_responses().into_iter().map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            });
+            let (cur_i, cur_v) = (got.next().flatten(), got.next().flatten());
+            let mut when = Vec::new();
+            let mut ops = Vec::new();
+            match &cur_i {
+                None => when.push(Compare::create_revision(ik.as_str(), CompareOp::Equal, 0)),
+                Some(kv) => {
+                    let held: InstanceRecord =
+                        keys::decode(kv.key(), kv.value()).map_err(corrupt)?;
+                    if held.node != self.inner.node {
+                        if self.st.conflicting.insert(key.clone()) {
+                            tracing::error!(instance = %key, node = %held.node, "cluster: a local instance's key is held by another node; not taking it over (detach one of them)");
+                        }
+                        return Ok(());
+                    }
+                    if kv.value() == value.as_slice() && kv.lease() == lease {
+                        // Already right.
+                    } else {
+                        when.push(Compare::mod_revision(
+                            ik.as_str(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        ));
+                    }
+                }
+            }
+            if when.is_empty() && cur_i.is_some() {
+                // Instance key fine; fall through to the claim.
+            } else {
+                ops.push(TxnOp::put(
+                    ik.as_str(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
+            }
+            match &cur_v {
+                None => {
+                    when.push(Compare::create_revision(vk.as_str(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(
+                        vk.as_str(),
+                        vip.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                }
+                Some(kv) if kv.value() == vip.as_slice() => {
+                    if kv.lease() != lease {
+                        when.push(Compare::mod_revision(
+                            vk.as_str(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        ));
+                        ops.push(TxnOp::put(
+                            vk.as_str(),
+                            vip.clone(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        ));
+                    }
+                }
+                Some(kv) => {
+                    if self.st.conflicting.insert(key.clone()) {
+                        tracing::error!(instance = %key, ip = %rec.instance_ip.v4, holder = %String::from_utf8_lossy(kv.value()), "cluster: a local instance's IP is claimed by someone else; not taking it over");
+                    }
+                }
+            }
+            if ops.is_empty() {
+                self.st.conflicting.remove(key);
+                return Ok(());
+            }
+            if self
+                .client
+                .txn(Txn::new().when(when).and_then(ops))
+                .await
+                .map_err(unavailable)?
+                .succeeded()
+            {
+                tracing::info!(instance = %key, lease, "cluster: local instance registered");
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "register {key}: the record keeps changing"
+        )))
+    }
+
+    /// Publishes the view if it differs from the last one.
+    fn publish(&mut self) {
+        let me = &self.inner.node;
+        let st = &*self.st;
+        let view = ClusterView {
+            revision: st.revision,
+            peers: st
+                .nodes
+                .values()
+                .filter(|n| &n.name != me)
+                .map(|n| {
+                    (
+                        n.name.clone(),
+                        Peer {
+                            name: n.name.clone(),
+                            endpoint: n.endpoint,
+                        },
+                    )
+                })
+                .collect(),
+            services: st.services.clone(),
+            instances: st
+                .instances
+                .iter()
+                .filter(|(_, r)| &r.node != me)
+                .map(|(k, r)| {
+                    let inst = Instance {
+                        key: k.clone(),
+                        ns_addr: r.ns_addr,
+                        instance_ip: r.instance_ip,
+                        placement: Placement::Remote {
+                            node: r.node.clone(),
+                        },
+                    };
+                    (k.clone(), inst)
+                })
+                .collect(),
+        };
+        {
+            let mut s = self.inner.status();
+            s.revision = st.revision;
+            s.interests = st.interests.len();
+        }
+        self.tx.send_if_modified(|cur| {
+            let same = cur.peers == view.peers
+                && cur.services == view.services
+                && cur.instances == view.instances;
+            if same {
+                false
+            } else {
+                *cur = Arc::new(view);
+                true
+            }
+        });
+    }
+}
+
+/// An etcd call bounded by the request timeout.
+async fn timed<T>(
+    t: Duration,
+    f: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(t, f).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(Error::Unavailable(format!(
+            "etcd did not answer within {t:?}"
+        ))),
+    }
+}
+
+/// A store step bounded by the request timeout.
+async fn timed_r<T>(t: Duration, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(t, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!(
+            "etcd did not answer within {t:?}"
+        ))),
+    }
+}
