@@ -3,12 +3,13 @@
 //! `bench compare` builds two hosts and per-mode containers in network
 //! namespaces, measures every dataplane interleaved, and prints, writes and
 //! draws the medians. The hidden subcommands are the traffic tools it runs
-//! inside the containers. Later harnesses (control plane, DNS) are further
-//! subcommands next to `compare`.
+//! inside the containers. `bench control` measures the control plane at
+//! scale (etcd, watches, table memory and lookups).
 
 mod chart;
 mod cmd;
 mod compare;
+mod control;
 mod measure;
 mod modes;
 mod netns;
@@ -24,6 +25,10 @@ use clap::{Parser, Subcommand};
 
 use crate::modes::ModeKind;
 
+/// Counts heap bytes per thread, for `bench control`'s memory figures.
+#[global_allocator]
+static ALLOC: control::alloc::Counting = control::alloc::Counting;
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(name = "bench", about = "proxytun benchmark harness (run as root)")]
@@ -37,6 +42,10 @@ enum Cmd {
     /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun,
     /// proxytun-plain; prints medians and ratios, writes JSON and an SVG.
     Compare(CompareArgs),
+    /// The control plane at scale: a real etcd with simulated nodes, the
+    /// change -> view latency of a watching node, heap per 10k table entries
+    /// and lookup time from 1k to 100k services; prints and writes JSON.
+    Control(control::ControlArgs),
     /// Echo server for the request/response tests (runs in a container).
     #[command(hide = true)]
     RrServer {
@@ -99,6 +108,14 @@ fn main() -> Result<()> {
             let r = compare::run(&a);
             if r.is_err() && cmd::interrupted() {
                 eprintln!("bench: interrupted; processes stopped and namespaces removed");
+                std::process::exit(130);
+            }
+            r
+        }
+        Cmd::Control(a) => {
+            let r = control::run(&a);
+            if r.is_err() && cmd::interrupted() {
+                eprintln!("bench: interrupted; etcd stopped and its data removed");
                 std::process::exit(130);
             }
             r

@@ -71,6 +71,8 @@ impl Cluster {
                 index: 1,
                 underlay: ip_a,
                 peers: vec![("b".into(), SocketAddr::new(ip_b.into(), crate::TUNNEL_PORT))],
+                store: None,
+                keepalive: None,
             },
         )?;
         let mut b = Node::new(
@@ -80,6 +82,8 @@ impl Cluster {
                 index: 2,
                 underlay: ip_b,
                 peers: vec![],
+                store: None,
+                keepalive: None,
             },
         )?;
         a.start()?;
@@ -178,7 +182,7 @@ impl Cluster {
 
 /// Creates host namespace `name`, plugs it into the switch's bridge through
 /// veth `port` (switch side) / `ul0` (host side) and gives it `ip/24`.
-fn plug_host(switch: &Netns, name: &str, port: &str, ip: Ipv4Addr) -> Result<Netns> {
+pub(crate) fn plug_host(switch: &Netns, name: &str, port: &str, ip: Ipv4Addr) -> Result<Netns> {
     let host = Netns::create(name)?;
     switch.ip(&[
         "link", "add", port, "type", "veth", "peer", "name", "ul0", "netns", name,
@@ -243,6 +247,15 @@ pub struct Transfer {
 }
 
 impl Container {
+    /// A container in the namespace `ns` (which it deletes on Drop), for
+    /// topologies built outside [`Cluster`].
+    pub fn new(ns: Netns) -> Container {
+        Container {
+            procs: Vec::new(),
+            ns,
+        }
+    }
+
     /// The namespace.
     pub fn ns(&self) -> &Netns {
         &self.ns

@@ -21,7 +21,10 @@
 
 pub mod api;
 pub mod cluster;
+pub mod cluster3;
 pub mod cmd;
+pub mod etcd;
+pub mod linkdelay;
 pub mod model;
 pub mod netns;
 pub mod node;
@@ -33,9 +36,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP_PORT};
+pub use cluster3::Cluster3;
+pub use etcd::Etcd;
 pub use model::{Dual, Instance, Service};
 pub use netns::Netns;
-pub use node::{offload_wanted, Node, NodeConfig, TUNNEL_PORT};
+pub use node::{offload_wanted, EtcdStore, Keepalive, Node, NodeConfig, PeerState, TUNNEL_PORT};
 
 /// Fails with a clear message unless we run as root: namespaces, veths
 /// and TUN devices need it.
@@ -125,4 +130,16 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Res
             Err(_) => thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// The name and endpoint of every peer in a `/v1/peers` answer: what was
+/// registered, without the liveness and RTT the dataplane measures (those
+/// change from one call to the next).
+pub fn registered_peers(peers: &serde_json::Value) -> serde_json::Value {
+    let list = peers.as_array().map(|a| {
+        a.iter()
+            .map(|p| serde_json::json!({"name": p["name"], "endpoint": p["endpoint"]}))
+            .collect::<Vec<_>>()
+    });
+    serde_json::Value::Array(list.unwrap_or_default())
 }

@@ -53,19 +53,74 @@ pub struct NodeConfig {
     pub underlay: Ipv4Addr,
     /// Static `[[peer]]` entries: (name, endpoint).
     pub peers: Vec<(String, SocketAddr)>,
+    /// `[store]`: `None` is the local store (the default, `index` is
+    /// written); `Some` selects etcd, and `index` is then left out because
+    /// the node leases it from the cluster.
+    pub store: Option<EtcdStore>,
+    /// `tunnel.keepalive_ms` and `tunnel.peer_timeout_ms`; `None` keeps the
+    /// daemon's defaults. Tests shorten them so liveness changes show fast.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// The `[store]` section of an etcd-mode node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStore {
+    /// `store.endpoints`: client URLs like `http://192.0.2.254:2379`.
+    pub endpoints: Vec<String>,
+    /// `store.prefix`; `None` keeps the default (`/proxytun`).
+    pub prefix: Option<String>,
+    /// `store.lease_ttl_secs`: short in tests so a dead node's instances
+    /// expire within the test's time budget.
+    pub lease_ttl_secs: u32,
+}
+
+/// Tunnel keepalive timing (`[tunnel]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// `tunnel.keepalive_ms`: interval of keepalives to each peer.
+    pub interval_ms: u32,
+    /// `tunnel.peer_timeout_ms`: silence after which a peer is down.
+    pub peer_timeout_ms: u32,
 }
 
 impl NodeConfig {
     /// The TOML text, with the socket and state dir under `dir`.
     pub fn render(&self, dir: &Path) -> String {
         let mut s = String::new();
+        let _ = write!(s, "[node]\nname = \"{}\"\n", self.name);
+        match &self.store {
+            None => {
+                let _ = writeln!(s, "index = {}", self.index);
+            }
+            Some(etcd) => {
+                let endpoints: Vec<String> =
+                    etcd.endpoints.iter().map(|e| format!("{e:?}")).collect();
+                let _ = write!(
+                    s,
+                    "\n[store]\nbackend = \"etcd\"\nendpoints = [{}]\nlease_ttl_secs = {}\n",
+                    endpoints.join(", "),
+                    etcd.lease_ttl_secs
+                );
+                if let Some(prefix) = &etcd.prefix {
+                    let _ = writeln!(s, "prefix = {prefix:?}");
+                }
+            }
+        }
         let _ = write!(
             s,
-            "[node]\nname = \"{}\"\nindex = {}\n\n[tunnel]\nbind = \"{}\"\nport = {TUNNEL_PORT}\n\n\
-             [tun]\noffload = {}\n\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
-            self.name,
-            self.index,
-            self.underlay,
+            "\n[tunnel]\nbind = \"{}\"\nport = {TUNNEL_PORT}\n",
+            self.underlay
+        );
+        if let Some(k) = &self.keepalive {
+            let _ = write!(
+                s,
+                "keepalive_ms = {}\npeer_timeout_ms = {}\n",
+                k.interval_ms, k.peer_timeout_ms
+            );
+        }
+        let _ = write!(
+            s,
+            "\n[tun]\noffload = {}\n\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
             offload_wanted(),
             dir.join("api.sock").display(),
             dir.join("state").display(),
@@ -74,6 +129,39 @@ impl NodeConfig {
             let _ = write!(s, "\n[[peer]]\nname = \"{name}\"\nendpoint = \"{ep}\"\n");
         }
         s
+    }
+}
+
+/// One entry of `GET /v1/peers`: a member node and what the keepalives
+/// say about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerState {
+    /// The peer's node name.
+    pub name: String,
+    /// Its tunnel endpoint, as the API shows it.
+    pub endpoint: String,
+    /// Whether it answered keepalives lately; `None` when the API does not
+    /// say (a daemon without liveness).
+    pub alive: Option<bool>,
+    /// The last measured round-trip time in microseconds, if any.
+    pub rtt_us: Option<u64>,
+    /// The whole JSON object.
+    pub raw: Value,
+}
+
+impl PeerState {
+    /// Reads a peer object.
+    pub fn from_json(v: &Value) -> Result<PeerState> {
+        Ok(PeerState {
+            name: v["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no peer name in {v}"))?
+                .to_owned(),
+            endpoint: v["endpoint"].as_str().unwrap_or_default().to_owned(),
+            alive: v["alive"].as_bool(),
+            rtt_us: v["rtt_us"].as_u64(),
+            raw: v.clone(),
+        })
     }
 }
 
@@ -173,6 +261,13 @@ impl Node {
 
     /// Starts the daemon and waits until its API answers.
     pub fn start(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_ready()
+    }
+
+    /// Starts the daemon without waiting for its API, so several daemons
+    /// can start at the same moment; follow with [`Node::wait_started`].
+    pub fn launch(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("node {} is already running", self.name);
         }
@@ -197,6 +292,12 @@ impl Node {
             .spawn()
             .with_context(|| format!("starting `{}`", cmd::cmdline(&c)))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until a daemon started with [`Node::launch`] answers on its
+    /// socket (at most [`START_TIMEOUT`]).
+    pub fn wait_started(&mut self) -> Result<()> {
         self.wait_ready()
     }
 
@@ -385,6 +486,44 @@ impl Node {
         Instance::from_json(&r.json()?)
     }
 
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<Value> {
+        self.get("/v1/status")
+    }
+
+    /// The node's IPv4 container subnet (`status.node.subnet`, like
+    /// `10.18.2.0/24`): with etcd the node leases it, so this is how a test
+    /// learns what it got.
+    pub fn subnet(&self) -> Result<String> {
+        let st = self.status()?;
+        st["node"]["subnet"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no node.subnet in the status of node {}: {st}", self.name))
+    }
+
+    /// The member nodes this node knows, with their liveness (`GET /v1/peers`).
+    pub fn peers(&self) -> Result<Vec<PeerState>> {
+        let v = self.get("/v1/peers")?;
+        let arr = v
+            .as_array()
+            .or_else(|| v["peers"].as_array())
+            .ok_or_else(|| anyhow!("expected a list of peers from node {}, got {v}", self.name))?;
+        arr.iter().map(PeerState::from_json).collect()
+    }
+
+    /// One peer by name, `None` when this node does not list it.
+    pub fn peer(&self, name: &str) -> Result<Option<PeerState>> {
+        Ok(self.peers()?.into_iter().find(|p| p.name == name))
+    }
+
+    /// Detaches a local instance (`DELETE /v1/attachments/app/service/n`).
+    pub fn detach(&self, key: &str) -> Result<Value> {
+        self.api("DELETE", &format!("/v1/attachments/{key}"), None)?
+            .ok_json()
+            .with_context(|| format!("detach {key} on node {}", self.name))
+    }
+
     // ------------------------------------------------------------ CLI
 
     /// Runs `proxytun --socket S args..`; the exit status is left to the caller.
@@ -472,6 +611,57 @@ impl Drop for Node {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(store: Option<EtcdStore>, keepalive: Option<Keepalive>) -> NodeConfig {
+        NodeConfig {
+            name: "a".into(),
+            index: 1,
+            underlay: Ipv4Addr::new(192, 0, 2, 1),
+            peers: vec![("b".into(), "192.0.2.2:50103".parse().expect("test input"))],
+            store,
+            keepalive,
+        }
+    }
+
+    #[test]
+    fn static_config_is_unchanged() {
+        let text = cfg(None, None).render(Path::new("/d"));
+        let want = format!(
+            "[node]\nname = \"a\"\nindex = 1\n\n[tunnel]\nbind = \"192.0.2.1\"\nport = 50103\n\n\
+             [tun]\noffload = {}\n\n[api]\nsocket = \"/d/api.sock\"\n\n[state]\ndir = \"/d/state\"\n\
+             \n[[peer]]\nname = \"b\"\nendpoint = \"192.0.2.2:50103\"\n",
+            offload_wanted()
+        );
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn etcd_config_has_store_and_no_index() {
+        let text = cfg(
+            Some(EtcdStore {
+                endpoints: vec!["http://192.0.2.254:2379".into()],
+                prefix: Some("/pt".into()),
+                lease_ttl_secs: 3,
+            }),
+            Some(Keepalive {
+                interval_ms: 300,
+                peer_timeout_ms: 1200,
+            }),
+        )
+        .render(Path::new("/d"));
+        assert!(!text.contains("index"), "{text}");
+        for want in [
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://192.0.2.254:2379\"]\nlease_ttl_secs = 3\nprefix = \"/pt\"\n",
+            "[tunnel]\nbind = \"192.0.2.1\"\nport = 50103\nkeepalive_ms = 300\npeer_timeout_ms = 1200\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
         }
     }
 }

@@ -1,0 +1,242 @@
+//! `bench control`: the control plane at scale.
+//!
+//! 1. Heap per 10k table entries: the dataplane's [`proxytun::core::Table`]
+//!    and envmgr's `Snapshot` at 1k/10k/100k instances, counted exactly by
+//!    the bench binary's global allocator ([`alloc::Counting`]).
+//! 2. Lookup flatness: new-flow lookups over random ServiceIPs at 1k, 10k
+//!    and 100k services.
+//! 3. A real etcd on loopback: 200 simulated nodes with 50 instances each
+//!    registered directly with the key schema, then a watching node
+//!    (envmgr's own cluster sync, in-process) and the time each change
+//!    takes to reach its view.
+//!
+//! The pure parts run first, on the main thread before any runtime exists,
+//! so nothing else allocates while they count. etcd is a guard: Drop stops
+//! it by pid and removes its data, also on an error or Ctrl-C.
+
+pub mod alloc;
+mod etcd;
+mod layout;
+mod load;
+pub mod report;
+mod tables;
+mod watch;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use envmgr::cluster::keys::Keys;
+use envmgr::plan::AddressPlan;
+
+use crate::cmd;
+use report::ControlReport;
+
+/// Options of `bench control`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Simulated nodes registered in etcd.
+    #[arg(long, default_value_t = 200)]
+    pub nodes: u32,
+    /// Instances per simulated node.
+    #[arg(long, default_value_t = 50)]
+    pub per_node: u32,
+    /// Services the instances serve.
+    #[arg(long, default_value_t = 1000)]
+    pub services: u32,
+    /// Services the watching node has local instances of (its interest).
+    #[arg(long, default_value_t = 100)]
+    pub interest: u32,
+    /// Changes (instance added or removed) timed to the watcher's view.
+    #[arg(long, default_value_t = 200)]
+    pub changes: u32,
+    /// First packets to services the watcher did not use yet (misses),
+    /// timed until its view holds them.
+    #[arg(long, default_value_t = 20)]
+    pub misses: u32,
+    /// Pause between changes, milliseconds (0: back to back).
+    #[arg(long, default_value_t = 20)]
+    pub gap_ms: u64,
+    /// TTL of the simulated nodes' leases, seconds (kept alive at ttl/3).
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: i64,
+    /// Instance counts for the memory figures.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub memory_sizes: Vec<u64>,
+    /// Service counts for the lookup figures.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub lookup_sizes: Vec<u32>,
+    /// Services in the hot set of the second lookup figure (the same
+    /// working set at every table size).
+    #[arg(long, default_value_t = 1000)]
+    pub hot: u32,
+    /// Lookups per timed run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lookups: usize,
+    /// Timed runs per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// The etcd server binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: PathBuf,
+    /// Skip the etcd part (memory and lookup only).
+    #[arg(long)]
+    pub no_etcd: bool,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/proxytun")]
+    pub prefix: String,
+    /// Where the JSON goes (default `target/bench/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs the control-plane bench, prints the table and writes the JSON.
+pub fn run(args: &ControlArgs) -> Result<()> {
+    if args.changes > 0 && args.interest == 0 {
+        bail!("--interest must be at least 1 to time changes");
+    }
+    if args.interest > args.services {
+        bail!("--interest cannot exceed --services");
+    }
+    if args.runs == 0 || args.lookups == 0 {
+        bail!("--runs and --lookups must be at least 1");
+    }
+    cmd::install_interrupt_handler()?;
+    let layout = layout::Layout::new(
+        args.nodes,
+        args.per_node,
+        args.services,
+        AddressPlan::with_default_ranges(0),
+    )?;
+
+    let mut memory = Vec::new();
+    for &n in &args.memory_sizes {
+        cmd::check_interrupt()?;
+        println!("bench: memory of tables with {n} instances");
+        memory.push(tables::memory(n)?);
+    }
+    let mut lookup = Vec::new();
+    for &n in &args.lookup_sizes {
+        cmd::check_interrupt()?;
+        println!("bench: lookups in a table of {n} services");
+        lookup.push(tables::lookup(n, 2, args.hot, args.lookups, args.runs)?);
+    }
+
+    let mut report = ControlReport {
+        settings: serde_json::json!({
+            "nodes": args.nodes,
+            "per_node": args.per_node,
+            "services": args.services,
+            "interest": args.interest,
+            "changes": args.changes,
+            "misses": args.misses,
+            "gap_ms": args.gap_ms,
+            "lease_ttl_secs": args.lease_ttl,
+            "lookups_per_run": args.lookups,
+            "runs": args.runs,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "unix_time": unix_now(),
+        }),
+        etcd: None,
+        load: None,
+        watch: None,
+        lookup_ratio: report::ratio_last_first(&lookup, |r| r.new_flow_ns),
+        vip_ratio: report::ratio_last_first(&lookup, |r| r.vip_ns),
+        hot_ratio: report::ratio_last_first(&lookup, |r| r.hot_new_flow_ns),
+        memory,
+        lookup,
+    };
+
+    if !args.no_etcd {
+        report.etcd = etcd_version(&args.etcd);
+        let server = etcd::Etcd::start(&args.etcd)?;
+        println!(
+            "bench: etcd pid {} on {}",
+            server.pid().unwrap_or(0),
+            server.client_url()
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let keys = Keys::new(&args.prefix);
+        let r = rt.block_on(interruptible(cluster_part(args, &layout, &keys, &server)));
+        // Stop the watcher's and keepalive tasks before etcd goes away.
+        rt.shutdown_timeout(Duration::from_secs(2));
+        drop(server);
+        let (load, watch) = r?;
+        report.load = Some(load);
+        report.watch = watch;
+    }
+
+    println!();
+    print!("{}", report::render(&report));
+    let out_dir = args.out.clone().unwrap_or_else(default_out);
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let path = out_dir.join(format!("control-{}.json", unix_now()));
+    let text = serde_json::to_string_pretty(&report)?;
+    fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    fs::write(out_dir.join("control-latest.json"), &text).context("writing control-latest.json")?;
+    println!("json: {}", path.display());
+    Ok(())
+}
+
+/// The etcd part: load, then the watching node.
+async fn cluster_part(
+    args: &ControlArgs,
+    layout: &layout::Layout,
+    keys: &Keys,
+    server: &etcd::Etcd,
+) -> Result<(load::LoadReport, Option<report::WatchReport>)> {
+    let client = etcd_client::Client::connect([server.client_url()], None)
+        .await
+        .context("connecting to etcd")?;
+    println!(
+        "bench: registering {} nodes x {} instances ({} services) in etcd",
+        layout.nodes, layout.per_node, layout.services
+    );
+    let (leases, load) = load::load(&client, layout, keys, args.lease_ttl).await?;
+    println!(
+        "bench:   {} keys in {:.2} s",
+        load.keys,
+        load.write_secs + load.lease_secs
+    );
+    let watch = watch::measure(args, layout, keys, &client, &leases, server).await?;
+    drop(leases);
+    Ok((load, Some(watch)))
+}
+
+/// Runs `fut` until it ends or SIGINT/SIGTERM arrives (then fails, so the
+/// guards unwind).
+async fn interruptible<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        r = fut => r,
+        () = async {
+            while !cmd::interrupted() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => bail!("interrupted"),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `target/bench`, next to the `release` directory this binary is in.
+fn default_out() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(|t| t.join("bench")))
+        .unwrap_or_else(|| PathBuf::from("target/bench"))
+}
+
+fn etcd_version(bin: &Path) -> Option<String> {
+    let out = cmd::run(Command::new(bin).arg("--version"), Duration::from_secs(10)).ok()?;
+    out.stdout.lines().next().map(|l| l.trim().to_owned())
+}
