@@ -201,20 +201,21 @@ pub(super) async fn has_address(
         .get()
         .set_link_index_filter(index)
         .execute();
+    // The dump is read to its end even after a match: dropping the stream
+    // early leaves the rest of the dump undeliverable, which netlink_proto
+    // logs as a warning per message.
+    let mut found = false;
     loop {
         match addrs.try_next().await {
             Ok(Some(msg)) => {
-                if msg.header.prefix_len != prefix {
+                if found || msg.header.prefix_len != prefix {
                     continue;
                 }
-                let found = msg.attributes.iter().any(|a| {
+                found = msg.attributes.iter().any(|a| {
                     matches!(a, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == addr)
                 });
-                if found {
-                    return Ok(true);
-                }
             }
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(found),
             Err(e) => {
                 return Err(kerr(
                     format!("list addresses of link #{index}"),
@@ -315,14 +316,14 @@ pub(super) async fn has_route(
         IpAddr::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
     };
     let mut routes = handle.route().get(query).execute();
+    // Read to the end even after a match (see `has_address`).
+    let mut found = false;
     loop {
         match routes.try_next().await {
             Ok(Some(msg)) => {
-                if route_matches(&msg, dst, len, oif, gateway) {
-                    return Ok(true);
-                }
+                found = found || route_matches(&msg, dst, len, oif, gateway);
             }
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(found),
             Err(e) => return Err(kerr("list routes", describe(&e))),
         }
     }
