@@ -147,7 +147,7 @@ impl Dataplane {
                 .local_by_ns(k.src)
                 .is_some_and(|(_, i)| i.name == e.instance)
         });
-        self.balancer.retain_services(&table);
+        self.balancer.follow(&table);
         self.peers.set_endpoints(table.peer_endpoints());
         self.table = table;
     }
@@ -340,7 +340,14 @@ impl Dataplane {
         key: FlowKey,
         now: Instant,
     ) -> Result<Option<SocketAddr>, DropReason> {
-        let table = Arc::clone(&self.table);
+        let Dataplane {
+            table,
+            balancer,
+            peers,
+            config,
+            ..
+        } = self;
+        let table: &Table = table;
         let Some(vip) = table.vip(info.dst) else {
             if table.in_service_range(info.dst) {
                 self.misses.record(info.dst);
@@ -356,27 +363,25 @@ impl Dataplane {
         let service = match vip {
             Vip::RoundRobin(s) | Vip::Closest(s) => {
                 let svc = table.service(s).ok_or(DropReason::NoService)?;
-                if svc.instances.is_empty() {
+                if table.members(svc).is_empty() {
                     return Err(DropReason::NoInstance);
                 }
                 Some(svc)
             }
             Vip::Instance(_) => None,
         };
-        if self.flows.len() >= self.config.max_flows {
+        if self.flows.len() >= config.max_flows {
             return Err(DropReason::FlowTableFull);
         }
-        let (peers, timeout) = (&self.peers, self.config.peer_timeout);
+        let timeout = config.peer_timeout;
         let cost = |loc: Location| peers.cost(loc, now, timeout);
         let chosen = match (vip, service) {
             (Vip::Instance(i), _) => i,
-            (Vip::RoundRobin(_), Some(svc)) => self
-                .balancer
-                .round_robin(svc, &table, cost)
+            (Vip::RoundRobin(_), Some(svc)) => balancer
+                .round_robin(svc, table, cost)
                 .ok_or(DropReason::NoInstance)?,
-            (Vip::Closest(_), Some(svc)) => self
-                .balancer
-                .closest(svc, &table, cost)
+            (Vip::Closest(_), Some(svc)) => balancer
+                .closest(svc, table, cost)
                 .ok_or(DropReason::NoInstance)?,
             (_, None) => return Err(DropReason::NoInstance),
         };
