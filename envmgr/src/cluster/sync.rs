@@ -303,23 +303,7 @@ impl Round<'_> {
         let resp = timed(t, self.client.txn(txn)).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         self.st.services.remove(name);
-        let lo = InstanceKey {
-            name: name.clone(),
-            number: 0,
-        };
-        let hi = InstanceKey {
-            name: name.clone(),
-            number: u32::MAX,
-        };
-        let stale: Vec<InstanceKey> = self
-            .st
-            .instances
-            .range(lo..=hi)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            self.st.instances.remove(&k);
-        }
+        self.st.instances.retain(|k, _| &k.name != name);
         for r in resp.op_responses() {
             if let etcd_client::TxnOpResponse::Get(g) = r {
                 for kv in g.kvs() {
