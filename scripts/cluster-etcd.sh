@@ -122,35 +122,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# step NAME: starts a step (a heading; the step passes with `pass`).
-step() {
-    STEP="$*"
-    heading "$*"
-}
-
 # Marks the current step as passed.
 pass() {
     PASSED+=("$STEP")
     printf '\033[1;32mPASS: %s\033[0m\n' "$STEP"
 }
 
-# Shows a command, then runs it.
-show() {
-    printf '\033[0;33m$ %s\033[0m\n' "$*" >&2
-    "$@"
-}
-
-newns() {
-    ip netns add "$1"
-    NAMESPACES+=("$1")
-    ip -n "$1" link set lo up
-}
-
-in_ns() {
-    local ns=$1
-    shift
-    ip netns exec "$ns" "$@"
-}
 
 # Milliseconds since the epoch; secs_since T: seconds since T, one decimal.
 now_ms() {

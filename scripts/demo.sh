@@ -69,28 +69,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step() {
-    STEP="$*"
-    heading "$*"
-}
-
-# Shows a command, then runs it.
-show() {
-    printf '\033[0;33m$ %s\033[0m\n' "$*" >&2
-    "$@"
-}
-
-newns() {
-    ip netns add "$1"
-    NAMESPACES+=("$1")
-    ip -n "$1" link set lo up
-}
-
-in_ns() {
-    local ns=$1
-    shift
-    ip netns exec "$ns" "$@"
-}
 
 # ------------------------------------------------------------------ setup
 require_root

@@ -70,3 +70,31 @@ find_cargo() {
     done
     die "cargo not found: install Rust (https://rustup.rs) or put cargo on PATH"
 }
+
+# step NAME: starts a named step of a script (a heading; `STEP` keeps the
+# name so a failure can say where it happened).
+step() {
+    STEP="$*"
+    heading "$*"
+}
+
+# Shows a command, then runs it.
+show() {
+    printf '\033[0;33m$ %s\033[0m\n' "$*" >&2
+    "$@"
+}
+
+# newns NAME: creates a namespace with loopback up and records it in the
+# caller's NAMESPACES array, which the caller's cleanup deletes.
+newns() {
+    ip netns add "$1"
+    NAMESPACES+=("$1")
+    ip -n "$1" link set lo up
+}
+
+# in_ns NS CMD...: runs CMD inside namespace NS.
+in_ns() {
+    local ns=$1
+    shift
+    ip netns exec "$ns" "$@"
+}

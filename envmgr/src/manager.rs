@@ -784,15 +784,11 @@ impl<K: Kernel> Manager<K> {
     /// publishes nothing.
     pub async fn set_cluster_view(&self, view: &ClusterView) -> Result<bool> {
         let mut table = self.table.lock().await;
-        let next = merge_view(&table, view, &self.settings);
-        if next.services == table.services
-            && next.instances == table.instances
-            && next.peers == table.peers
-        {
+        let mut next = merge_view(&table, view, &self.settings);
+        if next == *table {
             return Ok(false);
         }
-        let mut next = next;
-        next.version = table.version + 1;
+        next.version += 1;
         self.persist(&next)?;
         *table = next;
         self.publish(&table);
@@ -978,8 +974,6 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
         next.peers.insert(name.clone(), peer.clone());
     }
     // Local attachments first: they are this node's truth.
-    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut ns: BTreeSet<Ipv4Addr> = BTreeSet::new();
     for inst in table.instances.values().filter(|i| i.is_local()) {
         if let Some(svc) = view
             .services
@@ -990,16 +984,10 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
                 .entry(svc.name.clone())
                 .or_insert_with(|| svc.clone());
         }
-        vips.insert(inst.instance_ip.v4, inst.key.to_string());
-        ns.insert(inst.ns_addr.v4);
         next.instances.insert(inst.key.clone(), inst.clone());
     }
-    for svc in next.services.values() {
-        vips.insert(svc.rr_ip.v4, svc.name.to_string());
-        if let Some(c) = svc.closest_ip {
-            vips.insert(c.v4, svc.name.to_string());
-        }
-    }
+    let mut vips = next.service_addrs();
+    let mut ns: BTreeSet<Ipv4Addr> = next.ns_addrs().into_keys().collect();
     for (name, svc) in &view.services {
         if next.services.contains_key(name) {
             continue;
@@ -1017,7 +1005,7 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
             continue;
         }
         for a in addrs {
-            vips.insert(a, name.to_string());
+            vips.insert(a, format!("the ServiceIP of {name}"));
         }
         next.services.insert(name.clone(), svc.clone());
     }
@@ -1058,7 +1046,7 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
             tracing::warn!(instance = %key, "cluster: instance left out: {why}");
             continue;
         }
-        vips.insert(inst.instance_ip.v4, key.to_string());
+        vips.insert(inst.instance_ip.v4, format!("the instance IP of {key}"));
         ns.insert(inst.ns_addr.v4);
         next.instances.insert(key.clone(), inst.clone());
     }
