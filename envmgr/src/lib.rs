@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod registry;
 pub mod requests;
+pub mod resolv;
 pub mod store;
 
 pub use error::{Error, Result};

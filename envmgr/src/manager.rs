@@ -33,6 +33,7 @@ use crate::model::{
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, ClusterView, Registry};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
+use crate::resolv::ResolvConf;
 use crate::store::{LocalStore, State, Store};
 
 use netns::{NetnsProbe, NsId, NsProblem, SysNetns};
@@ -52,6 +53,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The tunnel port assumed for peers given without one.
     pub tunnel_port: u16,
+    /// Containers' resolv.conf, written on attach and at start, removed on
+    /// detach; `None` when the node runs no resolver.
+    pub resolv: Option<ResolvConf>,
 }
 
 /// The default interface name inside the container.
@@ -346,6 +350,9 @@ impl<K: Kernel> Manager<K> {
                     tracing::warn!(instance = %inst.key, "re-attach failed: {e}");
                 }
             }
+            // Rewritten at every start, so a changed domain or resolver
+            // address reaches containers that were attached before.
+            write_resolv(&settings, &inst);
         }
         if registry.is_none() && allocate_missing_closest(&mut table, &settings)? {
             released = true;
@@ -540,6 +547,7 @@ impl<K: Kernel> Manager<K> {
         }
         *table = next;
         self.publish(&table);
+        write_resolv(&self.settings, &inst);
         tracing::info!(instance = %inst.key, ns_addr = %inst.ns_addr.v4, instance_ip = %inst.instance_ip.v4, "attached");
         Ok(inst)
     }
@@ -577,6 +585,13 @@ impl<K: Kernel> Manager<K> {
         }
         *table = next;
         self.publish(&table);
+        if let (Some(resolv), Placement::Local { netns, .. }) =
+            (&self.settings.resolv, &inst.placement)
+        {
+            if let Err(e) = resolv.remove(netns) {
+                tracing::warn!(instance = %key, "remove the container's resolv.conf: {e}");
+            }
+        }
         tracing::info!(instance = %key, "detached");
         drop(table);
         self.release_claim(key).await;
@@ -1201,6 +1216,24 @@ fn kernel_error(e: KernelError) -> Error {
 }
 
 /// The kernel spec of a local instance; `None` for a remote one.
+/// Writes a local instance's resolv.conf. A failure is logged, not
+/// returned: the attachment itself is good, and the container can still
+/// reach every service by address.
+fn write_resolv(settings: &Settings, inst: &Instance) {
+    let (Some(resolv), Placement::Local { netns, .. }) = (&settings.resolv, &inst.placement) else {
+        return;
+    };
+    match resolv.write(netns, &inst.key) {
+        Ok(Some(path)) => {
+            tracing::debug!(instance = %inst.key, path = %path.display(), "resolv.conf written")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(instance = %inst.key, netns = %netns.display(), "cannot write the container's resolv.conf: {e}")
+        }
+    }
+}
+
 fn veth_spec(settings: &Settings, inst: &Instance) -> Option<VethSpec> {
     let Placement::Local {
         netns,

@@ -28,6 +28,7 @@ pub fn settings(state_dir: PathBuf) -> Settings {
         mtu: 1400,
         state_dir,
         tunnel_port: 50103,
+        resolv: None,
     }
 }
 

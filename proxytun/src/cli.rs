@@ -461,6 +461,7 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
         ),
         ("peers".to_owned(), text(&v["peers"])),
         ("store".to_owned(), describe_store(&v["store"])),
+        ("dns".to_owned(), describe_dns(&v["dns"])),
     ];
     let dp = flatten(&v["dataplane"]);
     let mut out = format_kv(&pairs, "");
@@ -496,6 +497,32 @@ fn describe_store(v: &Value) -> String {
         }
         None => "-".to_owned(),
     }
+}
+
+/// One line on the resolver: where it listens, its domain, its upstreams
+/// and what it answered.
+fn describe_dns(v: &Value) -> String {
+    if v.is_null() {
+        return "off".to_owned();
+    }
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".to_owned())
+    };
+    let st = &v["stats"];
+    let num = |k: &str| st[k].as_u64().unwrap_or(0);
+    format!(
+        "{} on {} (upstream {}); queries {}, nxdomain {}, servfail {}, forwarded {}",
+        text(&v["domain"]),
+        list(&v["listen"]),
+        list(&v["upstreams"]),
+        num("queries_udp") + num("queries_tcp"),
+        num("nxdomain"),
+        num("servfail"),
+        num("forwarded"),
+    )
 }
 
 fn format_services(v: &Value) -> anyhow::Result<String> {

@@ -4,7 +4,7 @@
 //! type, so a typo or a bad value is an error that names the key
 //! (`network.cluster: invalid IP network…`), never a silent default.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ pub struct Config {
     /// Flow timeouts and limits.
     #[serde(default)]
     pub flows: FlowsSection,
+    /// The node's resolver for service names.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -316,6 +319,46 @@ impl Default for FlowsSection {
     }
 }
 
+/// `[dns]`: the resolver every node runs on its bridge address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Run the resolver and write containers' resolv.conf.
+    pub enable: bool,
+    /// The cluster domain: names are `<service>.<app>.svc.<domain>`.
+    pub domain: String,
+    /// The port on the bridge's addresses, UDP and TCP.
+    pub port: u16,
+    /// The TTL of the resolver's own answers, in seconds; short, because a
+    /// service's addresses change when its last instance goes.
+    pub ttl_secs: u32,
+    /// Upstream resolvers for every other name (`ip` or `ip:port`, tried in
+    /// order). Absent: the host's `/etc/resolv.conf`; `[]`: no forwarding.
+    pub upstream: Option<Vec<String>>,
+    /// How long each upstream gets to answer, in milliseconds.
+    pub upstream_timeout_ms: u64,
+    /// Forwarded queries in flight at once; more get SERVFAIL.
+    pub max_forwards: usize,
+    /// Write `/etc/netns/<name>/resolv.conf` for containers attached by a
+    /// named netns, so `ip netns exec` gives them the resolver.
+    pub resolv_conf: bool,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            domain: mdns::DEFAULT_DOMAIN.into(),
+            port: 53,
+            ttl_secs: 5,
+            upstream: None,
+            upstream_timeout_ms: 2000,
+            max_forwards: 256,
+            resolv_conf: true,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -340,6 +383,23 @@ pub struct PeerEntry {
     pub name: String,
     /// `ip:port` or `ip`.
     pub endpoint: String,
+}
+
+/// A cluster domain: dot-separated DNS labels (lowercase letters, digits,
+/// '-'), no trailing dot, short enough that `closest.<63>.<63>.svc.<domain>`
+/// still fits in a name.
+fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() || domain.len() > 100 {
+        return Err(format!(
+            "{domain:?} must be 1 to 100 characters (names under it add up to 140 more)"
+        ));
+    }
+    for label in domain.split('.') {
+        envmgr::model::check_label("domain label", label).map_err(|e| {
+            format!("{domain:?} must be dot-separated DNS labels without a trailing dot: {e}")
+        })?;
+    }
+    Ok(())
 }
 
 impl Config {
@@ -465,6 +525,7 @@ impl Config {
                 ));
             }
         }
+        self.check_dns()?;
         if self
             .log
             .level
@@ -496,6 +557,54 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The `[dns]` values serde cannot check.
+    fn check_dns(&self) -> Result<(), (&'static str, String)> {
+        let d = &self.dns;
+        check_domain(&d.domain).map_err(|m| ("dns.domain", m))?;
+        if d.port == 0 {
+            return Err(("dns.port", "must not be 0".into()));
+        }
+        if d.ttl_secs > 86_400 {
+            return Err((
+                "dns.ttl_secs",
+                format!("must be at most 86400 seconds, got {}", d.ttl_secs),
+            ));
+        }
+        if !(50..=30_000).contains(&d.upstream_timeout_ms) {
+            return Err((
+                "dns.upstream_timeout_ms",
+                format!(
+                    "must be between 50 and 30000 milliseconds, got {}",
+                    d.upstream_timeout_ms
+                ),
+            ));
+        }
+        if !(1..=65_536).contains(&d.max_forwards) {
+            return Err((
+                "dns.max_forwards",
+                format!("must be between 1 and 65536, got {}", d.max_forwards),
+            ));
+        }
+        self.dns_upstreams_configured()
+            .map(|_| ())
+            .map_err(|m| ("dns.upstream", m))
+    }
+
+    /// The configured upstreams (`None`: take the host's resolv.conf).
+    pub fn dns_upstreams_configured(&self) -> Result<Option<Vec<SocketAddr>>, String> {
+        let Some(list) = &self.dns.upstream else {
+            return Ok(None);
+        };
+        list.iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| format!("{s:?} is not ip or ip:port ([ip]:port for IPv6)"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// The rules between `node.index`, `[store]`, `[[peer]]` and the tunnel
@@ -639,6 +748,25 @@ mod tests {
         assert_eq!(c.tunnel.port, 50103);
         assert_eq!(c.tun.name, "ptun0");
         assert_eq!(c.plan().node_subnet().to_string(), "10.18.1.0/24");
+        assert!(c.dns.enable);
+        assert_eq!(c.dns.domain, "cluster.internal");
+        assert_eq!(c.dns.port, 53);
+        assert_eq!(c.dns_upstreams_configured(), Ok(None));
+    }
+
+    #[test]
+    fn dns_upstreams_take_ip_or_ip_port() {
+        let c = parse(
+            "[node]\nname = \"a\"\nindex = 1\n[dns]\nupstream = [\"192.0.2.53\", \"[2001:db8::1]:5353\"]\n",
+        )
+        .expect("valid");
+        let want: Vec<SocketAddr> = vec![
+            "192.0.2.53:53".parse().expect("addr"),
+            "[2001:db8::1]:5353".parse().expect("addr"),
+        ];
+        assert_eq!(c.dns_upstreams_configured(), Ok(Some(want)));
+        let none = parse("[node]\nname = \"a\"\nindex = 1\n[dns]\nupstream = []\n").expect("valid");
+        assert_eq!(none.dns_upstreams_configured(), Ok(Some(vec![])));
     }
 
     #[test]
@@ -688,6 +816,24 @@ mod tests {
             key_of(&format!("{base}[store]\nbackend = \"zookeeper\"\n")),
             "store.backend"
         );
+        for (section, key) in [
+            ("domain = \"Cluster.Internal\"", "dns.domain"),
+            ("domain = \"cluster.internal.\"", "dns.domain"),
+            ("domain = \"\"", "dns.domain"),
+            ("port = 0", "dns.port"),
+            ("ttl_secs = 100000", "dns.ttl_secs"),
+            ("upstream = [\"8.8.8.8:x\"]", "dns.upstream"),
+            ("upstream = \"8.8.8.8\"", "dns.upstream"),
+            ("upstream_timeout_ms = 5", "dns.upstream_timeout_ms"),
+            ("max_forwards = 0", "dns.max_forwards"),
+            ("enabled = true", "dns.enabled"),
+        ] {
+            assert_eq!(
+                key_of(&format!("{base}[dns]\n{section}\n")),
+                key,
+                "{section}"
+            );
+        }
     }
 
     const ETCD: &str = "[node]\nname = \"a\"\n[tunnel]\nbind = \"192.0.2.1\"\n\

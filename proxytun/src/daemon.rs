@@ -33,10 +33,13 @@ use tokio::sync::mpsc;
 
 use crate::config::{Backend, Config};
 use crate::core::Dataplane;
+use crate::dns::{self, DnsStatus};
 use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control, IoCounters};
 use crate::shell::table;
 use crate::shell::view::ShellView;
+use envmgr::model::ServiceName;
+use mdns::DnsServer;
 
 /// How long a starting node waits for etcd to lease its subnet before it
 /// falls back to the subnet cached in its state directory.
@@ -51,6 +54,8 @@ struct Clustered {
     cluster: EtcdCluster,
     misses_tx: mpsc::Sender<IpAddr>,
     misses_rx: mpsc::Receiver<IpAddr>,
+    names_tx: mpsc::Sender<ServiceName>,
+    names_rx: mpsc::Receiver<ServiceName>,
 }
 
 /// The etcd client settings from the config.
@@ -86,11 +91,12 @@ async fn open_manager(
 ) -> anyhow::Result<(Arc<Manager<Netlink>>, Option<Clustered>)> {
     let settings = |plan: AddressPlan| Settings {
         node_name: config.node.name.clone(),
-        plan,
         bridge: config.bridge.name.clone(),
         mtu: config.tun.mtu,
         state_dir: config.state.dir.clone(),
         tunnel_port: config.tunnel.port,
+        resolv: dns::resolv_conf(config, &plan),
+        plan,
     };
     match config.store.backend {
         Backend::Local => {
@@ -124,12 +130,15 @@ async fn open_manager(
             let registry = cluster.registry(plan.clone());
             let mgr = Manager::open_clustered(settings(plan), kernel, registry).await?;
             let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
+            let (names_tx, names_rx) = mpsc::channel(MISS_QUEUE);
             Ok((
                 Arc::new(mgr),
                 Some(Clustered {
                     cluster,
                     misses_tx,
                     misses_rx,
+                    names_tx,
+                    names_rx,
                 }),
             ))
         }
@@ -150,6 +159,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("register peer {:?} from the config's [[peer]]", p.name))?;
     }
+
+    // The resolver binds the bridge's addresses, which exist now that the
+    // manager has set up the bridge; a taken port fails the start here.
+    let dns = if config.dns.enable {
+        let settings = dns::settings(&config, &plan);
+        let names = clustered.as_ref().map(|c| c.names_tx.clone());
+        let server = DnsServer::start(settings.clone(), mgr.subscribe(), names).context(
+            "start the resolver (set dns.port, or dns.enable = false to run without it)",
+        )?;
+        tracing::info!(listen = ?server.local_addrs(), domain = %settings.domain, upstreams = ?settings.upstreams, "resolver running");
+        Some(Arc::new(DnsStatus::new(server, &settings)))
+    } else {
+        None
+    };
 
     let (tun, offload) = open_tun(&config.tun.name, config.tun.mtu, config.tun.offload)?;
     mgr.kernel()
@@ -175,10 +198,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(Clustered {
         cluster: c,
         misses_rx,
+        names_rx,
         ..
     }) = clustered
     {
-        let mut views = c.start_sync(mgr.subscribe(), misses_rx);
+        let mut views = c.start_sync(mgr.subscribe(), misses_rx, names_rx);
         cluster = Some(c);
         let mgr = mgr.clone();
         tokio::spawn(async move {
@@ -216,15 +240,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let view = Arc::new(ShellView::new(
-        config.tun.name.clone(),
-        config.tun.mtu,
-        bind,
-        handle.path().to_owned(),
-        counters,
-        io,
-        handle.sender(),
-    ));
+    let view = Arc::new(
+        ShellView::new(
+            config.tun.name.clone(),
+            config.tun.mtu,
+            bind,
+            handle.path().to_owned(),
+            counters,
+            io,
+            handle.sender(),
+        )
+        .with_dns(dns.clone()),
+    );
     tracing::info!(
         node = %config.node.name,
         subnet = %plan.node_subnet(),
@@ -236,6 +263,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let served =
         envmgr::api::serve(&config.api.socket, mgr.clone(), view, shutdown_signal()?).await;
     handle.stop();
+    drop(dns);
     // Stop the sync without revoking the lease: a restart within the lease
     // TTL keeps this node's instances registered, so other nodes never drop
     // their flows to them; a node that does not come back loses them after
@@ -275,8 +303,14 @@ pub fn main(config_path: &Path) -> anyhow::Result<()> {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // hickory logs every query it answers at info: a flood of queries must
+    // not become a flood of log lines, so its crates start at warn (a
+    // `log.level` naming them still wins).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn,{level}"
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

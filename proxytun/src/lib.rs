@@ -3,4 +3,5 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod dns;
 pub mod shell;

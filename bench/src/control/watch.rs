@@ -191,7 +191,8 @@ pub async fn measure(
     let local = local_snapshot(layout, &plan, &interest);
     let (_local_tx, local_rx) = watch::channel(Arc::new(local));
     let (miss_tx, miss_rx) = mpsc::channel(1024);
-    let views = cluster.start_sync(local_rx, miss_rx);
+    let (_name_tx, name_rx) = mpsc::channel(1);
+    let views = cluster.start_sync(local_rx, miss_rx, name_rx);
     let mut obs = Observed::spawn(views);
     let full = |v: &ClusterView| {
         present.keys().all(|k| v.instances.contains_key(k))

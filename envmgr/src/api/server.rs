@@ -58,6 +58,11 @@ pub trait DataplaneView: Send + Sync + 'static {
     fn peers(&self) -> Value {
         Value::Array(Vec::new())
     }
+    /// The node's resolver: listen addresses, domain, upstreams and its
+    /// counters; `null` when it does not run.
+    fn dns(&self) -> Value {
+        Value::Null
+    }
 }
 
 /// An API error response: the status, a machine-readable code and a
@@ -471,6 +476,7 @@ async fn status<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
         "peers": snap.peers.len(),
         "store": s.mgr.store_status(),
         "dataplane": s.dp.status(),
+        "dns": s.dp.dns(),
     }))
 }
 

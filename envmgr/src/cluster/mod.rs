@@ -34,7 +34,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::model::Snapshot;
+use crate::model::{ServiceName, Snapshot};
 use crate::plan::AddressPlan;
 use crate::registry::{ClusterView, Registry};
 use keys::{Keys, NodeRecord};
@@ -307,16 +307,19 @@ impl EtcdCluster {
 
     /// Starts the sync task: it watches the services this node is interested
     /// in (those of its local instances, and those found from `misses`, the
-    /// ServiceIPs the dataplane had no entry for), keeps etcd's registrations
-    /// in line with the local attachments, and publishes what the other
-    /// nodes run on the returned channel. The view is kept through an outage.
+    /// ServiceIPs the dataplane had no entry for, and from `names`, the
+    /// services the resolver was asked for by name), keeps etcd's
+    /// registrations in line with the local attachments, and publishes what
+    /// the other nodes run on the returned channel. The view is kept through
+    /// an outage.
     pub fn start_sync(
         &self,
         local: watch::Receiver<Arc<Snapshot>>,
         misses: mpsc::Receiver<IpAddr>,
+        names: mpsc::Receiver<ServiceName>,
     ) -> watch::Receiver<Arc<ClusterView>> {
         let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
-        let h = tokio::spawn(sync::run(self.inner.clone(), local, misses, tx));
+        let h = tokio::spawn(sync::run(self.inner.clone(), local, misses, names, tx));
         self.tasks.push(h.abort_handle());
         rx
     }

@@ -35,6 +35,15 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// Misses remembered while etcd is away.
 const PENDING_MISSES: usize = 1024;
 
+/// What tells the sync of services nobody here serves yet: ServiceIPs the
+/// dataplane missed, and names the resolver was asked for.
+struct Misses {
+    addrs: mpsc::Receiver<IpAddr>,
+    addrs_open: bool,
+    names: mpsc::Receiver<ServiceName>,
+    names_open: bool,
+}
+
 /// Why a connected round ended without an error.
 enum Exit {
     /// The session went away or its lease changed: start over.
@@ -57,6 +66,10 @@ struct State {
     negative: HashMap<Ipv4Addr, Instant>,
     /// Misses that came while etcd was away.
     pending: BTreeSet<IpAddr>,
+    /// Service names nobody registered, until when they are not looked up again.
+    negative_names: HashMap<ServiceName, Instant>,
+    /// Name misses that came while etcd was away.
+    pending_names: BTreeSet<ServiceName>,
     /// What etcd was last made to hold for the local instances.
     reconciled: BTreeMap<InstanceKey, InstanceRecord>,
     /// Local instances whose key is held by another node.
@@ -70,13 +83,19 @@ struct State {
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut local: watch::Receiver<Arc<Snapshot>>,
-    mut misses: mpsc::Receiver<IpAddr>,
+    misses: mpsc::Receiver<IpAddr>,
+    names: mpsc::Receiver<ServiceName>,
     tx: watch::Sender<Arc<ClusterView>>,
 ) {
+    let mut m = Misses {
+        addrs: misses,
+        addrs_open: true,
+        names,
+        names_open: true,
+    };
     let mut st = State::default();
     let mut sessions = inner.session.subscribe();
     let mut backoff = Backoff::new();
-    let mut misses_open = true;
     let mut in_outage = false;
     loop {
         let session = loop {
@@ -86,10 +105,15 @@ pub(crate) async fn run(
             tokio::select! {
                 r = sessions.changed() => if r.is_err() { return },
                 r = local.changed() => if r.is_err() { return },
-                m = misses.recv(), if misses_open => match m {
+                a = m.addrs.recv(), if m.addrs_open => match a {
                     Some(ip) if st.pending.len() < PENDING_MISSES => { st.pending.insert(ip); }
                     Some(_) => {}
-                    None => misses_open = false,
+                    None => m.addrs_open = false,
+                },
+                n = m.names.recv(), if m.names_open => match n {
+                    Some(name) if st.pending_names.len() < PENDING_MISSES => { st.pending_names.insert(name); }
+                    Some(_) => {}
+                    None => m.names_open = false,
                 },
             }
         };
@@ -101,19 +125,13 @@ pub(crate) async fn run(
             tx: &tx,
         };
         match round
-            .run(
-                &mut local,
-                &mut misses,
-                &mut misses_open,
-                &mut sessions,
-                &mut || {
-                    if in_outage {
-                        tracing::info!("cluster sync: resumed");
-                        in_outage = false;
-                    }
-                    backoff.reset();
-                },
-            )
+            .run(&mut local, &mut m, &mut sessions, &mut || {
+                if in_outage {
+                    tracing::info!("cluster sync: resumed");
+                    in_outage = false;
+                }
+                backoff.reset();
+            })
             .await
         {
             Ok(Exit::SessionChanged) => {}
@@ -143,8 +161,7 @@ impl Round<'_> {
     async fn run(
         &mut self,
         local: &mut watch::Receiver<Arc<Snapshot>>,
-        misses: &mut mpsc::Receiver<IpAddr>,
-        misses_open: &mut bool,
+        m: &mut Misses,
         sessions: &mut watch::Receiver<Option<Session>>,
         on_up: &mut (dyn FnMut() + Send),
     ) -> Result<Exit> {
@@ -196,6 +213,11 @@ impl Round<'_> {
                 new.push((name, rev));
             }
         }
+        for name in std::mem::take(&mut self.st.pending_names) {
+            if let Some(rev) = self.name_miss(&name).await? {
+                new.push((name, rev));
+            }
+        }
         revs.extend(new);
         self.reconcile(&want, true).await?;
 
@@ -240,18 +262,34 @@ impl Round<'_> {
                     self.reconcile(&want, false).await?;
                     self.publish();
                 }
-                m = misses.recv(), if *misses_open => {
-                    let Some(ip) = m else {
-                        *misses_open = false;
+                a = m.addrs.recv(), if m.addrs_open => {
+                    let Some(ip) = a else {
+                        m.addrs_open = false;
                         continue;
                     };
                     let node = local.borrow().node.clone();
                     let mut ips = vec![ip];
-                    while let Ok(ip) = misses.try_recv() {
+                    while let Ok(ip) = m.addrs.try_recv() {
                         ips.push(ip);
                     }
                     for ip in ips {
                         if let Some((name, rev)) = self.miss(ip, &node).await? {
+                            self.watch(&mut wtx, &name, rev).await?;
+                        }
+                    }
+                    self.publish();
+                }
+                n = m.names.recv(), if m.names_open => {
+                    let Some(name) = n else {
+                        m.names_open = false;
+                        continue;
+                    };
+                    let mut batch = vec![name];
+                    while let Ok(name) = m.names.try_recv() {
+                        batch.push(name);
+                    }
+                    for name in batch {
+                        if let Some(rev) = self.name_miss(&name).await? {
                             self.watch(&mut wtx, &name, rev).await?;
                         }
                     }
@@ -463,6 +501,38 @@ impl Round<'_> {
         self.st.interests.insert(name.clone());
         let rev = self.load(&name).await?;
         Ok(Some((name, rev)))
+    }
+
+    /// Looks up a service the resolver was asked for by name; returns the
+    /// revision to watch from if it exists and is not watched yet.
+    async fn name_miss(&mut self, name: &ServiceName) -> Result<Option<i64>> {
+        if self.st.interests.contains(name) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if self
+            .st
+            .negative_names
+            .get(name)
+            .is_some_and(|until| *until > now)
+        {
+            return Ok(None);
+        }
+        let t = self.inner.settings.request_timeout;
+        let key = self.inner.keys.service(name);
+        let got = timed(t, self.client.get(key.as_str(), None)).await?;
+        if got.kvs().is_empty() {
+            if self.st.negative_names.len() > 4096 {
+                self.st.negative_names.retain(|_, until| *until > now);
+            }
+            self.st
+                .negative_names
+                .insert(name.clone(), now + NEGATIVE_TTL);
+            return Ok(None);
+        }
+        tracing::debug!(service = %name, "cluster sync: new interest from a name lookup");
+        self.st.interests.insert(name.clone());
+        Ok(Some(self.load(name).await?))
     }
 
     /// Makes etcd hold `want` for this node: registers what is missing

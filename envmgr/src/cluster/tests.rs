@@ -354,6 +354,7 @@ struct Node {
     reg: Arc<dyn Registry>,
     local: watch::Sender<Arc<Snapshot>>,
     misses: mpsc::Sender<IpAddr>,
+    names: mpsc::Sender<ServiceName>,
     view: watch::Receiver<Arc<ClusterView>>,
     attached: Vec<(InstanceKey, Claim, crate::model::DualAddr)>,
     version: u64,
@@ -365,13 +366,15 @@ impl Node {
         let reg = cluster.registry(plan.clone());
         let (local, local_rx) = watch::channel(snapshot(name, &plan, 0, &[]));
         let (misses, misses_rx) = mpsc::channel(64);
-        let view = cluster.start_sync(local_rx, misses_rx);
+        let (names, names_rx) = mpsc::channel(64);
+        let view = cluster.start_sync(local_rx, misses_rx, names_rx);
         Self {
             cluster,
             plan,
             reg,
             local,
             misses,
+            names,
             view,
             attached: Vec::new(),
             version: 0,
@@ -416,6 +419,7 @@ async fn sync_follows_interests_and_dead_nodes() {
     let mut b = Node::new(&ep, "b", 2).await;
     let web_a = a.attach("shop/web").await;
     let db_a = a.attach("shop/db").await;
+    let api_a = a.attach("shop/api").await;
     let _web_b = b.attach("shop/web").await;
 
     // Interest via a local instance of the same service.
@@ -454,6 +458,20 @@ async fn sync_follows_interests_and_dead_nodes() {
             .ok();
     }
     assert_eq!(b.cluster.status().interests, 2);
+
+    // Interest via a name the resolver was asked for; an unknown name
+    // changes nothing.
+    b.names.send(svc("shop/nope")).await.expect("name");
+    b.names.send(svc("shop/api")).await.expect("name");
+    wait_view(
+        &mut b.view,
+        Duration::from_secs(5),
+        "api via its name",
+        |v| has_remote(v, &api_a, "a") && v.services.contains_key(&svc("shop/api")),
+    )
+    .await;
+    assert_eq!(b.cluster.status().interests, 3);
+    assert!(!b.view.borrow().services.contains_key(&svc("shop/nope")));
 
     // A detaches db: the sync withdraws it, and b sees it go.
     a.attached.retain(|(k, _, _)| k != &db_a);
@@ -617,7 +635,8 @@ async fn a_node_started_from_its_cached_index_becomes_a_member_later() {
     let _reg = c.registry(plan.clone());
     let (_local, local_rx) = watch::channel(snapshot("c", &plan, 0, &[]));
     let (_misses, misses_rx) = mpsc::channel(4);
-    let _view = c.start_sync(local_rx, misses_rx);
+    let (_names, names_rx) = mpsc::channel(4);
+    let _view = c.start_sync(local_rx, misses_rx, names_rx);
     etcd.restart().expect("restart etcd");
     let mut kv = etcd_client::Client::connect([ep.as_str()], None)
         .await

@@ -175,6 +175,7 @@ fn settings(dir: &Path) -> Settings {
         mtu: 1400,
         state_dir: dir.to_owned(),
         tunnel_port: 50103,
+        resolv: None,
     }
 }
 
@@ -1452,4 +1453,39 @@ async fn a_state_without_closest_ips_gets_them_at_open() {
     let web = &snap.services[&"shop/web".parse().expect("name")];
     assert_eq!(web.closest_ip.map(|c| c.v4), Some(ip("10.30.1.2")));
     assert_eq!(snap.version, 4);
+}
+
+#[tokio::test]
+async fn resolv_conf_follows_attach_detach_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etc = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path());
+    s.resolv = Some(crate::resolv::ResolvConf {
+        nameservers: vec!["10.18.1.1".parse().expect("ip")],
+        domain: "cluster.internal".into(),
+        etc_netns: etc.path().to_owned(),
+    });
+    let h = H::open_in(dir, s.clone(), FakeNs::default(), FakeKernel::default())
+        .await
+        .expect("open");
+    h.ns.add("/run/netns/c1");
+    let inst = h.attach("shop/web", "/run/netns/c1").await.expect("attach");
+    let file = etc.path().join("c1/resolv.conf");
+    let text = fs::read_to_string(&file).expect("written on attach");
+    assert!(text.contains("nameserver 10.18.1.1\n"), "{text}");
+    assert!(
+        text.contains("search shop.svc.cluster.internal svc.cluster.internal\n"),
+        "{text}"
+    );
+
+    // Lost (say, /etc/netns wiped): a restart writes it again.
+    fs::remove_file(&file).expect("rm");
+    let h = h.reopen(s, FakeKernel::default()).await.expect("reopen");
+    assert!(file.exists(), "rewritten at start");
+
+    h.m.detach(&inst.key).await.expect("detach");
+    assert!(
+        !etc.path().join("c1").exists(),
+        "removed with its dir on detach"
+    );
 }

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use crate::core::Counters;
+use crate::dns::DnsStatus;
 use crate::shell::io_loop::{Control, ControlSender, IoCounters};
 
 /// The API's window onto the dataplane.
@@ -27,6 +28,7 @@ pub struct ShellView {
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
     ctrl: ControlSender,
+    dns: Option<Arc<DnsStatus>>,
 }
 
 impl ShellView {
@@ -49,11 +51,22 @@ impl ShellView {
             counters,
             io,
             ctrl,
+            dns: None,
         }
+    }
+
+    /// Adds the resolver, so `status` shows it.
+    pub fn with_dns(mut self, dns: Option<Arc<DnsStatus>>) -> Self {
+        self.dns = dns;
+        self
     }
 }
 
 impl DataplaneView for ShellView {
+    fn dns(&self) -> Value {
+        self.dns.as_ref().map_or(Value::Null, |d| d.json())
+    }
+
     fn status(&self) -> Value {
         let c = self.counters.snapshot();
         json!({
