@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The proxytun demo: a two-node cluster in network namespaces on this
-# machine, services on both nodes, and a client reaching them by ServiceIP.
+# machine, services on both nodes, and a client reaching them by ServiceIP
+# and by name (the node's DNS resolver).
 #
 #   sudo ./scripts/demo.sh
 #
@@ -60,6 +61,9 @@ cleanup() {
     local ns
     for ns in "${NAMESPACES[@]}"; do
         ip netns del "$ns" 2>/dev/null || true
+        # The daemon writes containers' resolv.conf here (removed on detach;
+        # the demo stops the daemons without detaching).
+        rm -rf "/etc/netns/$ns"
     done
     [ -n "$WORK" ] && rm -rf "$WORK"
     note "stopped ${#PIDS[@]} processes, removed ${#NAMESPACES[@]} namespaces"
@@ -87,6 +91,7 @@ for ns in $(ip netns list | awk '{print $1}' | grep "^$P" || true); do
     note "removing a stale namespace from an earlier run: $ns"
     ip netns del "$ns"
 done
+rm -rf /etc/netns/"$P"*
 WORK=$(mktemp -d /tmp/ptdemo.XXXXXX)
 
 step "building the underlay: two hosts on a bridge"
@@ -122,6 +127,11 @@ socket = "$WORK/$n.sock"
 
 [state]
 dir = "$WORK/$n-state"
+
+[dns]
+domain = "cluster.internal"
+# The demo's hosts have no way out: names outside the domain get SERVFAIL.
+upstream = []
 EOF
     if [ "$n" = a ]; then
         printf '\n[[peer]]\nname = "b"\nendpoint = "192.0.2.2:%s"\n' "$PORT" >>"$WORK/a.toml"
@@ -254,6 +264,37 @@ probe_all "same node" "$CACHE_IP" "$CACHE_IP6" cache1
 step "client -> shop/db on the OTHER node, through the tunnel (TCP, UDP, ping; IPv4 and IPv6)"
 probe_all "other node" "$DB_IP" "$DB_IP6" db1
 
+step "client -> shop/web BY NAME (the node's resolver, through the container's resolv.conf)"
+note "attaching the client wrote its resolv.conf (ip netns exec mounts /etc/netns/${P}client/resolv.conf there):"
+show in_ns "${P}client" cat /etc/resolv.conf
+got=$(show in_ns "${P}client" getent hosts web.shop)
+echo "$got"
+[[ " $WEB_IP $WEB_IP6 " == *" $(awk '{print $1}' <<<"$got") "* ]] ||
+    die "web.shop resolved to '$got', expected $WEB_IP or $WEB_IP6"
+note "dig, the search list and every kind of name (node a's resolver on its bridge, 10.18.1.1):"
+show in_ns "${P}client" dig +search +noall +answer web.shop A web.shop AAAA
+show in_ns "${P}client" dig +noall +answer closest.web.shop.svc.cluster.internal A \
+    1.web.shop.svc.cluster.internal A 2.web.shop.svc.cluster.internal A
+show in_ns "${P}client" dig +noall +answer +additional web.shop.svc.cluster.internal SRV
+show in_ns "${P}client" dig +noall +answer -x "$WEB_IP"
+note "an unknown service is NXDOMAIN (with the zone's SOA):"
+got=$(show in_ns "${P}client" dig +noall +comments +authority nope.shop.svc.cluster.internal A)
+grep -E 'status|SOA' <<<"$got"
+grep -q 'status: NXDOMAIN' <<<"$got" || die "nope.shop.svc.cluster.internal is not NXDOMAIN"
+note "connections by name (ptprobe and curl resolve web.shop with glibc):"
+for _ in 1 2; do
+    got=$(show in_ns "${P}client" "$PROBE" tcp-hello "web.shop:$TCP")
+    echo "$got"
+    case "$(head -n1 <<<"$got")" in
+    web1 | web2) ;;
+    *) die "web.shop:$TCP answered by $(head -n1 <<<"$got"), expected web1 or web2" ;;
+    esac
+done
+got=$(show in_ns "${P}client" curl --http0.9 -sS --max-time 5 "http://web.shop:$TCP/")
+echo "$got"
+[[ $got == web1 || $got == web2 ]] || die "curl http://web.shop:$TCP/ got '$got'"
+show in_ns "${P}client" "$PROBE" udp-hello "db.shop:$UDP"
+
 step "round robin: 6 new connections to shop/web ($WEB_IP), instances on both nodes"
 seq_names=()
 for _ in 1 2 3 4 5 6; do
@@ -279,6 +320,8 @@ show in_ns "${P}client" "$PROBE" tcp-send "$DB_IP:$TCP" --bytes 50000000
 
 step "what the daemon shows: proxytun status"
 show pt a status
+note "the resolver's part of GET /v1/status:"
+pt a status --json | jq '.dns' 2>/dev/null || true
 
 step "proxytun flows (node a)"
 show pt a flows

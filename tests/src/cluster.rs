@@ -55,6 +55,12 @@ impl Cluster {
     /// other's peer: `a` through a static `[[peer]]` in its config, `b`
     /// through `proxytun peer add` (so both paths are exercised).
     pub fn two_nodes(test: &str) -> Result<Cluster> {
+        Cluster::two_nodes_with(test, |_| {})
+    }
+
+    /// [`Cluster::two_nodes`], with `tweak` applied to each node's config
+    /// before it is written (e.g. a `[dns]` section).
+    pub fn two_nodes_with(test: &str, tweak: impl Fn(&mut NodeConfig)) -> Result<Cluster> {
         crate::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
@@ -64,28 +70,28 @@ impl Cluster {
         let ip_b = Ipv4Addr::new(192, 0, 2, 2);
         let host_a = plug_host(&switch, &format!("{prefix}a"), "pa", ip_a)?;
         let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
-        let mut a = Node::new(
-            host_a,
-            &NodeConfig {
-                name: "a".into(),
-                index: 1,
-                underlay: ip_a,
-                peers: vec![("b".into(), SocketAddr::new(ip_b.into(), crate::TUNNEL_PORT))],
-                store: None,
-                keepalive: None,
-            },
-        )?;
-        let mut b = Node::new(
-            host_b,
-            &NodeConfig {
-                name: "b".into(),
-                index: 2,
-                underlay: ip_b,
-                peers: vec![],
-                store: None,
-                keepalive: None,
-            },
-        )?;
+        let mut cfg_a = NodeConfig {
+            name: "a".into(),
+            index: 1,
+            underlay: ip_a,
+            peers: vec![("b".into(), SocketAddr::new(ip_b.into(), crate::TUNNEL_PORT))],
+            store: None,
+            keepalive: None,
+            dns: None,
+        };
+        let mut cfg_b = NodeConfig {
+            name: "b".into(),
+            index: 2,
+            underlay: ip_b,
+            peers: vec![],
+            store: None,
+            keepalive: None,
+            dns: None,
+        };
+        tweak(&mut cfg_a);
+        tweak(&mut cfg_b);
+        let mut a = Node::new(host_a, &cfg_a)?;
+        let mut b = Node::new(host_b, &cfg_b)?;
         a.start()?;
         b.start()?;
         b.peer_add("a", a.endpoint())?;

@@ -77,6 +77,16 @@ impl Cluster3 {
     /// not started. The nodes named in `delayable` get a [`DelayLink`]
     /// instead of a veth pair.
     pub fn build(test: &str, delayable: &[&str]) -> Result<Cluster3> {
+        Cluster3::build_with(test, delayable, |_| {})
+    }
+
+    /// [`Cluster3::build`], with `tweak` applied to each node's config
+    /// before it is written (e.g. a `[dns]` section).
+    pub fn build_with(
+        test: &str,
+        delayable: &[&str],
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> Result<Cluster3> {
         crate::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
@@ -104,20 +114,20 @@ impl Cluster3 {
             } else {
                 plug_host(&switch, &host_name, &port, ip)?
             };
-            nodes.push(Node::new(
-                host,
-                &NodeConfig {
-                    name: name.into(),
-                    index: 0,
-                    underlay: ip,
-                    peers: vec![],
-                    store: Some(store.clone()),
-                    keepalive: Some(Keepalive {
-                        interval_ms: KEEPALIVE_MS,
-                        peer_timeout_ms: PEER_TIMEOUT_MS,
-                    }),
-                },
-            )?);
+            let mut cfg = NodeConfig {
+                name: name.into(),
+                index: 0,
+                underlay: ip,
+                peers: vec![],
+                store: Some(store.clone()),
+                keepalive: Some(Keepalive {
+                    interval_ms: KEEPALIVE_MS,
+                    peer_timeout_ms: PEER_TIMEOUT_MS,
+                }),
+                dns: None,
+            };
+            tweak(&mut cfg);
+            nodes.push(Node::new(host, &cfg)?);
         }
         let mut it = nodes.into_iter();
         let (Some(a), Some(b), Some(c)) = (it.next(), it.next(), it.next()) else {

@@ -23,6 +23,8 @@ pub mod api;
 pub mod cluster;
 pub mod cluster3;
 pub mod cmd;
+pub mod dig;
+pub mod dnswire;
 pub mod etcd;
 pub mod linkdelay;
 pub mod model;
@@ -40,7 +42,9 @@ pub use cluster3::Cluster3;
 pub use etcd::Etcd;
 pub use model::{Dual, Instance, Service};
 pub use netns::Netns;
-pub use node::{offload_wanted, EtcdStore, Keepalive, Node, NodeConfig, PeerState, TUNNEL_PORT};
+pub use node::{
+    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, PeerState, TUNNEL_PORT,
+};
 
 /// Fails with a clear message unless we run as root: namespaces, veths
 /// and TUN devices need it.
@@ -113,6 +117,11 @@ pub fn proxytun_bin() -> Result<PathBuf> {
 /// The probe binary: `$PTPROBE_BIN`, else next to the test binary.
 pub fn ptprobe_bin() -> Result<PathBuf> {
     find_bin("PTPROBE_BIN", "ptprobe")
+}
+
+/// The fake upstream DNS server: `$FAKEDNS_BIN`, else next to the test binary.
+pub fn fakedns_bin() -> Result<PathBuf> {
+    find_bin("FAKEDNS_BIN", "fakedns")
 }
 
 /// Retries `f` until it succeeds or `timeout` passes; returns the last

@@ -28,6 +28,7 @@ impl Netns {
         if PathBuf::from("/run/netns").join(name).exists() {
             let _ = cmd::run_ok("ip", &["netns", "del", name], IP_TIMEOUT);
         }
+        remove_etc_dir(name);
         cmd::run_ok("ip", &["netns", "add", name], IP_TIMEOUT)
             .with_context(|| format!("creating netns {name}"))?;
         let ns = Netns {
@@ -78,6 +79,11 @@ impl Netns {
             .with_context(|| format!("ip {} (in netns {})", args.join(" "), self.name))
     }
 
+    /// `/etc/netns/<name>`, where the container's `resolv.conf` goes.
+    pub fn etc_dir(&self) -> PathBuf {
+        etc_dir(&self.name)
+    }
+
     /// Sets a sysctl inside the namespace (`key` like `net.ipv4.ip_forward`).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec_ok("sysctl", &["-qw", &format!("{key}={value}")], IP_TIMEOUT)?;
@@ -85,8 +91,26 @@ impl Netns {
     }
 }
 
+/// `/etc/netns/<name>`: files `ip netns exec` bind-mounts over `/etc` (the
+/// daemon writes the container's `resolv.conf` there).
+pub fn etc_dir(name: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(name)
+}
+
+/// Removes `/etc/netns/<name>` if present, so a failed test (or a daemon
+/// killed before it detached) leaves no resolv.conf behind.
+fn remove_etc_dir(name: &str) {
+    let dir = etc_dir(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("warning: could not remove {}: {e}", dir.display());
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        remove_etc_dir(&self.name);
         if let Err(e) = cmd::run_ok("ip", &["netns", "del", &self.name], IP_TIMEOUT) {
             eprintln!("warning: could not delete netns {}: {e:#}", self.name);
         }

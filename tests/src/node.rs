@@ -60,6 +60,72 @@ pub struct NodeConfig {
     /// `tunnel.keepalive_ms` and `tunnel.peer_timeout_ms`; `None` keeps the
     /// daemon's defaults. Tests shorten them so liveness changes show fast.
     pub keepalive: Option<Keepalive>,
+    /// The `[dns]` section; `None` writes none (the daemon's defaults).
+    pub dns: Option<DnsConfig>,
+}
+
+/// The `[dns]` section of a node: every key is optional in the product, so
+/// `None` leaves a key out and the daemon's default applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `dns.enable`.
+    pub enable: bool,
+    /// `dns.domain`.
+    pub domain: Option<String>,
+    /// `dns.ttl_secs`.
+    pub ttl_secs: Option<u32>,
+    /// `dns.upstream`: `Some(vec![])` turns forwarding off; `None` uses the
+    /// host's resolv.conf (tests set it, so nothing is ever sent towards
+    /// the machine's real nameservers).
+    pub upstream: Option<Vec<String>>,
+    /// `dns.upstream_timeout_ms`.
+    pub upstream_timeout_ms: Option<u32>,
+    /// `dns.max_forwards`.
+    pub max_forwards: Option<u32>,
+    /// `dns.resolv_conf`.
+    pub resolv_conf: Option<bool>,
+}
+
+impl Default for DnsConfig {
+    /// Enabled, no forwarding, everything else the daemon's default.
+    fn default() -> Self {
+        Self {
+            enable: true,
+            domain: None,
+            ttl_secs: None,
+            upstream: Some(Vec::new()),
+            upstream_timeout_ms: None,
+            max_forwards: None,
+            resolv_conf: None,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The `[dns]` TOML section.
+    pub fn render(&self) -> String {
+        let mut s = format!("\n[dns]\nenable = {}\n", self.enable);
+        if let Some(d) = &self.domain {
+            let _ = writeln!(s, "domain = {d:?}");
+        }
+        if let Some(t) = self.ttl_secs {
+            let _ = writeln!(s, "ttl_secs = {t}");
+        }
+        if let Some(u) = &self.upstream {
+            let list: Vec<String> = u.iter().map(|e| format!("{e:?}")).collect();
+            let _ = writeln!(s, "upstream = [{}]", list.join(", "));
+        }
+        if let Some(t) = self.upstream_timeout_ms {
+            let _ = writeln!(s, "upstream_timeout_ms = {t}");
+        }
+        if let Some(m) = self.max_forwards {
+            let _ = writeln!(s, "max_forwards = {m}");
+        }
+        if let Some(r) = self.resolv_conf {
+            let _ = writeln!(s, "resolv_conf = {r}");
+        }
+        s
+    }
 }
 
 /// The `[store]` section of an etcd-mode node.
@@ -125,6 +191,9 @@ impl NodeConfig {
             dir.join("api.sock").display(),
             dir.join("state").display(),
         );
+        if let Some(dns) = &self.dns {
+            s.push_str(&dns.render());
+        }
         for (name, ep) in &self.peers {
             let _ = write!(s, "\n[[peer]]\nname = \"{name}\"\nendpoint = \"{ep}\"\n");
         }
@@ -627,6 +696,7 @@ mod tests {
             peers: vec![("b".into(), "192.0.2.2:50103".parse().expect("test input"))],
             store,
             keepalive,
+            dns: None,
         }
     }
 
@@ -663,5 +733,27 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn dns_section_renders_only_what_is_set() {
+        let mut c = cfg(None, None);
+        c.dns = Some(DnsConfig {
+            upstream: Some(vec!["192.0.2.53".into(), "192.0.2.54:5353".into()]),
+            upstream_timeout_ms: Some(500),
+            ttl_secs: Some(5),
+            ..DnsConfig::default()
+        });
+        let text = c.render(Path::new("/d"));
+        let want = "\n[dns]\nenable = true\nttl_secs = 5\n\
+                    upstream = [\"192.0.2.53\", \"192.0.2.54:5353\"]\nupstream_timeout_ms = 500\n";
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+        assert!(!text.contains("domain"), "{text}");
+        let off = DnsConfig {
+            enable: false,
+            upstream: None,
+            ..DnsConfig::default()
+        };
+        assert_eq!(off.render(), "\n[dns]\nenable = false\n");
     }
 }

@@ -4,7 +4,8 @@
 //! It exists so that tests check *what the application sees* (which server
 //! answered, from which address, whether bytes arrived intact) rather than
 //! what a generic tool happens to print. Standard library only (plus sha2 for
-//! the checksum and socket2 to bind IPv4 and IPv6 wildcards side by side);
+//! the checksum, socket2 to bind IPv4 and IPv6 wildcards side by side, and
+//! this crate's hand-written `dnswire` for DNS queries);
 //! every network operation has a timeout so a broken dataplane fails a test
 //! instead of hanging it.
 //!
@@ -14,7 +15,16 @@
 //! ptprobe udp-hello ADDR:PORT [--timeout SECS]
 //! ptprobe tcp-send ADDR:PORT --bytes N [--timeout SECS]
 //! ptprobe send-udp ADDR:PORT --hex HEX [--bind ADDR:PORT] [--listen SECS]
+//! ptprobe send-tcp ADDR:PORT --hex HEX [--listen SECS]
+//! ptprobe dns-flood ADDR:PORT --name NAME [--qtype A] --count N --seconds S [--window W]
 //! ```
+//!
+//! ADDR may be a name for the client commands: it is resolved with the
+//! system resolver (glibc `getaddrinfo`, so the namespace's resolv.conf),
+//! and `tcp-hello` tries every address it gets, in order, like a browser
+//! (and prints them last, as `resolved=A,B`).
+//! `send-udp --listen` prints every reply as hex, so a test can read the
+//! DNS header of an answer to a malformed query.
 //!
 //! The TCP server writes `NAME\n` on every connection and then reads one
 //! command line: `hello` (answers `peer <client address as seen>` and
@@ -26,12 +36,14 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+    UdpSocket,
 };
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ::tests::dnswire;
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -67,7 +79,9 @@ const USAGE: &str = "usage:
   ptprobe tcp-hello ADDR:PORT [--timeout SECS]
   ptprobe udp-hello ADDR:PORT [--timeout SECS]
   ptprobe tcp-send ADDR:PORT --bytes N [--timeout SECS]
-  ptprobe send-udp ADDR:PORT --hex HEX [--bind ADDR:PORT] [--listen SECS]";
+  ptprobe send-udp ADDR:PORT --hex HEX [--bind ADDR:PORT] [--listen SECS]
+  ptprobe send-tcp ADDR:PORT --hex HEX [--listen SECS]
+  ptprobe dns-flood ADDR:PORT --name NAME [--qtype A] --count N --seconds S [--window W]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -130,13 +144,33 @@ impl Args {
         }
     }
 
-    fn target(&self) -> Res<SocketAddr> {
-        match self.positional.as_slice() {
-            [one] => one
-                .parse()
-                .ctx(|| format!("{one:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT)")),
-            _ => fail(format!("expected exactly one ADDR:PORT\n{USAGE}")),
+    /// The target's addresses: a literal `ADDR:PORT`, or `NAME:PORT`
+    /// resolved by the system resolver (in its order).
+    fn targets(&self) -> Res<Vec<SocketAddr>> {
+        let [one] = self.positional.as_slice() else {
+            return fail(format!("expected exactly one ADDR:PORT\n{USAGE}"));
+        };
+        if let Ok(a) = one.parse() {
+            return Ok(vec![a]);
         }
+        let addrs: Vec<SocketAddr> = one
+            .to_socket_addrs()
+            .ctx(|| {
+                format!("{one:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT) nor a name we can resolve")
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return fail(format!("{one:?} resolved to no address"));
+        }
+        Ok(addrs)
+    }
+
+    /// The first address of [`Args::targets`].
+    fn target(&self) -> Res<SocketAddr> {
+        self.targets()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Fail("no address".to_owned()))
     }
 
     fn timeout(&self) -> Res<Duration> {
@@ -159,7 +193,21 @@ fn run(args: &[String]) -> Res<()> {
         }
         "tcp-hello" => {
             let a = Args::parse(rest, &["timeout"])?;
-            tcp_hello(a.target()?, a.timeout()?)
+            let timeout = a.timeout()?;
+            let mut errors = Vec::new();
+            let targets = a.targets()?;
+            for t in &targets {
+                match tcp_hello(*t, timeout) {
+                    Ok(()) => {
+                        let list: Vec<String> =
+                            targets.iter().map(|a| a.ip().to_string()).collect();
+                        println!("resolved={}", list.join(","));
+                        return Ok(());
+                    }
+                    Err(e) => errors.push(e.0),
+                }
+            }
+            fail(errors.join("; "))
         }
         "udp-hello" => {
             let a = Args::parse(rest, &["timeout"])?;
@@ -185,6 +233,33 @@ fn run(args: &[String]) -> Res<()> {
                 &unhex(a.need("hex")?)?,
                 bind,
                 a.num("listen", Some(0.0))?,
+            )
+        }
+        "send-tcp" => {
+            let a = Args::parse(rest, &["hex", "listen"])?;
+            send_tcp(
+                a.target()?,
+                &unhex(a.need("hex")?)?,
+                a.num("listen", Some(1.0))?,
+            )
+        }
+        "dns-flood" => {
+            let a = Args::parse(rest, &["name", "qtype", "count", "seconds", "window"])?;
+            let qtype = a.get("qtype").unwrap_or("A");
+            let Some(qtype) = dnswire::qtype_from_str(qtype) else {
+                return fail(format!("--qtype {qtype:?}: not a record type"));
+            };
+            let seconds: f64 = a.num("seconds", None)?;
+            if !(seconds > 0.0 && seconds < 3600.0) {
+                return fail("--seconds must be between 0 and 3600");
+            }
+            dns_flood(
+                a.target()?,
+                a.need("name")?,
+                qtype,
+                a.num("count", None)?,
+                Duration::from_secs_f64(seconds),
+                a.num("window", Some(64))?,
             )
         }
         "-h" | "--help" | "help" => {
@@ -511,7 +586,7 @@ fn send_udp(target: SocketAddr, payload: &[u8], bind: Option<SocketAddr>, listen
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     got += 1;
-                    println!("reply from={from} len={n}");
+                    println!("reply from={from} len={n} hex={}", hex(&buf[..n]));
                 }
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
@@ -521,6 +596,139 @@ fn send_udp(target: SocketAddr, payload: &[u8], bind: Option<SocketAddr>, listen
         }
         println!("replies={got}");
     }
+    Ok(())
+}
+
+/// Connects, writes `payload` as is, half-closes, and prints what comes
+/// back (as hex) until the server closes or `listen` seconds pass; then
+/// `closed=yes|no`. For raw protocol tests over TCP (DNS's length-prefixed
+/// messages).
+fn send_tcp(target: SocketAddr, payload: &[u8], listen: f64) -> Res<()> {
+    let listen = Duration::from_secs_f64(listen.clamp(0.01, 600.0));
+    let mut s = connect(target, Duration::from_secs(5))?;
+    s.write_all(payload).ctx(|| format!("write to {target}"))?;
+    s.shutdown(Shutdown::Write)
+        .ctx(|| "shutdown(write)".to_owned())?;
+    println!("sent={} to={target}", payload.len());
+    let until = Instant::now() + listen;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut closed = false;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        s.set_read_timeout(Some(until - now))
+            .ctx(|| "timeout".to_owned())?;
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(e) => return fail(format!("receive: {e}")),
+        }
+    }
+    println!("received={} hex={}", got.len(), hex(&got));
+    println!("closed={}", if closed { "yes" } else { "no" });
+    Ok(())
+}
+
+/// Sends up to `count` queries for `name` as fast as the resolver answers,
+/// with at most `window` unanswered at once, for at most `limit`; then
+/// prints what came back. A query unanswered for a second counts as lost
+/// (its slot in the window is freed), so a resolver that drops load cannot
+/// stall the flood, and the whole run ends within `limit` plus a second.
+fn dns_flood(
+    target: SocketAddr,
+    name: &str,
+    qtype: u16,
+    count: u64,
+    limit: Duration,
+    window: u64,
+) -> Res<()> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).ctx(|| format!("bind {bind}"))?;
+    sock.connect(target).ctx(|| format!("connect {target}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(5)))
+        .ctx(|| "timeout".to_owned())?;
+    let Some(mut q) = dnswire::query(0, name, qtype, true) else {
+        return fail(format!("{name:?} is not a valid DNS name"));
+    };
+    let window = window.max(1);
+    let (mut sent, mut answered, mut lost) = (0u64, 0u64, 0u64);
+    let mut rcodes = [0u64; 16];
+    let mut truncated = 0u64;
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    let mut last_reply = Instant::now();
+    loop {
+        let elapsed = t0.elapsed();
+        let sending = sent < count && elapsed < limit;
+        let in_flight = sent - answered - lost;
+        if !sending && (in_flight == 0 || elapsed >= limit + Duration::from_secs(1)) {
+            lost += in_flight;
+            break;
+        }
+        if sending && in_flight < window {
+            let id = (sent & 0xffff) as u16;
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            match sock.send(&q) {
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return fail(format!("send to {target}: {e}")),
+            }
+            continue;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                last_reply = Instant::now();
+                if let Some(h) = dnswire::Header::parse(&buf[..n]) {
+                    if h.is_response() {
+                        answered += 1;
+                        rcodes[usize::from(h.rcode())] += 1;
+                        truncated += u64::from(h.truncated());
+                    }
+                }
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                if last_reply.elapsed() > Duration::from_secs(1) {
+                    lost += sent - answered - lost;
+                    last_reply = Instant::now();
+                }
+            }
+            // An ICMP error from an earlier datagram: nobody listens.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return fail(format!("receive from {target}: {e}")),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    println!("sent={sent}");
+    println!("answered={answered}");
+    println!("lost={lost}");
+    println!("noerror={}", rcodes[0]);
+    println!("nxdomain={}", rcodes[3]);
+    println!("servfail={}", rcodes[2]);
+    println!("other={}", answered - rcodes[0] - rcodes[2] - rcodes[3]);
+    println!("truncated={truncated}");
+    println!("seconds={secs:.3}");
+    println!("qps={:.0}", answered as f64 / secs);
     Ok(())
 }
 
