@@ -4,12 +4,14 @@
 //! namespaces, measures every dataplane interleaved, and prints, writes and
 //! draws the medians. The hidden subcommands are the traffic tools it runs
 //! inside the containers. `bench control` measures the control plane at
-//! scale (etcd, watches, table memory and lookups).
+//! scale (etcd, watches, table memory and lookups). `bench dns` measures
+//! the local resolver's queries per second and latency (no root needed).
 
 mod chart;
 mod cmd;
 mod compare;
 mod control;
+mod dns;
 mod measure;
 mod modes;
 mod netns;
@@ -46,6 +48,10 @@ enum Cmd {
     /// change -> view latency of a watching node, heap per 10k table entries
     /// and lookup time from 1k to 100k services; prints and writes JSON.
     Control(control::ControlArgs),
+    /// The local DNS resolver (mdns) in process on loopback: maximum
+    /// queries per second and latency at half that rate, against a UDP
+    /// echo baseline; every answer checked; prints and writes JSON.
+    Dns(dns::DnsArgs),
     /// Echo server for the request/response tests (runs in a container).
     #[command(hide = true)]
     RrServer {
@@ -116,6 +122,14 @@ fn main() -> Result<()> {
             let r = control::run(&a);
             if r.is_err() && cmd::interrupted() {
                 eprintln!("bench: interrupted; etcd stopped and its data removed");
+                std::process::exit(130);
+            }
+            r
+        }
+        Cmd::Dns(a) => {
+            let r = dns::run(&a);
+            if r.is_err() && cmd::interrupted() {
+                eprintln!("bench: interrupted");
                 std::process::exit(130);
             }
             r

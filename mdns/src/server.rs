@@ -264,10 +264,19 @@ fn lower_priority() {
     }
 }
 
+/// The UDP receive buffer asked for: at 60k queries per second the
+/// default (about 200 KB) holds only a few milliseconds of queries, so a
+/// short stall of the resolver's thread would drop them. The kernel caps it
+/// at `net.core.rmem_max`.
+const UDP_RCVBUF: usize = 4 << 20;
+
 fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RCVBUF) {
+        tracing::debug!("dns: cannot grow the UDP receive buffer: {e}");
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
