@@ -25,6 +25,8 @@ pub mod forward;
 pub mod names;
 mod resolv_conf;
 mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod zone;
 
 pub use server::MAX_UDP_PAYLOAD;

@@ -2,7 +2,6 @@
 //! TCP, snapshot changes, truncation, malformed packets, forwarding to a
 //! fake upstream, the forward bound and etcd-mode name misses.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,9 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use envmgr::model::{
-    DualAddr, Instance, InstanceKey, NodeInfo, Placement, Service, ServiceName, Snapshot,
-};
+use envmgr::model::{ServiceName, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -21,57 +18,9 @@ use tokio::sync::{mpsc, watch};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn dual(k: u16) -> DualAddr {
-    DualAddr {
-        v4: Ipv4Addr::new(10, 30, (k >> 8) as u8, k as u8),
-        v6: Ipv6Addr::new(0xfdff, 0x30, 0, 0, 0, 0, 0, k),
-    }
-}
-
-/// Services `(app, service, instances)`; service i has rr `10.30.<i+1>.1`,
-/// closest `.2`, instance n `.10+n`.
+/// The shared test snapshot, as the resolver's channel carries it.
 fn snapshot(version: u64, services: &[(&str, &str, u32)]) -> Arc<Snapshot> {
-    let mut snap = Snapshot {
-        version,
-        node: NodeInfo {
-            name: "n1".into(),
-            subnet: "10.18.1.0/24".parse().expect("net"),
-            subnet6: "fdff:18::100/120".parse().expect("net"),
-            service_range: "10.30.0.0/16".parse().expect("net"),
-            service_range6: "fdff:30::/112".parse().expect("net"),
-        },
-        services: BTreeMap::new(),
-        instances: BTreeMap::new(),
-        peers: BTreeMap::new(),
-    };
-    for (i, (app, service, count)) in services.iter().enumerate() {
-        let name = ServiceName::new(app, service).expect("valid");
-        let base = ((i as u16) + 1) << 8;
-        snap.services.insert(
-            name.clone(),
-            Service {
-                name: name.clone(),
-                rr_ip: dual(base + 1),
-                closest_ip: Some(dual(base + 2)),
-            },
-        );
-        for n in 0..*count {
-            let key = InstanceKey {
-                name: name.clone(),
-                number: n,
-            };
-            snap.instances.insert(
-                key.clone(),
-                Instance {
-                    key,
-                    ns_addr: dual(1),
-                    instance_ip: dual(base + 10 + n as u16),
-                    placement: Placement::Remote { node: "n2".into() },
-                },
-            );
-        }
-    }
-    Arc::new(snap)
+    Arc::new(mdns::testing::snapshot(version, services))
 }
 
 fn settings(upstreams: Vec<SocketAddr>) -> DnsSettings {

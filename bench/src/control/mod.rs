@@ -19,7 +19,7 @@ mod etcd;
 mod layout;
 mod load;
 pub mod report;
-mod tables;
+pub(crate) mod tables;
 mod watch;
 
 use std::fs;
@@ -221,7 +221,8 @@ async fn interruptible<T>(fut: impl std::future::Future<Output = Result<T>>) -> 
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch, for report file names.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -229,7 +230,7 @@ fn unix_now() -> u64 {
 }
 
 /// `target/bench`, next to the `release` directory this binary is in.
-fn default_out() -> PathBuf {
+pub(crate) fn default_out() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().and_then(Path::parent).map(|t| t.join("bench")))

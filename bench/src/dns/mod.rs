@@ -24,14 +24,15 @@ mod wire;
 mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use mdns::{DnsServer, DnsSettings, DEFAULT_DOMAIN};
 
 use crate::cmd;
+use crate::control::{default_out, unix_now};
 use load::{Check, LoadSpec, Mode};
 use report::{DnsReport, Dnsperf, Phase};
 
@@ -326,21 +327,6 @@ fn wait_ready(addr: SocketAddr, q: &wire::Query) -> Result<()> {
     bail!("the resolver on {addr} did not answer a known name right within 5 s (last verdict: {last:?})")
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `target/bench`, next to the `release` directory this binary is in.
-fn default_out() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().and_then(Path::parent).map(|t| t.join("bench")))
-        .unwrap_or_else(|| PathBuf::from("target/bench"))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
 mod tests {
@@ -369,7 +355,10 @@ mod tests {
             &r.echo_half_target,
         ] {
             let res = &ph.result;
-            assert!(res.ok > 100, "{}: {res:?}", ph.label);
+            // Some answers, every one verified; how many depends on how
+            // busy the machine is (a paced load runs at half the measured
+            // maximum), so no count beyond "some" is asked for.
+            assert!(res.ok > 0, "{}: {res:?}", ph.label);
             assert_eq!(res.mismatches.total(), 0, "{}: {res:?}", ph.label);
             assert!(res.latency.is_some(), "{}", ph.label);
         }

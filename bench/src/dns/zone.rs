@@ -17,6 +17,7 @@ use envmgr::model::{
 use envmgr::plan::AddressPlan;
 
 use super::wire::{self, Query, QTYPE_A, QTYPE_AAAA};
+use crate::control::tables::SplitMix;
 
 /// Instances per service (spread over [`PEERS`] peers): enough for SRV and
 /// instance names to exist, the resolver's hot path does not read them.
@@ -224,27 +225,6 @@ impl Zone {
             }
         }
         Ok(out)
-    }
-}
-
-/// splitmix64: a small reproducible PRNG, so every run asks the same
-/// sequence (`control::tables` has the same one, private to its module).
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next pseudo-random value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
     }
 }
 
