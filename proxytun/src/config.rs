@@ -334,7 +334,8 @@ pub struct DnsSection {
     pub ttl_secs: u32,
     /// Upstream resolvers for every other name (`ip` or `ip:port`, tried in
     /// order). Absent: the host's `/etc/resolv.conf`; `[]`: no forwarding.
-    pub upstream: Option<Vec<String>>,
+    #[serde(deserialize_with = "upstreams")]
+    pub upstream: Option<Vec<SocketAddr>>,
     /// How long each upstream gets to answer, in milliseconds.
     pub upstream_timeout_ms: u64,
     /// Forwarded queries in flight at once; more get SERVFAIL.
@@ -383,6 +384,28 @@ pub struct PeerEntry {
     pub name: String,
     /// `ip:port` or `ip`.
     pub endpoint: String,
+}
+
+/// `ip:port` (`[ip]:port` for IPv6), or `ip` with `default_port`.
+fn endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+/// `dns.upstream`: a list of endpoints, port 53 when none is given.
+fn upstreams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter()
+        .map(|s| {
+            endpoint(s, 53).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not ip or ip:port ([ip]:port for IPv6)"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// A cluster domain: dot-separated DNS labels (lowercase letters, digits,
@@ -547,9 +570,7 @@ impl Config {
             if !names.insert(&p.name) {
                 return Err(("peer.name", format!("{:?} is listed twice", p.name)));
             }
-            let ok = p.endpoint.parse::<std::net::SocketAddr>().is_ok()
-                || p.endpoint.parse::<IpAddr>().is_ok();
-            if !ok {
+            if endpoint(&p.endpoint, 0).is_none() {
                 return Err((
                     "peer.endpoint",
                     format!("{:?} is not ip:port or ip ([ip]:port for IPv6)", p.endpoint),
@@ -587,24 +608,7 @@ impl Config {
                 format!("must be between 1 and 65536, got {}", d.max_forwards),
             ));
         }
-        self.dns_upstreams_configured()
-            .map(|_| ())
-            .map_err(|m| ("dns.upstream", m))
-    }
-
-    /// The configured upstreams (`None`: take the host's resolv.conf).
-    pub fn dns_upstreams_configured(&self) -> Result<Option<Vec<SocketAddr>>, String> {
-        let Some(list) = &self.dns.upstream else {
-            return Ok(None);
-        };
-        list.iter()
-            .map(|s| {
-                s.parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|_| format!("{s:?} is not ip or ip:port ([ip]:port for IPv6)"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        Ok(())
     }
 
     /// The rules between `node.index`, `[store]`, `[[peer]]` and the tunnel
@@ -751,7 +755,7 @@ mod tests {
         assert!(c.dns.enable);
         assert_eq!(c.dns.domain, "cluster.internal");
         assert_eq!(c.dns.port, 53);
-        assert_eq!(c.dns_upstreams_configured(), Ok(None));
+        assert_eq!(c.dns.upstream, None);
     }
 
     #[test]
@@ -764,9 +768,9 @@ mod tests {
             "192.0.2.53:53".parse().expect("addr"),
             "[2001:db8::1]:5353".parse().expect("addr"),
         ];
-        assert_eq!(c.dns_upstreams_configured(), Ok(Some(want)));
+        assert_eq!(c.dns.upstream, Some(want));
         let none = parse("[node]\nname = \"a\"\nindex = 1\n[dns]\nupstream = []\n").expect("valid");
-        assert_eq!(none.dns_upstreams_configured(), Ok(Some(vec![])));
+        assert_eq!(none.dns.upstream, Some(vec![]));
     }
 
     #[test]

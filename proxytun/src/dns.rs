@@ -35,10 +35,9 @@ fn listen(plan: &AddressPlan) -> Vec<IpAddr> {
 pub fn settings(config: &Config, plan: &AddressPlan) -> DnsSettings {
     let d = &config.dns;
     let listen = listen(plan);
-    let upstreams = match config.dns_upstreams_configured() {
-        Ok(Some(list)) => list,
-        // `Config::parse` checked the list, so only `None` gets here.
-        Ok(None) | Err(_) => host_upstreams(&listen),
+    let upstreams = match &d.upstream {
+        Some(list) => list.clone(),
+        None => host_upstreams(&listen),
     };
     DnsSettings {
         domain: d.domain.clone(),

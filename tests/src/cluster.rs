@@ -137,6 +137,18 @@ impl Cluster {
         plug_host(&self.switch, &format!("{}{short}", self.prefix), &port, ip)
     }
 
+    /// The common deployment: `shop/web` instance 1 (`w1`, answering
+    /// `web1`) on node a and instance 2 (`w2`, answering `web2`) on node b,
+    /// behind one ServiceIP.
+    pub fn web_on_both(&self) -> Result<(Container, Container, Deployment)> {
+        let mut w1 = self.container("w1")?;
+        w1.serve("web1")?;
+        let mut w2 = self.container("w2")?;
+        w2.serve("web2")?;
+        let d = self.deploy("shop/web", &[(&self.a, &w1, 1), (&self.b, &w2, 2)])?;
+        Ok((w1, w2, d))
+    }
+
     /// Deploys `service` (`app/service`): attaches each (node, container,
     /// number), the first without a ServiceIP and the others with the one
     /// the first got, then registers every instance on every other node as

@@ -4,20 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tests::{eventually, Cluster, Container, Deployment};
-
-/// Two web instances, `web1` on node a and `web2` on node b, behind one
-/// ServiceIP.
-fn web_on_both(c: &Cluster) -> (Container, Container, Deployment) {
-    let mut w1 = c.container("w1").expect("container");
-    w1.serve("web1").expect("serve");
-    let mut w2 = c.container("w2").expect("container");
-    w2.serve("web2").expect("serve");
-    let d = c
-        .deploy("shop/web", &[(&c.a, &w1, 1), (&c.b, &w2, 2)])
-        .expect("deploy");
-    (w1, w2, d)
-}
+use tests::{eventually, Cluster, Container};
 
 /// `n` new TCP connections to `ip`; the names of the servers that answered.
 fn names(client: &Container, ip: IpAddr, n: usize) -> Vec<String> {
@@ -45,7 +32,7 @@ fn assert_alternates(seq: &[String], what: &str) {
 #[test]
 fn round_robin_alternates_across_nodes() {
     let c = Cluster::two_nodes("rr").expect("cluster");
-    let (_w1, _w2, d) = web_on_both(&c);
+    let (_w1, _w2, d) = c.web_on_both().expect("deploy");
     let (client_a, _) = c.client(&c.a, "cla", 1).expect("client a");
     let (client_b, _) = c.client(&c.b, "clb", 2).expect("client b");
     // Let IPv6 DAD finish before counting.
@@ -64,7 +51,7 @@ fn round_robin_alternates_across_nodes() {
 #[test]
 fn detached_instance_gets_no_new_flows() {
     let c = Cluster::two_nodes("detach").expect("cluster");
-    let (w1, _w2, d) = web_on_both(&c);
+    let (w1, _w2, d) = c.web_on_both().expect("deploy");
     let (client_a, _) = c.client(&c.a, "cla", 1).expect("client a");
     let (client_b, _) = c.client(&c.b, "clb", 2).expect("client b");
     eventually(Duration::from_secs(10), || client_a.tcp_hello(d.rr.v6)).expect("v6 up on a");

@@ -21,8 +21,8 @@ use tests::cmd::Bg;
 use tests::dig::{dig, Dig};
 use tests::dnswire::{self, Header};
 use tests::{
-    eventually, Cluster, Cluster3, Container, Deployment, DnsConfig, Dual, Instance, Netns, Node,
-    NodeConfig, TCP_PORT, UDP_PORT,
+    eventually, Cluster, Cluster3, Container, DnsConfig, Dual, Instance, Netns, Node, NodeConfig,
+    TCP_PORT, UDP_PORT,
 };
 
 /// The cluster domain (the documented default; the tests do not set it).
@@ -119,18 +119,6 @@ fn assert_negative(d: &Dig, status: &str, what: &str) {
     );
 }
 
-/// Two instances of shop/web (1 on a, 2 on b) serving, and a client on a.
-fn web_on_both(c: &Cluster) -> (Container, Container, Deployment) {
-    let mut w1 = c.container("w1").expect("container");
-    w1.serve("web1").expect("serve");
-    let mut w2 = c.container("w2").expect("container");
-    w2.serve("web2").expect("serve");
-    let d = c
-        .deploy("shop/web", &[(&c.a, &w1, 1), (&c.b, &w2, 2)])
-        .expect("deploy");
-    (w1, w2, d)
-}
-
 // ----------------------------------------------------------------------
 // 1. Every record type, with dig and glibc.
 // ----------------------------------------------------------------------
@@ -138,7 +126,7 @@ fn web_on_both(c: &Cluster) -> (Container, Container, Deployment) {
 #[test]
 fn every_record_type_with_dig_and_glibc() {
     let c = Cluster::two_nodes_with("dnsrec", dns_on).expect("cluster");
-    let (_w1, w2, d) = web_on_both(&c);
+    let (_w1, w2, d) = c.web_on_both().expect("deploy");
     let (cli, _) = c.client(&c.a, "cli", 1).expect("client");
     let svc = c.a.service("shop/web").expect("service");
     let closest = closest_ip(&svc).expect("closest");

@@ -39,13 +39,7 @@ fn state(node: &Node) -> (BTreeSet<String>, BTreeSet<String>, Value) {
 
 fn restart_keeps_state(test: &str, crash: bool) {
     let mut c = Cluster::two_nodes(test).expect("cluster");
-    let mut w1 = c.container("w1").expect("container");
-    w1.serve("web1").expect("serve");
-    let mut w2 = c.container("w2").expect("container");
-    w2.serve("web2").expect("serve");
-    let d = c
-        .deploy("shop/web", &[(&c.a, &w1, 1), (&c.b, &w2, 2)])
-        .expect("deploy");
+    let (_w1, _w2, d) = c.web_on_both().expect("deploy");
     let (client_a, _) = c.client(&c.a, "cla", 1).expect("client a");
     let (client_b, _) = c.client(&c.b, "clb", 2).expect("client b");
     eventually(Duration::from_secs(10), || client_a.tcp_hello(d.rr.v6)).expect("v6 up");

@@ -168,13 +168,7 @@ fn forged_datagram_from_non_member_is_dropped() {
 #[test]
 fn udp_replies_come_from_the_address_the_client_used() {
     let c = Cluster::two_nodes("udpsrc").expect("cluster");
-    let mut w1 = c.container("w1").expect("container");
-    w1.serve("web1").expect("serve");
-    let mut w2 = c.container("w2").expect("container");
-    w2.serve("web2").expect("serve");
-    let d = c
-        .deploy("shop/web", &[(&c.a, &w1, 1), (&c.b, &w2, 2)])
-        .expect("deploy");
+    let (_w1, _w2, d) = c.web_on_both().expect("deploy");
     let (client, _) = c.client(&c.a, "cl", 1).expect("client");
     let started = Instant::now();
     eventually(Duration::from_secs(10), || client.udp_hello(d.rr.v6)).expect("v6 up");

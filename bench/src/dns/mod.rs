@@ -346,14 +346,7 @@ mod tests {
             json: None,
         };
         let r = measure(&args, |_| {}).unwrap();
-        for ph in [
-            &r.resolver_max,
-            &r.echo_max,
-            &r.resolver_paced,
-            &r.echo_paced,
-            &r.resolver_half_target,
-            &r.echo_half_target,
-        ] {
+        for ph in r.phases() {
             let res = &ph.result;
             // Some answers, every one verified; how many depends on how
             // busy the machine is (a paced load runs at half the measured

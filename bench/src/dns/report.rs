@@ -104,6 +104,18 @@ pub struct DnsReport {
 }
 
 impl DnsReport {
+    /// Every measured load, in the order they ran and are printed.
+    pub fn phases(&self) -> [&Phase; 6] {
+        [
+            &self.resolver_max,
+            &self.echo_max,
+            &self.resolver_paced,
+            &self.echo_paced,
+            &self.resolver_half_target,
+            &self.echo_half_target,
+        ]
+    }
+
     /// Fills the ratios, the per-core rate, the targets and the wrong-answer
     /// total from the phases.
     pub fn finish(&mut self) {
@@ -127,14 +139,12 @@ impl DnsReport {
             .server_cpu_percent
             .filter(|c| *c > 0.0)
             .map(|c| self.resolver_max.result.qps / (c / 100.0));
-        self.wrong_answers = [
-            &self.resolver_max,
-            &self.resolver_paced,
-            &self.resolver_half_target,
-        ]
-        .iter()
-        .map(|ph| ph.result.mismatches.total())
-        .sum();
+        self.wrong_answers = self
+            .phases()
+            .iter()
+            .filter(|ph| ph.server == "resolver")
+            .map(|ph| ph.result.mismatches.total())
+            .sum();
         let max = &self.resolver_max.result;
         let max_ok = max.qps >= QPS_TARGET && max.mismatches.total() == 0;
         let p99_target = |asked: &str, r: &LoadResult| {
@@ -210,14 +220,7 @@ pub fn render(r: &DnsReport) -> String {
         "others"
     );
     let _ = writeln!(s, "{}", "-".repeat(30 + 9 * 2 + 6 * 2 + 8 * 4 + 7 * 3 + 11));
-    for ph in [
-        &r.resolver_max,
-        &r.echo_max,
-        &r.resolver_paced,
-        &r.echo_paced,
-        &r.resolver_half_target,
-        &r.echo_half_target,
-    ] {
+    for ph in r.phases() {
         let l = ph.result.latency.as_ref();
         let _ = writeln!(
             s,
