@@ -465,11 +465,28 @@ impl<K: Kernel> Manager<K> {
             (None, Some(0)) => return Err(Error::Invalid("pid must not be 0".to_owned())),
             (None, Some(pid)) => (PathBuf::from(format!("/proc/{pid}/ns/net")), Some(pid)),
         };
+        if let Some(id) = &req.container_id {
+            check_container_id(id)?;
+        }
         let ns_id = self.identify(&netns, pid)?;
         self.check_pinned_range("service_ip", req.service_ip)?;
         self.check_pinned_range("instance_ip", req.instance_ip)?;
 
         let mut table = self.table.lock().await;
+        // A runtime may repeat an ADD (after a timeout, or a restart of its
+        // own): the same container and interface for the same service is
+        // the instance it already has.
+        if let Some(id) = &req.container_id {
+            if let Some(existing) = find_container(&table, id, ifname) {
+                if existing.key.name == name {
+                    return Ok(existing.clone());
+                }
+                return Err(Error::Conflict(format!(
+                    "container {id} interface {ifname} is already attached as instance {}, of another service",
+                    existing.key
+                )));
+            }
+        }
         for other in table.instances.values() {
             if let Placement::Local { netns: path, .. } = &other.placement {
                 let same = path == &netns || self.probe.identify(path).ok() == Some(ns_id);
@@ -528,6 +545,7 @@ impl<K: Kernel> Manager<K> {
                 pid,
                 host_veth: host_veth.clone(),
                 ifname: ifname.to_owned(),
+                container_id: req.container_id.clone(),
             },
         };
         next.instances.insert(key, inst.clone());
@@ -550,6 +568,14 @@ impl<K: Kernel> Manager<K> {
         write_resolv(&self.settings, &inst);
         tracing::info!(instance = %inst.key, ns_addr = %inst.ns_addr.v4, instance_ip = %inst.instance_ip.v4, "attached");
         Ok(inst)
+    }
+
+    /// The local instance a runtime attached as container `container_id`
+    /// with interface `ifname`: how CNI's DEL and CHECK, and CNM's Leave,
+    /// find what they attached without knowing the instance number.
+    pub async fn find_container(&self, container_id: &str, ifname: &str) -> Option<Instance> {
+        let table = self.table.lock().await;
+        find_container(&table, container_id, ifname).cloned()
     }
 
     /// Detaches a local instance: removes its veth, releases its addresses
@@ -1152,6 +1178,29 @@ fn service_name(app: &str, service: &str) -> Result<ServiceName> {
 }
 
 /// Linux interface names: 1..=15 bytes; we also keep to a safe charset.
+/// CNI's rule for container ids: alphanumerics first, then also `_`, `.`
+/// and `-`; capped, since it is stored in the state file.
+fn check_container_id(id: &str) -> Result<()> {
+    let ok = (1..=256).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "container_id {id:?} must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn find_container<'t>(table: &'t Table, container_id: &str, ifname: &str) -> Option<&'t Instance> {
+    table.instances.values().find(|i| {
+        matches!(&i.placement, Placement::Local { container_id: Some(c), ifname: f, .. } if c == container_id && f == ifname)
+    })
+}
+
 fn check_ifname(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15

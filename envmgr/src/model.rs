@@ -143,6 +143,10 @@ pub enum Placement {
         host_veth: String,
         /// The interface name inside the container.
         ifname: String,
+        /// The runtime's id for the container, when a runtime (CNI, CNM)
+        /// attached it; what DEL and GC find it by.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container_id: Option<String>,
     },
     /// Registered by an orchestrator; runs on the named peer node.
     Remote {

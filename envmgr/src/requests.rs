@@ -37,6 +37,12 @@ pub struct AttachRequest {
     /// Pins the instance IP (v4; the v6 mirror follows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_ip: Option<Ipv4Addr>,
+    /// The runtime's id for the container (CNI's `CNI_CONTAINERID`, CNM's
+    /// endpoint id). With it, a repeated attach of the same container and
+    /// `ifname` to the same service returns the existing instance, and the
+    /// runtime can detach by this id alone (`DELETE /v1/attachments?container_id=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// Register an instance that runs on a peer node.

@@ -336,6 +336,7 @@ mod tests {
                 pid: None,
                 host_veth: "pt01234567".into(),
                 ifname: "eth0".into(),
+                container_id: None,
             },
         });
         s.peers.push(Peer {

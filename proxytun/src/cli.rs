@@ -322,6 +322,7 @@ async fn attach(api: &Api, a: AttachArgs) -> anyhow::Result<String> {
         ifname: a.ifname,
         service_ip: a.service_ip,
         instance_ip: a.instance_ip,
+        container_id: None,
     };
     let v = api.post("/v1/attachments", &req).await?;
     if a.json {

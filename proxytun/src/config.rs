@@ -82,6 +82,12 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The admin listener: `/metrics`, `/live`, `/ready`.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Docker's network plugin protocol (CNM remote driver).
+    #[serde(default)]
+    pub cnm: CnmSection,
     /// Peers known from the start (a static cluster); more come via the API.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
@@ -365,13 +371,74 @@ impl Default for DnsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// A `tracing` filter, e.g. `info` or `proxytun=debug`. `RUST_LOG` overrides it.
+    /// `proxytun log-level` changes it while the daemon runs.
     pub level: String,
+    /// `text` for people (the default), `json` (one object a line) for
+    /// log collectors.
+    pub format: LogFormat,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Serve the admin listener at all.
+    pub enable: bool,
+    /// Its TCP address: loopback by default, since metrics show the node's
+    /// topology; put a scraper-reachable address here deliberately.
+    pub listen: SocketAddr,
+}
+
+/// The admin listener's default address.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9110);
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            listen: DEFAULT_ADMIN_LISTEN,
+        }
+    }
+}
+
+/// `[cnm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnmSection {
+    /// Speak Docker's remote network driver protocol. Off by default:
+    /// only nodes that run Docker need it.
+    pub enable: bool,
+    /// The plugin socket; Docker discovers `proxytun` by this file name.
+    pub socket: PathBuf,
+}
+
+/// Where Docker looks for the `proxytun` network plugin.
+pub const DEFAULT_CNM_SOCKET: &str = "/run/docker/plugins/proxytun.sock";
+
+impl Default for CnmSection {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            socket: PathBuf::from(DEFAULT_CNM_SOCKET),
         }
     }
 }
@@ -517,6 +584,23 @@ impl Config {
         }
         if self.tun.name == self.bridge.name {
             return Err(("bridge.name", "must differ from tun.name".into()));
+        }
+        if self.admin.enable && self.admin.listen.port() == 0 {
+            return Err((
+                "admin.listen",
+                "needs a port, e.g. 127.0.0.1:9110 (or admin.enable = false)".into(),
+            ));
+        }
+        if self.cnm.enable {
+            if !self.cnm.socket.is_absolute() {
+                return Err((
+                    "cnm.socket",
+                    format!("{} must be an absolute path", self.cnm.socket.display()),
+                ));
+            }
+            if self.cnm.socket == self.api.socket {
+                return Err(("cnm.socket", "must differ from api.socket".into()));
+            }
         }
         if !(1280..=65535 - 100).contains(&self.tun.mtu) {
             return Err((

@@ -78,6 +78,7 @@ impl Cluster {
             store: None,
             keepalive: None,
             dns: None,
+            extra: String::new(),
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -87,6 +88,7 @@ impl Cluster {
             store: None,
             keepalive: None,
             dns: None,
+            extra: String::new(),
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);

@@ -125,6 +125,7 @@ impl Cluster3 {
                     peer_timeout_ms: PEER_TIMEOUT_MS,
                 }),
                 dns: None,
+                extra: String::new(),
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);

@@ -62,6 +62,10 @@ pub struct NodeConfig {
     pub keepalive: Option<Keepalive>,
     /// The `[dns]` section; `None` writes none (the daemon's defaults).
     pub dns: Option<DnsConfig>,
+    /// Raw TOML appended after the other sections (whole `[section]`s,
+    /// e.g. `"\n[admin]\nlisten = \"127.0.0.1:9110\"\n"`), for the keys a
+    /// test needs that have no field here.
+    pub extra: String,
 }
 
 /// The `[dns]` section of a node: every key is optional in the product, so
@@ -194,6 +198,7 @@ impl NodeConfig {
         if let Some(dns) = &self.dns {
             s.push_str(&dns.render());
         }
+        s.push_str(&self.extra);
         for (name, ep) in &self.peers {
             let _ = write!(s, "\n[[peer]]\nname = \"{name}\"\nendpoint = \"{ep}\"\n");
         }
@@ -697,6 +702,7 @@ mod tests {
             store,
             keepalive,
             dns: None,
+            extra: String::new(),
         }
     }
 

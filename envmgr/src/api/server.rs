@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -27,7 +27,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::kernel::Kernel;
@@ -62,6 +62,16 @@ pub trait DataplaneView: Send + Sync + 'static {
     /// counters; `null` when it does not run.
     fn dns(&self) -> Value {
         Value::Null
+    }
+    /// The log filter in force; `None` when it cannot change at runtime.
+    fn log_level(&self) -> Option<String> {
+        None
+    }
+    /// Replaces the log filter (a `tracing` filter such as `debug` or
+    /// `info,proxytun=trace`); the error says what is wrong with it.
+    fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        let _ = filter;
+        Err("this daemon cannot change its log level at runtime".to_owned())
     }
 }
 
@@ -306,7 +316,11 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         .route("/v1/services/{app}/{service}", get(get_service::<K>))
         .route("/v1/instances", get(list_instances::<K>))
         .route("/v1/instances/{app}/{service}/{n}", get(get_instance::<K>))
-        .route("/v1/attachments", axum::routing::post(attach::<K>))
+        .route(
+            "/v1/attachments",
+            axum::routing::post(attach::<K>).delete(detach_container::<K>),
+        )
+        .route("/v1/log", get(log_level).put(set_log_level))
         .route("/v1/attachments/{app}/{service}/{n}", delete(detach::<K>))
         .route("/v1/remote-instances", axum::routing::post(add_remote::<K>))
         .route(
@@ -535,6 +549,69 @@ async fn detach<K: Kernel>(
     InstancePath(key): InstancePath,
 ) -> ApiResult<Json<Instance>> {
     Ok(Json(s.mgr.detach(&key).await?))
+}
+
+/// Which runtime-attached container `DELETE /v1/attachments` removes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerQuery {
+    container_id: String,
+    #[serde(default)]
+    ifname: Option<String>,
+}
+
+/// Detaches what a runtime attached as `container_id` (and `ifname`,
+/// `eth0` by default): CNI's DEL and CNM's Leave do not know the instance
+/// number. 404 when there is none, which a runtime treats as done.
+async fn detach_container<K: Kernel>(
+    State(s): State<AppState<K>>,
+    query: Result<Query<ContainerQuery>, QueryRejection>,
+) -> ApiResult<Json<Instance>> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::invalid(format!(
+            "{}; write DELETE /v1/attachments?container_id=ID[&ifname=NAME]",
+            e.body_text()
+        ))
+    })?;
+    let ifname = q.ifname.as_deref().unwrap_or("eth0");
+    let inst = s
+        .mgr
+        .find_container(&q.container_id, ifname)
+        .await
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no container {} with interface {ifname} is attached here",
+                q.container_id
+            ))
+        })?;
+    Ok(Json(s.mgr.detach(&inst.key).await?))
+}
+
+/// The log filter in force.
+async fn log_level<K: Kernel>(State(s): State<AppState<K>>) -> ApiResult<Json<Value>> {
+    match s.dp.log_level() {
+        Some(level) => Ok(Json(json!({ "level": level }))),
+        None => Err(ApiError::not_found(
+            "this daemon cannot change its log level at runtime".to_owned(),
+        )),
+    }
+}
+
+/// The body of `PUT /v1/log`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelRequest {
+    level: String,
+}
+
+/// Replaces the log filter without a restart, e.g. `{"level":"debug"}`
+/// or `{"level":"info,proxytun=trace"}`.
+async fn set_log_level<K: Kernel>(
+    State(s): State<AppState<K>>,
+    ApiJson(req): ApiJson<LogLevelRequest>,
+) -> ApiResult<Json<Value>> {
+    s.dp.set_log_level(&req.level).map_err(ApiError::invalid)?;
+    Ok(Json(json!({ "level": req.level })))
 }
 
 async fn add_remote<K: Kernel>(

@@ -83,6 +83,7 @@ fn snapshot(
                     pid: None,
                     host_veth: "ptx".into(),
                     ifname: "eth0".into(),
+                    container_id: None,
                 },
             },
         );

@@ -265,6 +265,7 @@ fn req(app_service: &str, ns: &str) -> AttachRequest {
         ifname: None,
         service_ip: None,
         instance_ip: None,
+        container_id: None,
     }
 }
 
@@ -363,12 +364,14 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
         ifname,
         netns,
         pid,
+        container_id,
     } = &a.placement
     else {
         panic!("local");
     };
     assert_eq!(host_veth, &alloc::host_veth_name(&a.key, &BTreeSet::new()));
     assert_eq!(ifname, "eth0");
+    assert_eq!(container_id, &None);
     assert_eq!(netns, Path::new("/run/netns/a"));
     assert_eq!(*pid, None);
     let attach = h.m.kernel().calls()[1].clone();
@@ -1488,4 +1491,45 @@ async fn resolv_conf_follows_attach_detach_and_restart() {
         !etc.path().join("c1").exists(),
         "removed with its dir on detach"
     );
+}
+
+#[tokio::test]
+async fn a_runtime_attach_is_found_by_container_id_and_repeats_are_idempotent() {
+    let h = H::new().await;
+    h.ns.add("/run/netns/cni-1");
+    h.ns.add("/run/netns/cni-2");
+    let mut r = req("shop/web", "/run/netns/cni-1");
+    r.container_id = Some("abc123".into());
+    let first = h.m.attach(r.clone()).await.expect("attach");
+    let version = h.m.snapshot().version;
+
+    // The runtime repeats its ADD: same instance, nothing changes.
+    let again = h.m.attach(r.clone()).await.expect("repeat");
+    assert_eq!(again, first);
+    assert_eq!(h.m.snapshot().version, version);
+
+    // The same container for another service is a conflict.
+    let mut other = r.clone();
+    other.service = "db".into();
+    let err = h.m.attach(other).await.expect_err("other service");
+    assert!(err.to_string().contains("abc123"), "{err}");
+
+    assert_eq!(
+        h.m.find_container("abc123", "eth0").await.map(|i| i.key),
+        Some(first.key.clone())
+    );
+    assert_eq!(h.m.find_container("abc123", "eth1").await, None);
+    assert_eq!(h.m.find_container("nope", "eth0").await, None);
+
+    // Bad ids are refused before anything happens.
+    for bad in ["", "-lead", "a/b", "x y", &"a".repeat(257)] {
+        let mut r = req("shop/web", "/run/netns/cni-2");
+        r.container_id = Some(bad.to_owned());
+        let err = h.m.attach(r).await.expect_err(bad);
+        assert!(err.to_string().contains("container_id"), "{err}");
+    }
+    assert_eq!(h.m.snapshot().version, version);
+
+    h.m.detach(&first.key).await.expect("detach");
+    assert_eq!(h.m.find_container("abc123", "eth0").await, None);
 }

@@ -99,6 +99,7 @@ mod tests {
             pid: None,
             host_veth: "pt00000001".into(),
             ifname: "eth0".into(),
+            container_id: None,
         };
         let remote = Placement::Remote { node: "b".into() };
         let insts = [
