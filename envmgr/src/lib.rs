@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod api;
 pub mod cluster;
+pub mod cnm;
 pub mod error;
 pub mod kernel;
 pub mod manager;

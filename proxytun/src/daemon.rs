@@ -31,9 +31,12 @@ use envmgr::plan::AddressPlan;
 use envmgr::store::LocalStore;
 use tokio::sync::mpsc;
 
+use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
 use crate::core::Dataplane;
 use crate::dns::{self, DnsStatus};
+use crate::logging::{self, LogHandle};
+use crate::notify;
 use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control, IoCounters};
 use crate::shell::table;
@@ -147,6 +150,11 @@ async fn open_manager(
 
 /// Runs the stack described by `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with_log(config, None).await
+}
+
+/// [`run`], with the handle that changes the log filter at runtime.
+pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let kernel = Netlink::new().context("open a netlink connection")?;
     let (mgr, clustered) = open_manager(&config, kernel).await?;
     let plan = mgr.settings().plan.clone();
@@ -240,6 +248,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let ready = Readiness::default();
+    let admin = if config.admin.enable {
+        let store_mgr = mgr.clone();
+        let sources = MetricsSources {
+            counters: counters.clone(),
+            io: io.clone(),
+            ctrl: handle.sender(),
+            snapshots: mgr.subscribe(),
+            dns: dns.clone(),
+            store: Arc::new(move || store_mgr.store_status()),
+        };
+        let server = AdminServer::start(config.admin.listen, sources, ready.clone())
+            .await
+            .context("start the admin listener (set admin.listen, or admin.enable = false)")?;
+        tracing::info!(listen = %server.local_addr(), "admin listener serving /metrics, /live, /ready");
+        Some(server)
+    } else {
+        None
+    };
+
     let view = Arc::new(
         ShellView::new(
             config.tun.name.clone(),
@@ -250,7 +278,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             io,
             handle.sender(),
         )
-        .with_dns(dns.clone()),
+        .with_dns(dns.clone())
+        .with_log(log),
+    );
+
+    // Every server stops on the same signal: the API, the CNM driver.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let cnm = if config.cnm.enable {
+        let socket = config.cnm.socket.clone();
+        let task = tokio::spawn(envmgr::cnm::serve(
+            socket.clone(),
+            mgr.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        tracing::info!(socket = %socket.display(), "Docker network driver (CNM) listening");
+        Some(task)
+    } else {
+        None
+    };
+
+    let listener = envmgr::api::bind(&config.api.socket)?;
+    let summary = format!(
+        "node {} subnet {} tunnel {} path {}",
+        config.node.name,
+        plan.node_subnet(),
+        bind,
+        handle.path()
     );
     tracing::info!(
         node = %config.node.name,
@@ -260,8 +316,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket = %config.api.socket.display(),
         "proxytun is up"
     );
-    let served =
-        envmgr::api::serve(&config.api.socket, mgr.clone(), view, shutdown_signal()?).await;
+    ready.set(true);
+    notify::ready(&summary);
+    notify::spawn_watchdog();
+    let signal = shutdown_signal()?;
+    let ready_down = ready.clone();
+    tokio::spawn(async move {
+        signal.await;
+        ready_down.set(false);
+        notify::stopping();
+        let _ = stop_tx.send(true);
+    });
+    let served = envmgr::api::serve_on(
+        listener,
+        &config.api.socket,
+        mgr.clone(),
+        view,
+        stopped(stop_rx),
+    )
+    .await;
+    if let Some(task) = cnm {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the CNM driver failed: {e:#}"),
+            Err(e) => tracing::error!("the CNM driver task failed: {e}"),
+        }
+    }
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     handle.stop();
     drop(dns);
     // Stop the sync without revoking the lease: a restart within the lease
@@ -290,29 +373,14 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
 /// Reads the config and runs the daemon; the entry point of `proxytun run`.
 pub fn main(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level);
+    let log = logging::init(&config.log.level, config.log.format)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let result = rt.block_on(run(config));
+    let result = rt.block_on(run_with_log(config, Some(log)));
     rt.shutdown_timeout(Duration::from_secs(2));
     result
-}
-
-fn init_logging(level: &str) {
-    // hickory logs every query it answers at info: a flood of queries must
-    // not become a flood of log lines, so its crates start at warn (a
-    // `log.level` naming them still wins).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn,{level}"
-        ))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -1,7 +1,10 @@
 //! The proxytun dataplane and the node daemon that runs the whole stack.
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod dns;
+pub mod logging;
+pub mod notify;
 pub mod shell;

@@ -13,7 +13,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{Client, ClientError};
-pub use server::{router, serve, ApiError, DataplaneView, BODY_LIMIT};
+pub use server::{bind, router, serve, serve_on, ApiError, DataplaneView, BODY_LIMIT};
 
 #[cfg(test)]
 mod tests;

@@ -353,12 +353,31 @@ pub async fn serve<K: Kernel>(
     dp: Arc<dyn DataplaneView>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listener = bind(socket)?;
+    serve_on(listener, socket, mgr, dp, shutdown).await
+}
+
+/// Binds the API socket (see [`serve`] for the rules), so the caller knows
+/// the API accepts connections before it tells a supervisor it is ready.
+pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     prepare_socket_path(socket)?;
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "management API listening");
+    Ok(listener)
+}
+
+/// Serves the API on a listener from [`bind`] until `shutdown` resolves,
+/// then removes the socket file.
+pub async fn serve_on<K: Kernel>(
+    listener: tokio::net::UnixListener,
+    socket: &Path,
+    mgr: Arc<Manager<K>>,
+    dp: Arc<dyn DataplaneView>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let result = axum::serve(listener, router(mgr, dp))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::core::Counters;
 use crate::dns::DnsStatus;
+use crate::logging::LogHandle;
 use crate::shell::io_loop::{Control, ControlSender, IoCounters};
 
 /// The API's window onto the dataplane.
@@ -29,6 +30,7 @@ pub struct ShellView {
     io: Arc<IoCounters>,
     ctrl: ControlSender,
     dns: Option<Arc<DnsStatus>>,
+    log: Option<LogHandle>,
 }
 
 impl ShellView {
@@ -52,7 +54,14 @@ impl ShellView {
             io,
             ctrl,
             dns: None,
+            log: None,
         }
+    }
+
+    /// Adds the log filter handle, so `proxytun log-level` can change it.
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Adds the resolver, so `status` shows it.
@@ -63,6 +72,17 @@ impl ShellView {
 }
 
 impl DataplaneView for ShellView {
+    fn log_level(&self) -> Option<String> {
+        self.log.as_ref().map(LogHandle::current)
+    }
+
+    fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        match &self.log {
+            Some(log) => log.set(filter),
+            None => Err("this daemon cannot change its log level at runtime".to_owned()),
+        }
+    }
+
     fn dns(&self) -> Value {
         self.dns.as_ref().map_or(Value::Null, |d| d.json())
     }
