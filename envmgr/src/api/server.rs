@@ -389,7 +389,9 @@ pub async fn serve_on<K: Kernel>(
     result.with_context(|| format!("serving the API on {}", socket.display()))
 }
 
-fn prepare_socket_path(socket: &Path) -> anyhow::Result<()> {
+/// Makes `socket` bindable: creates its directory, removes a stale socket
+/// file, refuses a live one or a non-socket file.
+pub(crate) fn prepare_socket_path(socket: &Path) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the socket directory {}", dir.display()))?;
