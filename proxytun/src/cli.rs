@@ -18,7 +18,8 @@ use serde_json::Value;
 /// The commands that talk to a running daemon.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Show this node, the size of its table and the dataplane's state.
+    /// Show this node, its peers with RTT and liveness, the packet path and
+    /// the main counters (like `wg show`).
     Status(Output),
     /// List services with their round-robin ServiceIP and instances.
     Services(Output),
@@ -44,6 +45,11 @@ pub enum ClientCommand {
     /// Register or remove an instance that runs on a peer node.
     #[command(subcommand)]
     Remote(RemoteCommand),
+    /// Show the daemon's log filter, or change it without a restart.
+    LogLevel {
+        /// A `tracing` filter: `debug`, `info,proxytun=trace`, …
+        level: Option<String>,
+    },
 }
 
 /// The output switch shared by the listing commands.
@@ -173,7 +179,27 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> anyhow::Result<()> {
 pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String> {
     let api = Api(Client::new(socket));
     let out = match cmd {
-        ClientCommand::Status(o) => show(api.get("/v1/status").await?, o, format_status)?,
+        ClientCommand::Status(o) => {
+            // One view of the node: the status, plus the peers' health and
+            // the counters (under `peer_table` and `counters` in the JSON).
+            let mut v = api.get("/v1/status").await?;
+            let peers = api.get("/v1/peers").await?;
+            let counters = api.get("/v1/counters").await?;
+            if let Value::Object(m) = &mut v {
+                m.insert("peer_table".into(), peers);
+                m.insert("counters".into(), counters);
+            }
+            show(v, o, format_status)?
+        }
+        ClientCommand::LogLevel { level: None } => {
+            format!("{}\n", text(&api.get("/v1/log").await?["level"]))
+        }
+        ClientCommand::LogLevel { level: Some(level) } => {
+            let v = api
+                .put("/v1/log", &serde_json::json!({ "level": level }))
+                .await?;
+            format!("log level set to {}\n", text(&v["level"]))
+        }
         ClientCommand::Services(o) => show(api.get("/v1/services").await?, o, format_services)?,
         ClientCommand::Instances(o) => show(api.get("/v1/instances").await?, o, format_instances)?,
         ClientCommand::Flows(o) => show(api.get("/v1/flows").await?, o, |v| Ok(format_tables(v)))?,
@@ -263,6 +289,9 @@ impl Api {
         body: &impl serde::Serialize,
     ) -> anyhow::Result<(u16, Value)> {
         check(self.0.post(path, body).await?)
+    }
+    async fn put(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
+        check(self.0.put(path, body).await?).map(|(_, v)| v)
     }
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         check(self.0.delete(path).await?).map(|(_, v)| v)
@@ -469,6 +498,46 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
     if !dp.is_empty() {
         out.push_str("dataplane:\n");
         out.push_str(&format_kv(&dp, "  "));
+    }
+    if let Some(list) = v["peer_table"].as_array().filter(|l| !l.is_empty()) {
+        out.push_str("peers:\n");
+        for line in format_peers(&Value::Array(list.clone()))?.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    let c = &v["counters"];
+    if c.is_object() {
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let drops: u64 = c["drops"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        let rows = vec![
+            (
+                "packets".to_owned(),
+                format!(
+                    "from containers {}, to containers {}, to peers {}, from peers {}",
+                    n("tun_rx"),
+                    n("tun_tx_tun"),
+                    n("tun_tx_peer"),
+                    n("tunnel_rx")
+                ),
+            ),
+            (
+                "flows".to_owned(),
+                format!(
+                    "{} active, {} created",
+                    n("flows_active"),
+                    n("flows_created")
+                ),
+            ),
+            (
+                "drops".to_owned(),
+                format!("{drops} (see `proxytun counters`)"),
+            ),
+        ];
+        out.push_str("counters:\n");
+        out.push_str(&format_kv(&rows, "  "));
     }
     Ok(out)
 }
@@ -759,6 +828,53 @@ mod tests {
             panic!("not detach");
         };
         assert_eq!(instance.to_string(), "shop/web/7");
+    }
+
+    #[test]
+    fn status_shows_peers_path_and_counters() {
+        let v = json!({
+            "node": {"name": "a", "subnet": "10.18.1.0/24", "subnet6": "fdff:18::100/120"},
+            "peers": 1,
+            "dataplane": {"path": "offload (vnet header, UDP GSO/GRO)"},
+            "peer_table": [
+                {"name": "b", "endpoint": "192.0.2.2:50103", "alive": true, "rtt_us": 1250, "last_heard_ms": 300}
+            ],
+            "counters": {"tun_rx": 10, "tun_tx_tun": 9, "tun_tx_peer": 8, "tunnel_rx": 7,
+                         "flows_active": 2, "flows_created": 3, "drops": {"no_flow": 4, "malformed": 1}}
+        });
+        let out = format_status(&v).expect("format");
+        assert!(
+            out.contains("  path  offload (vnet header, UDP GSO/GRO)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("peers:\n  NAME  ENDPOINT         STATE  RTT      LAST HEARD\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  b     192.0.2.2:50103  up     1.25 ms  0.3 s ago\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("packets  from containers 10, to containers 9, to peers 8, from peers 7"),
+            "{out}"
+        );
+        assert!(out.contains("flows    2 active, 3 created"), "{out}");
+        assert!(out.contains("drops    5 "), "{out}");
+    }
+
+    #[test]
+    fn log_level_parses_with_and_without_a_level() {
+        assert!(matches!(
+            parse(&["log-level"]).expect("parses"),
+            ClientCommand::LogLevel { level: None }
+        ));
+        let ClientCommand::LogLevel { level } =
+            parse(&["log-level", "info,proxytun=debug"]).expect("parses")
+        else {
+            panic!("not log-level");
+        };
+        assert_eq!(level.as_deref(), Some("info,proxytun=debug"));
     }
 
     #[test]

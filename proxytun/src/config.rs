@@ -817,6 +817,40 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/proxytun.toml");
+        let c = Config::load(&path).expect("dist/proxytun.toml");
+        assert_eq!(c.node.name, "edge-1");
+        assert!(c.admin.enable && !c.cnm.enable);
+        assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn admin_log_and_cnm_keys_are_checked() {
+        let base = "[node]\nname = \"a\"\nindex = 1\n";
+        let err = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"), Path::new("t.toml"))
+                .expect_err(extra)
+                .to_string()
+        };
+        assert!(err("[log]\nformat = \"yaml\"\n").contains("log.format"));
+        assert!(err("[admin]\nlisten = \"127.0.0.1\"\n").contains("admin.listen"));
+        assert!(err("[admin]\nlisten = \"127.0.0.1:0\"\n").contains("admin.listen"));
+        assert!(err("[cnm]\nenable = true\nsocket = \"rel.sock\"\n").contains("cnm.socket"));
+        assert!(
+            err("[cnm]\nenable = true\nsocket = \"/run/proxytun/api.sock\"\n")
+                .contains("cnm.socket")
+        );
+        let ok = Config::parse(
+            &format!("{base}[log]\nformat = \"json\"\n[admin]\nenable = false\nlisten = \"127.0.0.1:0\"\n"),
+            Path::new("t.toml"),
+        )
+        .expect("json logs, admin off");
+        assert_eq!(ok.log.format, LogFormat::Json);
+    }
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

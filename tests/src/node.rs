@@ -255,6 +255,7 @@ pub struct Node {
     log: PathBuf,
     dir: TempDir,
     host: Netns,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -278,7 +279,15 @@ impl Node {
             config,
             dir,
             host,
+            env: Vec::new(),
         })
+    }
+
+    /// Sets an environment variable for the daemon's next starts (e.g.
+    /// `NOTIFY_SOCKET`, to play systemd).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The host namespace the daemon runs in.
@@ -361,6 +370,9 @@ impl Node {
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             c.env("RUST_LOG", "info");
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
         }
         let child = c
             .spawn()

@@ -109,6 +109,13 @@ impl Client {
             .await
     }
 
+    /// `PUT path` with `body` as JSON.
+    pub async fn put(&self, path: &str, body: &impl Serialize) -> Result<(u16, Value), ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(ClientError::Encode)?;
+        self.request(Method::PUT, path, Some(("application/json", bytes)))
+            .await
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<(u16, Value), ClientError> {
         self.request(Method::DELETE, path, None).await
