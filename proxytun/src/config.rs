@@ -633,17 +633,7 @@ impl Config {
             }
         }
         self.check_dns()?;
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .is_err()
-        {
-            return Err((
-                "log.level",
-                format!("{:?} is not a valid log filter", self.log.level),
-            ));
-        }
+        crate::logging::check_filter(&self.log.level).map_err(|e| ("log.level", e))?;
         let mut names = std::collections::BTreeSet::new();
         for p in &self.peer {
             envmgr::model::check_label("peer", &p.name)

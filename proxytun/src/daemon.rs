@@ -287,15 +287,16 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The driver binds (and reads its networks) before READY, so a bad
+    // socket path or a damaged network file stops the start.
     let cnm = if config.cnm.enable {
         let socket = config.cnm.socket.clone();
-        let task = tokio::spawn(envmgr::cnm::serve(
-            socket.clone(),
-            mgr.clone(),
-            stopped(stop_rx.clone()),
-        ));
-        tracing::info!(socket = %socket.display(), "Docker network driver (CNM) listening");
-        Some(task)
+        let (listener, driver) = envmgr::cnm::bind(&socket, mgr.clone())
+            .context("start the Docker network driver (set cnm.socket, or cnm.enable = false)")?;
+        let stop = stopped(stop_rx.clone());
+        Some(tokio::spawn(async move {
+            envmgr::cnm::serve_on(listener, &socket, driver, stop).await
+        }))
     } else {
         None
     };

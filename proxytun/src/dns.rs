@@ -98,6 +98,12 @@ impl DnsStatus {
         }
     }
 
+    /// The resolver's counters right now, for `/metrics` (the same numbers
+    /// as the `stats` object of [`DnsStatus::json`]).
+    pub fn stats(&self) -> mdns::DnsStats {
+        self.server.stats()
+    }
+
     /// The `dns` object of `GET /v1/status`.
     pub fn json(&self) -> Value {
         let listen: Vec<String> = self

@@ -1,30 +1,346 @@
 //! The daemon's logs: `tracing` to stderr, as text or JSON lines, with a
-//! filter that can be replaced while the daemon runs (`proxytun log-level`).
+//! filter that can be replaced while the daemon runs (`proxytun log-level`,
+//! `PUT /v1/log`).
 //!
-//! PLACEHOLDER BODIES: helper B fills them in; the signatures are the contract.
+//! The filter is an `EnvFilter` inside a `reload` layer, so replacing it is
+//! one swap; the operator's filter is checked before it is swapped in, so a
+//! bad one changes nothing. hickory's crates start at warn (it logs every
+//! query at info: a flood of queries must not become a flood of log lines);
+//! a filter naming them still wins. `RUST_LOG`, when set, replaces the
+//! configured level (as written, without the hickory defaults) until the
+//! level is changed at runtime.
+
+use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
+/// Directives that come before the operator's filter.
+pub const DEFAULT_DIRECTIVES: &str =
+    "hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn";
+
+/// The names a bare directive (one without `=`) may have: the levels.
+const LEVELS: &[&str] = &[
+    "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
+];
+
 /// Changes the log filter of the running daemon; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct LogHandle {}
+#[derive(Clone)]
+pub struct LogHandle {
+    reload: reload::Handle<EnvFilter, Registry>,
+    /// The filter as the operator wrote it (without [`DEFAULT_DIRECTIVES`]).
+    current: Arc<Mutex<String>>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("current", &self.current())
+            .finish_non_exhaustive()
+    }
+}
 
 impl LogHandle {
     /// The filter in force, as the operator wrote it.
     pub fn current(&self) -> String {
-        String::new()
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the filter; the error says what is wrong with `filter`, and
     /// the old filter stays.
     pub fn set(&self, filter: &str) -> Result<(), String> {
-        Err(format!("cannot set {filter:?}: not implemented"))
+        let filter = filter.trim();
+        let env = operator_filter(filter)?;
+        // Hold the lock across the swap so two callers cannot leave the
+        // reported filter and the one in force different.
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        self.reload
+            .reload(env)
+            .map_err(|e| format!("cannot replace the log filter: {e}"))?;
+        *current = filter.to_owned();
+        Ok(())
     }
+}
+
+/// Checks an operator's filter the way [`LogHandle::set`] does, e.g. for
+/// the config's `log.level`: a list of `LEVEL` or `TARGET[span{field}]=LEVEL`
+/// directives separated by commas. A bare word that is not a level (say a
+/// misspelt `debg`) is refused: `tracing` would read it as a target to log
+/// at trace, which is never what was meant.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    operator_filter(filter.trim()).map(|_| ())
+}
+
+/// The `EnvFilter` for an operator's filter, [`DEFAULT_DIRECTIVES`] first.
+fn operator_filter(filter: &str) -> Result<EnvFilter, String> {
+    if filter.is_empty() {
+        return Err(format!(
+            "the log filter is empty; give a level ({}) or TARGET=LEVEL directives",
+            LEVELS[..6].join(", ")
+        ));
+    }
+    for d in directives(filter) {
+        let d = d.trim();
+        if d.is_empty() {
+            return Err(format!(
+                "{filter:?} has an empty directive (two commas in a row?)"
+            ));
+        }
+        if !d.contains('=')
+            && !d.contains('[')
+            && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "{d:?} in {filter:?} is not a level ({}); name a target as TARGET=LEVEL, e.g. proxytun=debug",
+                LEVELS[..6].join(", ")
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(format!("{DEFAULT_DIRECTIVES},{filter}"))
+        .map_err(|e| format!("{filter:?} is not a valid log filter: {e}"))
+}
+
+/// Splits on the commas outside `[...]` and `{...}` (span field filters
+/// may hold commas).
+fn directives(filter: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, ch) in filter.char_indices() {
+        match ch {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                out.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&filter[start..]);
+    out
+}
+
+/// The filter to start with: `RUST_LOG` when set and not empty (as
+/// written), else `level`. Returns the filter and the text `current` reports.
+fn initial_filter(level: &str, rust_log: Option<String>) -> anyhow::Result<(EnvFilter, String)> {
+    match rust_log.filter(|v| !v.trim().is_empty()) {
+        Some(v) => {
+            let env = EnvFilter::builder()
+                .parse(&v)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("RUST_LOG={v:?} is not a valid log filter"))?;
+            Ok((env, v))
+        }
+        None => {
+            let env =
+                operator_filter(level.trim()).map_err(|e| anyhow::anyhow!("log.level: {e}"))?;
+            Ok((env, level.trim().to_owned()))
+        }
+    }
+}
+
+/// The subscriber and its handle, writing to `writer`.
+fn build<W>(
+    level: &str,
+    format: LogFormat,
+    rust_log: Option<String>,
+    writer: W,
+    ansi: bool,
+) -> anyhow::Result<(impl Subscriber + Send + Sync + 'static, LogHandle)>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static + Clone,
+{
+    let (filter, current) = initial_filter(level, rust_log)?;
+    let (filter, reload) = reload::Layer::new(filter);
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(ansi),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(writer)
+                    .with_ansi(false),
+            ),
+        ),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json);
+    let handle = LogHandle {
+        reload,
+        current: Arc::new(Mutex::new(current)),
+    };
+    Ok((subscriber, handle))
 }
 
 /// Installs the global subscriber. `level` is a `tracing` filter
 /// (`RUST_LOG` wins when set); hickory's crates start at warn.
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<LogHandle> {
-    let _ = (level, format);
-    Ok(LogHandle {})
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let ansi = std::io::stderr().is_terminal();
+    let (subscriber, handle) = build(level, format, rust_log, std::io::stderr, ansi)?;
+    subscriber
+        .try_init()
+        .context("install the log subscriber (one is installed already)")?;
+    Ok(handle)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A writer into a shared buffer, to see what was logged.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'w self) -> Buf {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+        }
+    }
+
+    fn emit() {
+        tracing::debug!(target: "proxytun::x", "a debug line");
+        tracing::info!(target: "proxytun::x", "an info line");
+        tracing::info!(target: "hickory_server::server", "a hickory line");
+        tracing::warn!(target: "hickory_server::server", "a hickory warning");
+    }
+
+    #[test]
+    fn set_swaps_the_filter_and_a_bad_one_changes_nothing() {
+        let buf = Buf::default();
+        let (sub, h) = build("info", LogFormat::Text, None, buf.clone(), false).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            assert_eq!(h.current(), "info");
+            emit();
+            let out = buf.take();
+            assert!(out.contains("an info line"), "{out}");
+            assert!(!out.contains("a debug line"), "{out}");
+            assert!(
+                !out.contains("a hickory line"),
+                "hickory starts at warn: {out}"
+            );
+            assert!(out.contains("a hickory warning"), "{out}");
+
+            h.set("debug").unwrap();
+            assert_eq!(h.current(), "debug");
+            emit();
+            let out = buf.take();
+            assert!(out.contains("a debug line"), "{out}");
+            assert!(!out.contains("a hickory line"), "{out}");
+
+            for bad in ["proxytun=loud", "debg", "", "info,,debug", "[[="] {
+                let e = h.set(bad).unwrap_err();
+                assert!(!e.is_empty());
+                assert_eq!(h.current(), "debug", "{bad:?} changed the filter");
+            }
+            let e = h.set("proxytun=loud").unwrap_err();
+            assert!(e.contains("proxytun=loud"), "{e}");
+            let e = h.set("debg").unwrap_err();
+            assert!(e.contains("\"debg\" in \"debg\" is not a level"), "{e}");
+            emit();
+            assert!(buf.take().contains("a debug line"), "the old filter stays");
+
+            // Naming hickory wins over the defaults.
+            h.set("warn,hickory_server=info").unwrap();
+            emit();
+            let out = buf.take();
+            assert!(out.contains("a hickory line"), "{out}");
+            assert!(!out.contains("an info line"), "{out}");
+        });
+    }
+
+    #[test]
+    fn json_lines_parse_and_rust_log_wins() {
+        let buf = Buf::default();
+        let (sub, h) = build(
+            "info",
+            LogFormat::Json,
+            Some("proxytun=debug".into()),
+            buf.clone(),
+            false,
+        )
+        .unwrap();
+        tracing::subscriber::with_default(sub, || {
+            assert_eq!(h.current(), "proxytun=debug");
+            emit();
+        });
+        let out = buf.take();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0]["level"], "DEBUG");
+        assert_eq!(lines[0]["fields"]["message"], "a debug line");
+        assert_eq!(lines[1]["target"], "proxytun::x");
+    }
+
+    #[test]
+    fn bad_start_filters_are_errors() {
+        let e = build("loud", LogFormat::Text, None, Buf::default(), false)
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("log.level"), "{e:#}");
+        let e = build(
+            "info",
+            LogFormat::Text,
+            Some("x=loud".into()),
+            Buf::default(),
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("RUST_LOG"), "{e:#}");
+        // An empty RUST_LOG counts as unset.
+        let (_, h) = build(
+            "warn",
+            LogFormat::Text,
+            Some(" ".into()),
+            Buf::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(h.current(), "warn");
+        assert!(check_filter("info,proxytun::shell[span{a=1}]=trace").is_ok());
+        assert!(check_filter("INFO").is_ok());
+    }
 }

@@ -110,7 +110,11 @@ impl Client {
     }
 
     /// `PUT path` with `body` as JSON.
-    pub async fn put(&self, path: &str, body: &impl Serialize) -> Result<(u16, Value), ClientError> {
+    pub async fn put(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<(u16, Value), ClientError> {
         let bytes = serde_json::to_vec(body).map_err(ClientError::Encode)?;
         self.request(Method::PUT, path, Some(("application/json", bytes)))
             .await

@@ -632,7 +632,8 @@ async fn set_log_level<K: Kernel>(
     ApiJson(req): ApiJson<LogLevelRequest>,
 ) -> ApiResult<Json<Value>> {
     s.dp.set_log_level(&req.level).map_err(ApiError::invalid)?;
-    Ok(Json(json!({ "level": req.level })))
+    let level = s.dp.log_level().unwrap_or(req.level);
+    Ok(Json(json!({ "level": level })))
 }
 
 async fn add_remote<K: Kernel>(

@@ -2,14 +2,24 @@
 //! supervisors and orchestrators, on a TCP address of its own (loopback by
 //! default) so scraping never touches the management socket.
 //!
-//! PLACEHOLDER BODIES: helper B fills them in; the signatures are the contract.
+//! - [`metrics`]: the collector that reads [`MetricsSources`] at each scrape;
+//! - [`server`]: the HTTP routes and the bounded TCP listener.
+//!
+//! The metric names, labels and endpoints are listed in `docs/metrics.md`.
+
+pub mod metrics;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use envmgr::model::Snapshot;
-use tokio::sync::watch;
+use prometheus_client::registry::Registry;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::core::Counters;
 use crate::dns::DnsStatus;
@@ -55,10 +65,15 @@ impl Readiness {
     }
 }
 
+/// How long [`AdminServer::stop`] waits for open connections to finish.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// The running admin listener; dropping it does not stop it, [`AdminServer::stop`] does.
 #[derive(Debug)]
 pub struct AdminServer {
     addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
 impl AdminServer {
@@ -69,8 +84,32 @@ impl AdminServer {
         sources: MetricsSources,
         ready: Readiness,
     ) -> anyhow::Result<AdminServer> {
-        let _ = (sources, ready);
-        Ok(AdminServer { addr: listen })
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind the admin listener on {listen}"))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("read the admin listener's address ({listen})"))?;
+        let ctrl = sources.ctrl.clone();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics::SourcesCollector(sources)));
+        let app = server::router(server::AppState {
+            registry: Arc::new(registry),
+            ready,
+            ctrl,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(server::Bounded::new(listener), app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the admin listener failed");
+            }
+        });
+        Ok(AdminServer { addr, stop, task })
     }
 
     /// The bound address (the port is real when `listen` asked for 0).
@@ -78,6 +117,13 @@ impl AdminServer {
         self.addr
     }
 
-    /// Stops serving and waits for the task.
-    pub async fn stop(self) {}
+    /// Stops serving and waits for the task: open connections get
+    /// [`STOP_GRACE`] to finish, then they are cut.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(STOP_GRACE, self.task).await.is_err() {
+            abort.abort();
+        }
+    }
 }

@@ -103,6 +103,14 @@ pub struct Counters {
     pub tun_tx_peer: AtomicU64,
     /// Datagrams received from the tunnel.
     pub tunnel_rx: AtomicU64,
+    /// Bytes of the IP packets read from the TUN (a super-packet counts whole).
+    pub tun_rx_bytes: AtomicU64,
+    /// Bytes of the IP packets handed back to the TUN (from either input).
+    pub tun_tx_tun_bytes: AtomicU64,
+    /// Bytes of the IP packets sent to peer nodes, before the tunnel header.
+    pub tun_tx_peer_bytes: AtomicU64,
+    /// Bytes of the datagrams received from the tunnel, tunnel header included.
+    pub tunnel_rx_bytes: AtomicU64,
     /// Flows installed.
     pub flows_created: AtomicU64,
     /// Keepalive pings written for peers.
@@ -133,6 +141,10 @@ impl Counters {
             tun_tx_tun: get(&self.tun_tx_tun),
             tun_tx_peer: get(&self.tun_tx_peer),
             tunnel_rx: get(&self.tunnel_rx),
+            tun_rx_bytes: get(&self.tun_rx_bytes),
+            tun_tx_tun_bytes: get(&self.tun_tx_tun_bytes),
+            tun_tx_peer_bytes: get(&self.tun_tx_peer_bytes),
+            tunnel_rx_bytes: get(&self.tunnel_rx_bytes),
             flows_created: get(&self.flows_created),
             keepalive_pings_tx: get(&self.keepalive_pings_tx),
             keepalive_pings_rx: get(&self.keepalive_pings_rx),
@@ -150,6 +162,11 @@ pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Adds a length to a byte counter (relaxed, like [`inc`]).
+pub(crate) fn add_len(c: &AtomicU64, len: usize) {
+    c.fetch_add(len as u64, Ordering::Relaxed);
+}
+
 /// A copy of [`Counters`] at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CountersSnapshot {
@@ -161,6 +178,14 @@ pub struct CountersSnapshot {
     pub tun_tx_peer: u64,
     /// Datagrams received from the tunnel.
     pub tunnel_rx: u64,
+    /// Bytes read from the TUN.
+    pub tun_rx_bytes: u64,
+    /// Bytes handed back to the TUN.
+    pub tun_tx_tun_bytes: u64,
+    /// Bytes of IP packets sent to peer nodes (tunnel header not included).
+    pub tun_tx_peer_bytes: u64,
+    /// Bytes of tunnel datagrams received (tunnel header included).
+    pub tunnel_rx_bytes: u64,
     /// Flows installed.
     pub flows_created: u64,
     /// Keepalive pings written for peers.

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::counters::{inc, Counters, DropReason};
+use super::counters::{add_len, inc, Counters, DropReason};
 use super::flow::{min_opt, Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable, FlowView};
 use super::health::{PeerHealthView, Peers};
 use super::keepalive::{self, Kind};
@@ -222,13 +222,18 @@ impl Dataplane {
     /// Handles a packet read from the TUN; see [`TunVerdict`].
     pub fn handle_tun(&mut self, pkt: &mut [u8], now: Instant) -> TunVerdict {
         inc(&self.counters.tun_rx);
+        // The rewrite changes no length, so the length read is the length written.
+        let len = pkt.len();
+        add_len(&self.counters.tun_rx_bytes, len);
         match self.tun_input(pkt, now) {
             Ok(None) => {
                 inc(&self.counters.tun_tx_tun);
+                add_len(&self.counters.tun_tx_tun_bytes, len);
                 TunVerdict::Tun
             }
             Ok(Some(peer)) => {
                 inc(&self.counters.tun_tx_peer);
+                add_len(&self.counters.tun_tx_peer_bytes, len);
                 TunVerdict::Peer(peer)
             }
             Err(reason) => {
@@ -246,6 +251,7 @@ impl Dataplane {
         now: Instant,
     ) -> NetVerdict {
         inc(&self.counters.tunnel_rx);
+        add_len(&self.counters.tunnel_rx_bytes, dgram.len());
         let result = match tunnel::parse_header(dgram) {
             Ok(MsgType::Data) => self
                 .tunnel_input(from, dgram, now)
@@ -256,7 +262,13 @@ impl Dataplane {
         match result {
             Ok(v) => {
                 match v {
-                    NetVerdict::Tun => inc(&self.counters.tun_tx_tun),
+                    NetVerdict::Tun => {
+                        inc(&self.counters.tun_tx_tun);
+                        add_len(
+                            &self.counters.tun_tx_tun_bytes,
+                            dgram.len().saturating_sub(HEADER_LEN),
+                        );
+                    }
                     NetVerdict::Reply(_) => inc(&self.counters.keepalive_pings_rx),
                     NetVerdict::Done => inc(&self.counters.keepalive_pongs_rx),
                     NetVerdict::Drop(_) => {}

@@ -25,7 +25,7 @@
 //! it once wakes both, and they leave at their next turn.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,6 +97,18 @@ pub(super) struct Shared {
     pub(super) offload: TunOffload,
     pub(super) socket: TunnelSocket,
     pub(super) misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
+    /// Packet threads still running: each holds a [`Running`] guard that
+    /// counts down when its thread returns or panics.
+    running: AtomicUsize,
+}
+
+/// Counts a packet thread out of [`Shared::running`] when it ends, however it ends.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -185,6 +197,12 @@ pub struct ControlSender {
 }
 
 impl ControlSender {
+    /// Whether both packet threads still run: what `/live` reports, since a
+    /// daemon whose packet thread died forwards nothing.
+    pub fn threads_alive(&self) -> bool {
+        self.shared.running.load(Ordering::SeqCst) == 2
+    }
+
     /// Each peer endpoint's keepalive health, read under the core's lock
     /// (held only to copy it out).
     pub fn peers(&self) -> Vec<PeerHealthView> {
@@ -275,19 +293,22 @@ pub fn spawn(
         offload,
         socket,
         misses,
+        running: AtomicUsize::new(0),
     });
     let mut threads = Vec::new();
-    let s = shared.clone();
+    shared.running.fetch_add(1, Ordering::SeqCst);
+    let guard = Running(shared.clone());
     threads.push(
         std::thread::Builder::new()
             .name("egress".into())
-            .spawn(move || super::egress::run(&s))
+            .spawn(move || super::egress::run(&guard.0))
             .context("spawn the egress thread")?,
     );
-    let s = shared.clone();
+    shared.running.fetch_add(1, Ordering::SeqCst);
+    let guard = Running(shared.clone());
     let ingress = std::thread::Builder::new()
         .name("ingress".into())
-        .spawn(move || super::ingress::run(&s));
+        .spawn(move || super::ingress::run(&guard.0));
     let ctrl = ControlSender { shared };
     match ingress {
         Ok(t) => threads.push(t),

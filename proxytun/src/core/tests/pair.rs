@@ -96,6 +96,19 @@ fn client_on_a_server_on_b_and_back() {
             assert_balanced(&p.b);
             let sa = p.a.counters().snapshot();
             assert_eq!((sa.tun_tx_peer, sa.tunnel_rx, sa.tun_tx_tun), (1, 1, 1));
+            // Bytes: the request left A whole (no tunnel header counted), the
+            // reply came in with its header and went to A's TUN without it.
+            let (req, rep) = (out.len() as u64, back.len() as u64);
+            assert_eq!(sa.tun_rx_bytes, req);
+            assert_eq!(sa.tun_tx_peer_bytes, req);
+            assert_eq!(sa.tunnel_rx_bytes, rep + HEADER_LEN as u64);
+            assert_eq!(sa.tun_tx_tun_bytes, rep);
+            let sb = p.b.counters().snapshot();
+            assert_eq!(sb.tunnel_rx_bytes, req + HEADER_LEN as u64);
+            assert_eq!(
+                (sb.tun_tx_tun_bytes, sb.tun_rx_bytes, sb.tun_tx_peer_bytes),
+                (req, rep, rep)
+            );
         }
     }
 }
