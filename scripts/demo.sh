@@ -329,5 +329,15 @@ show pt a flows
 step "proxytun counters (node a)"
 show pt a counters
 
+step "health and Prometheus metrics (node a's admin listener, 127.0.0.1:9110 in its namespace)"
+show in_ns "${P}a" curl -sf http://127.0.0.1:9110/live
+show in_ns "${P}a" curl -sf http://127.0.0.1:9110/ready
+note "a few of the series (curl -s http://127.0.0.1:9110/metrics):"
+metrics=$(in_ns "${P}a" curl -sf http://127.0.0.1:9110/metrics)
+grep -E '^proxytun_(packets_total|bytes_total|flows_created_total|peer_up|peer_rtt_seconds|dns_answers_total)' <<<"$metrics" ||
+    die "no proxytun series in /metrics"
+grep -qE '^proxytun_flows_created_total [1-9]' <<<"$metrics" ||
+    die "the metrics show no flows after the traffic above"
+
 STEP="teardown"
 heading "demo finished: all steps passed"
