@@ -30,6 +30,7 @@ pub mod linkdelay;
 pub mod model;
 pub mod netns;
 pub mod node;
+pub mod podman;
 
 use std::path::PathBuf;
 use std::thread;

@@ -82,11 +82,11 @@ fn metrics_endpoints_and_logs() {
     let (client, _) = c.client(&c.a, "cl", 1).expect("client");
 
     // Liveness and readiness.
-    assert_eq!(curl(&c.a, "GET", "/live").unwrap(), (200, "ok\n".into()));
-    assert_eq!(curl(&c.a, "GET", "/ready").unwrap().0, 200);
-    assert_eq!(curl(&c.a, "GET", "/nope").unwrap().0, 404);
-    assert_eq!(curl(&c.a, "POST", "/metrics").unwrap().0, 405);
-    assert_eq!(curl(&c.a, "DELETE", "/ready").unwrap().0, 405);
+    assert_eq!(curl(&c.a, "GET", "/live").expect("curl"), (200, "ok\n".into()));
+    assert_eq!(curl(&c.a, "GET", "/ready").expect("curl").0, 200);
+    assert_eq!(curl(&c.a, "GET", "/nope").expect("curl").0, 404);
+    assert_eq!(curl(&c.a, "POST", "/metrics").expect("curl").0, 405);
+    assert_eq!(curl(&c.a, "DELETE", "/ready").expect("curl").0, 405);
 
     // Traffic through the ServiceIP: hellos (one flow each) and a bulk send.
     let before = scrape(&c.a).expect("first scrape");

@@ -22,8 +22,8 @@ fn unit_text() -> String {
 /// The value of `key=` in the unit (the last one wins, as in systemd).
 fn unit_value(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
         .map(str::to_owned)
 }
 
