@@ -82,7 +82,10 @@ fn metrics_endpoints_and_logs() {
     let (client, _) = c.client(&c.a, "cl", 1).expect("client");
 
     // Liveness and readiness.
-    assert_eq!(curl(&c.a, "GET", "/live").expect("curl"), (200, "ok\n".into()));
+    assert_eq!(
+        curl(&c.a, "GET", "/live").expect("curl"),
+        (200, "ok\n".into())
+    );
     assert_eq!(curl(&c.a, "GET", "/ready").expect("curl").0, 200);
     assert_eq!(curl(&c.a, "GET", "/nope").expect("curl").0, 404);
     assert_eq!(curl(&c.a, "POST", "/metrics").expect("curl").0, 405);
