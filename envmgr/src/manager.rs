@@ -27,8 +27,8 @@ use crate::alloc;
 use crate::error::{Error, Result};
 use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
 use crate::model::{
-    check_label, DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName,
-    Snapshot,
+    check_label, check_runtime_id, DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement,
+    Service, ServiceName, Snapshot,
 };
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, ClusterView, Registry};
@@ -466,7 +466,7 @@ impl<K: Kernel> Manager<K> {
             (None, Some(pid)) => (PathBuf::from(format!("/proc/{pid}/ns/net")), Some(pid)),
         };
         if let Some(id) = &req.container_id {
-            check_container_id(id)?;
+            check_runtime_id("container_id", id).map_err(|e| Error::Invalid(e.to_string()))?;
         }
         let ns_id = self.identify(&netns, pid)?;
         self.check_pinned_range("service_ip", req.service_ip)?;
@@ -1177,30 +1177,14 @@ fn service_name(app: &str, service: &str) -> Result<ServiceName> {
     ServiceName::new(app, service).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// Linux interface names: 1..=15 bytes; we also keep to a safe charset.
-/// CNI's rule for container ids: alphanumerics first, then also `_`, `.`
-/// and `-`; capped, since it is stored in the state file.
-fn check_container_id(id: &str) -> Result<()> {
-    let ok = (1..=256).contains(&id.len())
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "container_id {id:?} must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or digit"
-        )))
-    }
-}
-
+/// The local instance a runtime attached as `container_id` on `ifname`.
 fn find_container<'t>(table: &'t Table, container_id: &str, ifname: &str) -> Option<&'t Instance> {
     table.instances.values().find(|i| {
         matches!(&i.placement, Placement::Local { container_id: Some(c), ifname: f, .. } if c == container_id && f == ifname)
     })
 }
 
+/// Linux interface names: 1..=15 bytes; we also keep to a safe charset.
 fn check_ifname(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15

@@ -25,6 +25,26 @@ pub struct NameError {
     pub rule: &'static str,
 }
 
+/// Checks a runtime's id for a container (CNI's `CNI_CONTAINERID`, Docker's
+/// network and endpoint ids) by CNI's rule: a letter or digit, then also
+/// `_`, `.` and `-`, at most 256 characters, since it is stored in the state.
+pub fn check_runtime_id(what: &'static str, value: &str) -> Result<(), NameError> {
+    let ok = (1..=256).contains(&value.len())
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError {
+            what,
+            value: value.to_owned(),
+            rule: "must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+        })
+    }
+}
+
 /// Names become DNS labels (`<service>.<app>.svc.<domain>`), so they follow
 /// the DNS label rule from the start rather than being mangled later.
 pub fn check_label(what: &'static str, value: &str) -> Result<(), NameError> {

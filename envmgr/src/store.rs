@@ -193,6 +193,8 @@ impl LocalStore {
         self.dir.join(STATE_FILE)
     }
 
+    /// Where [`write_atomic`] writes before the rename.
+    #[cfg(test)]
     fn tmp_path(&self) -> PathBuf {
         self.dir.join(format!("{STATE_FILE}.tmp"))
     }
@@ -237,44 +239,72 @@ impl LocalStore {
     /// Writes the state atomically: `state.json.tmp`, fsync, rename over
     /// `state.json`, fsync the directory.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let io_err = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         create_dir(&self.dir)?;
         let path = self.path();
-        let tmp = self.tmp_path();
         let mut json = serde_json::to_vec_pretty(state).map_err(|source| StoreError::Encode {
             path: path.clone(),
             source,
         })?;
         json.push(b'\n');
-        let write = || -> Result<(), StoreError> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            f.write_all(&json).map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fsync directory", &self.dir))
-        };
-        let result = write();
-        if result.is_err() {
-            // Leave no half-written temp file behind; the real file is intact.
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&path, &json).map_err(|e| StoreError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        })
     }
+}
+
+/// A step of [`write_atomic`] that failed.
+#[derive(Debug)]
+pub struct WriteError {
+    /// What was being done, e.g. `fsync`.
+    pub action: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// Replaces `path` with `bytes` so that pulling the power at any point
+/// leaves the old file or the new one, never a mix: `<path>.tmp` (mode
+/// 0600), fsync, rename over `path`, fsync the directory. A failed write
+/// removes its temp file; the real file is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let err = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| WriteError {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let write = || -> Result<(), WriteError> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err("create", &tmp))?;
+        f.write_all(bytes).map_err(err("write", &tmp))?;
+        f.sync_all().map_err(err("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(err("rename into place", path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("fsync directory", &dir))
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn create_dir(dir: &Path) -> Result<(), StoreError> {

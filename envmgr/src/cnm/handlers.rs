@@ -476,19 +476,8 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CnmError> {
     })
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), CnmError> {
-    let ok = (1..=256).contains(&id.len())
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CnmError::BadRequest(format!(
-            "{what} {id:?} must be 1 to 256 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or digit"
-        )))
-    }
+fn check_id(what: &'static str, id: &str) -> Result<(), CnmError> {
+    crate::model::check_runtime_id(what, id).map_err(|e| CnmError::BadRequest(e.to_string()))
 }
 
 fn check_ids(network_id: &str, endpoint_id: &str) -> Result<(), CnmError> {

@@ -4,14 +4,15 @@
 //! would break every later `docker run --network` on it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::write_atomic;
 
 /// The file name inside the manager's state directory.
 pub const NETWORKS_FILE: &str = "cnm-networks.json";
@@ -176,27 +177,11 @@ impl Networks {
             reason: format!("encoding: {e}"),
         })?;
         json.push(b'\n');
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> Result<(), NetworksError> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            f.write_all(&json).map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-            fs::rename(&tmp, &self.path).map_err(io_err("rename into place", &self.path))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fsync directory", &dir))
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&self.path, &json).map_err(|e| NetworksError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 
