@@ -14,9 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use envmgr::api::client::{Client, ClientError};
-use envmgr::model::{Instance, InstanceKey, NodeInfo, Placement, ServiceName};
+use envmgr::model::{Instance, NodeInfo, ServiceName};
 use envmgr::requests::AttachRequest;
-use envmgr::resolv::ResolvConf;
+use envmgr::resolv::{search_list, OPTIONS};
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -176,12 +176,8 @@ fn result_for(
         CniError::new(code::IO, "the daemon's status has no usable `node`")
             .with_details(e.to_string())
     })?;
-    let gw4 = IpAddr::V4(Ipv4Addr::from(
-        u32::from(node.subnet.network()).wrapping_add(1),
-    ));
-    let gw6 = IpAddr::V6(Ipv6Addr::from(
-        u128::from(node.subnet6.network()).wrapping_add(1),
-    ));
+    let gw = envmgr::plan::gateway_of(node.subnet, node.subnet6);
+    let (gw4, gw6) = (IpAddr::V4(gw.v4), IpAddr::V6(gw.v6));
     let net = |a: IpAddr, len: u8| {
         IpNet::new(a, len).map_err(|e| CniError::new(code::IO, format!("prefix: {e}")))
     };
@@ -226,11 +222,11 @@ fn result_for(
 }
 
 /// The DNS part of a result from the status' `dns` object (`null` when
-/// the resolver is off): the same text `ResolvConf` renders, read back.
+/// the resolver is off): the values `ResolvConf` writes for a named netns.
 fn dns_for(status: &Value, name: &ServiceName) -> Option<Dns> {
     let dns = status.get("dns").filter(|d| !d.is_null())?;
-    let domain = dns["domain"].as_str()?.to_owned();
-    let nameservers: Vec<IpAddr> = dns["listen"]
+    let domain = dns["domain"].as_str()?;
+    let nameservers: Vec<String> = dns["listen"]
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
@@ -239,18 +235,15 @@ fn dns_for(status: &Value, name: &ServiceName) -> Option<Dns> {
                 .map(|a| a.ip())
                 .or_else(|_| s.parse::<IpAddr>())
                 .ok()
+                .map(|ip| ip.to_string())
         })
         .collect();
-    let conf = ResolvConf {
+    Some(Dns {
         nameservers,
-        domain,
-        etc_netns: std::path::PathBuf::new(),
-    };
-    let key = InstanceKey {
-        name: name.clone(),
-        number: 0,
-    };
-    Some(Dns::from_resolv_conf(&conf.render(&key)))
+        domain: None,
+        search: search_list(domain, &name.app),
+        options: OPTIONS.iter().map(|o| (*o).to_owned()).collect(),
+    })
 }
 
 /// DEL: detach by container id and interface. Idempotent: nothing attached
@@ -421,18 +414,13 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let client = Client::new(&conf.socket);
     let mut failures = Vec::new();
     for inst in list_instances(&client, &conf.socket).await? {
-        let Placement::Local {
-            container_id: Some(cid),
-            ifname,
-            ..
-        } = &inst.placement
-        else {
+        let Some((cid, ifname)) = inst.placement.runtime_attachment() else {
             continue;
         };
         if &inst.key.name.app != app || service.is_some_and(|s| &inst.key.name.service != s) {
             continue;
         }
-        if valid.contains(&(cid.as_str(), ifname.as_str())) {
+        if valid.contains(&(cid, ifname)) {
             continue;
         }
         if let Err(e) = detach(&client, &conf.socket, cid, ifname).await {
@@ -484,10 +472,10 @@ async fn find_container(
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<Instance>, CniError> {
-    Ok(list_instances(client, socket).await?.into_iter().find(|i| {
-        matches!(&i.placement, Placement::Local { container_id: Some(c), ifname: f, .. }
-            if c == container_id && f == ifname)
-    }))
+    Ok(list_instances(client, socket)
+        .await?
+        .into_iter()
+        .find(|i| i.placement.runtime_attachment() == Some((container_id, ifname))))
 }
 
 /// The daemon could not be asked: `code` (11 for ADD/DEL, so the runtime

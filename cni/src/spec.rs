@@ -618,26 +618,6 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
-impl Dns {
-    /// Reads the directives of a resolv.conf text (what
-    /// `envmgr::resolv::ResolvConf::render` writes), so the result carries
-    /// exactly what the daemon would write for a named netns.
-    pub fn from_resolv_conf(text: &str) -> Self {
-        let mut d = Self::default();
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => d.nameservers.extend(words.map(str::to_owned)),
-                Some("search") => d.search.extend(words.map(str::to_owned)),
-                Some("domain") => d.domain = words.next().map(str::to_owned),
-                Some("options") => d.options.extend(words.map(str::to_owned)),
-                _ => {}
-            }
-        }
-        d
-    }
-}
-
 /// A CNI result (ADD's output, CHECK's `prevResult`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniResult {
@@ -861,21 +841,6 @@ mod tests {
             bad.selection(&CniArgs::default()).expect_err("upper").code,
             code::INVALID_NETCONF
         );
-    }
-
-    #[test]
-    fn dns_reads_what_resolv_conf_renders() {
-        let d = Dns::from_resolv_conf(
-            "# written by proxytun\nnameserver 10.18.1.1\nnameserver fdff:18::101\n\
-             search shop.svc.cluster.internal svc.cluster.internal\noptions ndots:2\n",
-        );
-        assert_eq!(d.nameservers, vec!["10.18.1.1", "fdff:18::101"]);
-        assert_eq!(
-            d.search,
-            vec!["shop.svc.cluster.internal", "svc.cluster.internal"]
-        );
-        assert_eq!(d.options, vec!["ndots:2"]);
-        assert_eq!(d.domain, None);
     }
 
     #[test]

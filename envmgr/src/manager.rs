@@ -1179,9 +1179,10 @@ fn service_name(app: &str, service: &str) -> Result<ServiceName> {
 
 /// The local instance a runtime attached as `container_id` on `ifname`.
 fn find_container<'t>(table: &'t Table, container_id: &str, ifname: &str) -> Option<&'t Instance> {
-    table.instances.values().find(|i| {
-        matches!(&i.placement, Placement::Local { container_id: Some(c), ifname: f, .. } if c == container_id && f == ifname)
-    })
+    table
+        .instances
+        .values()
+        .find(|i| i.placement.runtime_attachment() == Some((container_id, ifname)))
 }
 
 /// Linux interface names: 1..=15 bytes; we also keep to a safe charset.

@@ -175,6 +175,22 @@ pub enum Placement {
     },
 }
 
+impl Placement {
+    /// The runtime's container id and the interface, for a local
+    /// attachment a runtime (CNI, CNM) made: what DEL, GC and Leave find
+    /// it by.
+    pub fn runtime_attachment(&self) -> Option<(&str, &str)> {
+        match self {
+            Placement::Local {
+                container_id: Some(c),
+                ifname,
+                ..
+            } => Some((c, ifname)),
+            _ => None,
+        }
+    }
+}
+
 /// One instance of a service: a container somewhere in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -152,8 +152,7 @@ impl AddressPlan {
 
     /// The bridge's (gateway's) addresses: the first host of the subnet.
     pub fn gateway(&self) -> DualAddr {
-        let v4 = offset4(self.node_subnet().network(), 1);
-        self.cluster_pair(v4)
+        gateway_of(self.node_subnet(), self.node_subnet6())
     }
 
     /// The block of the ServiceIP range this node allocates from.
@@ -197,6 +196,17 @@ fn nth_subnet(range: Ipv4Net, prefix: u8, n: u32) -> Ipv4Net {
 
 fn offset4(a: Ipv4Addr, k: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(a).wrapping_add(k))
+}
+
+/// The gateway of a node subnet pair: the first address of each (the
+/// bridge's), for whoever knows the subnets but not the whole plan (the
+/// CNI plugin reads them from `GET /v1/status`).
+pub fn gateway_of(subnet: Ipv4Net, subnet6: Ipv6Net) -> DualAddr {
+    let v4 = offset4(subnet.network(), 1);
+    DualAddr {
+        v4,
+        v6: mirror(subnet, subnet6, v4),
+    }
 }
 
 /// The v6 address at the same offset in `r6` as `a` has in `r4`.

@@ -17,6 +17,17 @@ use crate::model::InstanceKey;
 /// The first line of every file we write: we only ever remove our own.
 const MARK: &str = "# written by proxytun";
 
+/// The resolver options: `ndots:2` tries the search list first for short
+/// names like `web.shop`, so they never wait for an upstream's NXDOMAIN.
+pub const OPTIONS: &[&str] = &["ndots:2"];
+
+/// The search list for a container of `app` under `domain`: its own app's
+/// services first (`web`), then every app's (`web.shop`). The CNI plugin
+/// puts the same list in its result.
+pub fn search_list(domain: &str, app: &str) -> Vec<String> {
+    vec![format!("{app}.svc.{domain}"), format!("svc.{domain}")]
+}
+
 /// What goes into a container's resolv.conf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvConf {
@@ -39,9 +50,12 @@ impl ResolvConf {
         for ns in &self.nameservers {
             let _ = writeln!(s, "nameserver {ns}");
         }
-        let d = &self.domain;
-        let _ = writeln!(s, "search {}.svc.{d} svc.{d}", key.name.app);
-        s.push_str("options ndots:2\n");
+        let _ = writeln!(
+            s,
+            "search {}",
+            search_list(&self.domain, &key.name.app).join(" ")
+        );
+        let _ = writeln!(s, "options {}", OPTIONS.join(" "));
         s
     }
 

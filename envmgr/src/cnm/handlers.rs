@@ -361,9 +361,7 @@ impl<K: Kernel> Driver<K> {
             .snapshot()
             .instances
             .values()
-            .filter(|i| {
-                matches!(&i.placement, Placement::Local { container_id: Some(c), .. } if c == eid)
-            })
+            .filter(|i| i.placement.runtime_attachment().map(|(c, _)| c) == Some(eid))
             .cloned()
             .collect()
     }

@@ -9,8 +9,6 @@
 //! ([`Readings::encode`]) so the text can be checked for known numbers
 //! without a running dataplane.
 
-use std::sync::atomic::Ordering;
-
 use envmgr::model::Snapshot;
 use mdns::DnsStats;
 use prometheus_client::collector::Collector;
@@ -22,60 +20,13 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::MetricsSources;
 use crate::core::{CountersSnapshot, PeerHealthView};
-use crate::shell::io_loop::IoCounters;
+use crate::shell::io_loop::IoReadings;
 
 /// The version the `proxytun_build_info` gauge reports.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The content type of `/metrics` (OpenMetrics text, which Prometheus asks for).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The I/O shell's numbers, copied out of [`IoCounters`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IoReadings {
-    /// Datagrams sent to peers (after segmenting super-packets).
-    pub tunnel_tx: u64,
-    /// Send system calls that carried several datagrams (UDP GSO).
-    pub gso_sends: u64,
-    /// Keepalive pings and pongs sent.
-    pub keepalive_tx: u64,
-    /// Misses the control plane's channel could not take.
-    pub misses_lost: u64,
-    /// Flows in the table (gauge).
-    pub flows_active: u64,
-    /// Reply-cache entries (gauge).
-    pub replies_active: u64,
-    /// Failed TUN reads.
-    pub tun_read_errors: u64,
-    /// Failed TUN writes.
-    pub tun_write_errors: u64,
-    /// Refused tunnel sends.
-    pub send_errors: u64,
-    /// Failed tunnel receives.
-    pub recv_errors: u64,
-    /// Unusable offload metadata.
-    pub offload_errors: u64,
-}
-
-impl IoReadings {
-    /// Relaxed loads of every I/O counter.
-    pub fn read(io: &IoCounters) -> Self {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        Self {
-            tunnel_tx: get(&io.tunnel_tx),
-            gso_sends: get(&io.gso_sends),
-            keepalive_tx: get(&io.keepalive_tx),
-            misses_lost: get(&io.misses_lost),
-            flows_active: get(&io.flows_active),
-            replies_active: get(&io.replies_active),
-            tun_read_errors: get(&io.tun_read_errors),
-            tun_write_errors: get(&io.tun_write_errors),
-            send_errors: get(&io.send_errors),
-            recv_errors: get(&io.recv_errors),
-            offload_errors: get(&io.offload_errors),
-        }
-    }
-}
 
 /// Sizes of the node's table, from the latest snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -568,6 +519,8 @@ mod tests {
 
     use super::*;
     use crate::core::{Counters, DropReason};
+    use crate::shell::io_loop::IoCounters;
+    use std::sync::atomic::Ordering;
 
     /// The text's samples: full sample name with labels -> value.
     fn samples(text: &str) -> BTreeMap<String, String> {

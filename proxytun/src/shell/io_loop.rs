@@ -88,6 +88,57 @@ impl IoCounters {
     }
 }
 
+/// The I/O shell's numbers, copied out of [`IoCounters`] for the API's
+/// counters and the metrics (the field names are the API's keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IoReadings {
+    /// Datagrams sent to peers (after segmenting super-packets).
+    pub tunnel_tx: u64,
+    /// Send system calls that carried several datagrams (UDP GSO).
+    #[serde(rename = "tunnel_gso_sends")]
+    pub gso_sends: u64,
+    /// Keepalive pings and pongs sent.
+    pub keepalive_tx: u64,
+    /// Misses the control plane's channel could not take.
+    pub misses_lost: u64,
+    /// Flows in the table (gauge).
+    pub flows_active: u64,
+    /// Reply-cache entries (gauge).
+    pub replies_active: u64,
+    /// Failed TUN reads.
+    pub tun_read_errors: u64,
+    /// Failed TUN writes.
+    pub tun_write_errors: u64,
+    /// Refused tunnel sends.
+    #[serde(rename = "tunnel_send_errors")]
+    pub send_errors: u64,
+    /// Failed tunnel receives.
+    #[serde(rename = "tunnel_recv_errors")]
+    pub recv_errors: u64,
+    /// Unusable offload metadata.
+    pub offload_errors: u64,
+}
+
+impl IoReadings {
+    /// Relaxed loads of every I/O counter.
+    pub fn read(io: &IoCounters) -> Self {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Self {
+            tunnel_tx: get(&io.tunnel_tx),
+            gso_sends: get(&io.gso_sends),
+            keepalive_tx: get(&io.keepalive_tx),
+            misses_lost: get(&io.misses_lost),
+            flows_active: get(&io.flows_active),
+            replies_active: get(&io.replies_active),
+            tun_read_errors: get(&io.tun_read_errors),
+            tun_write_errors: get(&io.tun_write_errors),
+            send_errors: get(&io.send_errors),
+            recv_errors: get(&io.recv_errors),
+            offload_errors: get(&io.offload_errors),
+        }
+    }
+}
+
 /// What both direction threads share.
 pub(super) struct Shared {
     core: Mutex<Dataplane>,

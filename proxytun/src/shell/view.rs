@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::core::Counters;
 use crate::dns::DnsStatus;
 use crate::logging::LogHandle;
-use crate::shell::io_loop::{Control, ControlSender, IoCounters};
+use crate::shell::io_loop::{Control, ControlSender, IoCounters, IoReadings};
 
 /// The API's window onto the dataplane.
 #[derive(Debug)]
@@ -103,23 +103,10 @@ impl DataplaneView for ShellView {
     fn counters(&self) -> Value {
         let mut v = serde_json::to_value(self.counters.snapshot())
             .unwrap_or_else(|e| json!({ "error": e.to_string() }));
-        let io = &self.io;
-        if let Value::Object(map) = &mut v {
-            for (name, c) in [
-                ("tunnel_tx", &io.tunnel_tx),
-                ("keepalive_tx", &io.keepalive_tx),
-                ("misses_lost", &io.misses_lost),
-                ("tunnel_gso_sends", &io.gso_sends),
-                ("offload_errors", &io.offload_errors),
-                ("flows_active", &io.flows_active),
-                ("replies_active", &io.replies_active),
-                ("tun_write_errors", &io.tun_write_errors),
-                ("tun_read_errors", &io.tun_read_errors),
-                ("tunnel_send_errors", &io.send_errors),
-                ("tunnel_recv_errors", &io.recv_errors),
-            ] {
-                map.insert(name.into(), json!(c.load(Ordering::Relaxed)));
-            }
+        if let (Value::Object(map), Ok(Value::Object(io))) =
+            (&mut v, serde_json::to_value(IoReadings::read(&self.io)))
+        {
+            map.extend(io);
         }
         v
     }
