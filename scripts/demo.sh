@@ -109,6 +109,12 @@ for n in a b; do
     note "host $P$n: underlay 192.0.2.$i"
 done
 
+step "one cluster secret for every node (proxytun keygen)"
+# Every datagram between the nodes is authenticated with this key
+# (tunnel.security = "auth", the default); copy the same file to each node.
+"$BIN" keygen --out "$WORK/cluster.key"
+note "key $WORK/cluster.key, mode $(stat -c %a "$WORK/cluster.key")"
+
 step "starting the daemons (proxytun run --config ...)"
 i=0
 for n in a b; do
@@ -121,6 +127,8 @@ index = $i
 [tunnel]
 bind = "192.0.2.$i"
 port = $PORT
+security = "auth"
+key_file = "$WORK/cluster.key"
 
 [api]
 socket = "$WORK/$n.sock"

@@ -157,7 +157,15 @@ fn proxytun_bin(exe: &Path, selected: &[ModeKind]) -> Result<PathBuf> {
     let bin = dir.join("proxytun");
     let wanted = selected
         .iter()
-        .any(|m| matches!(m, ModeKind::Proxytun | ModeKind::ProxytunPlain));
+        .any(|m| {
+            matches!(
+                m,
+                ModeKind::Proxytun
+                    | ModeKind::ProxytunPlain
+                    | ModeKind::ProxytunNoauth
+                    | ModeKind::ProxytunEncrypt
+            )
+        });
     if bin.exists() || !wanted {
         return Ok(bin);
     }

@@ -16,6 +16,7 @@ mod measure;
 mod modes;
 mod netns;
 mod report;
+mod soak;
 mod stats;
 mod topo;
 
@@ -52,6 +53,10 @@ enum Cmd {
     /// queries per second and latency at half that rate, against a UDP
     /// echo baseline; every answer checked; prints and writes JSON.
     Dns(dns::DnsArgs),
+    /// Churn and soak: containers and remote instances churn on a
+    /// two-node cluster under TCP/UDP traffic for --secs (default 600);
+    /// checks RSS, fds, leftovers and stable flows; prints and writes JSON.
+    Soak(soak::SoakArgs),
     /// Echo server for the request/response tests (runs in a container).
     #[command(hide = true)]
     RrServer {
@@ -134,6 +139,7 @@ fn main() -> Result<()> {
             }
             r
         }
+        Cmd::Soak(a) => soak::run(&a),
         Cmd::RrServer { port } => measure::rr::serve(port),
         Cmd::RrClient { addr, secs, size } => {
             let r = measure::rr::rr_client(addr, secs, size)?;

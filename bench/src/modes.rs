@@ -41,16 +41,32 @@ pub enum ModeKind {
     Proxytun,
     /// The same with `[tun] offload = false`: the plain path.
     ProxytunPlain,
+    /// `proxytun` (offloads on) with `tunnel.security = "plain"`: no tag,
+    /// the baseline the security modes are compared with.
+    ProxytunNoauth,
+    /// `proxytun` (offloads on) with `tunnel.security = "encrypt"`.
+    ProxytunEncrypt,
 }
 
 impl ModeKind {
     /// Every mode, in the order they are measured and printed.
-    pub const ALL: [ModeKind; 5] = [
+    pub const ALL: [ModeKind; 7] = [
         ModeKind::Direct,
         ModeKind::Vxlan,
         ModeKind::Openvpn,
         ModeKind::Proxytun,
         ModeKind::ProxytunPlain,
+        ModeKind::ProxytunNoauth,
+        ModeKind::ProxytunEncrypt,
+    ];
+
+    /// The tunnel security comparison (`--modes` of `bench security`'s
+    /// figures): plain, auth (the default, mode `proxytun`) and encrypt,
+    /// all with offloads.
+    pub const SECURITY: [ModeKind; 3] = [
+        ModeKind::ProxytunNoauth,
+        ModeKind::Proxytun,
+        ModeKind::ProxytunEncrypt,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -61,6 +77,8 @@ impl ModeKind {
             ModeKind::Openvpn => "openvpn",
             ModeKind::Proxytun => "proxytun",
             ModeKind::ProxytunPlain => "proxytun-plain",
+            ModeKind::ProxytunNoauth => "proxytun-noauth",
+            ModeKind::ProxytunEncrypt => "proxytun-encrypt",
         }
     }
 
@@ -72,6 +90,8 @@ impl ModeKind {
             ModeKind::Openvpn => "ovpn",
             ModeKind::Proxytun => "pt",
             ModeKind::ProxytunPlain => "ptpl",
+            ModeKind::ProxytunNoauth => "ptna",
+            ModeKind::ProxytunEncrypt => "ptenc",
         }
     }
 }
@@ -191,6 +211,8 @@ pub fn setup(kind: ModeKind, hosts: &Hosts, tools: &Tools) -> Result<ModeEnv> {
         ModeKind::Openvpn => setup_openvpn(&mut env, hosts)?,
         ModeKind::Proxytun => setup_proxytun(&mut env, hosts, tools, &PROXYTUN)?,
         ModeKind::ProxytunPlain => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_PLAIN)?,
+        ModeKind::ProxytunNoauth => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_NOAUTH)?,
+        ModeKind::ProxytunEncrypt => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_ENCRYPT)?,
     }
     // Client-side tuning for the connection-rate test: many short
     // connections from one address must not run out of ports.
@@ -438,7 +460,15 @@ struct PtFlavour {
     /// The app the bench's instances belong to (also keeps the daemons'
     /// veth names, which derive from the instance key, apart).
     app: &'static str,
+    /// `tunnel.security`; a key made by `proxytun keygen` unless plain.
+    security: &'static str,
 }
+
+/// The TUN MTU of the proxytun modes: the largest that fits a 1500-byte
+/// IPv4 underlay with the sealed tunnel's overhead (20 IP + 8 UDP + 20
+/// header + 16 tag), the same for every security mode so their figures
+/// compare; VXLAN's 1450 would not fit an authenticated datagram.
+const PT_MTU: u32 = 1500 - 20 - 8 - 20 - 16;
 
 const PROXYTUN: PtFlavour = PtFlavour {
     tun_extra: "",
@@ -450,6 +480,7 @@ const PROXYTUN: PtFlavour = PtFlavour {
     services: "10.30.0.0/16",
     services6: "fdff:30::/112",
     app: "ptbench",
+    security: "auth",
 };
 
 const PROXYTUN_PLAIN: PtFlavour = PtFlavour {
@@ -462,6 +493,33 @@ const PROXYTUN_PLAIN: PtFlavour = PtFlavour {
     services: "10.31.0.0/16",
     services6: "fdff:31::/112",
     app: "ptplain",
+    security: "auth",
+};
+
+const PROXYTUN_NOAUTH: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun2",
+    bridge: "ptbr2",
+    port: 50105,
+    cluster: "10.20.0.0/16",
+    cluster6: "fdff:20::/112",
+    services: "10.32.0.0/16",
+    services6: "fdff:32::/112",
+    app: "ptnoauth",
+    security: "plain",
+};
+
+const PROXYTUN_ENCRYPT: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun3",
+    bridge: "ptbr3",
+    port: 50106,
+    cluster: "10.21.0.0/16",
+    cluster6: "fdff:21::/112",
+    services: "10.33.0.0/16",
+    services6: "fdff:33::/112",
+    app: "ptenc",
+    security: "encrypt",
 };
 
 /// How long a daemon may take to answer on its socket after start.
@@ -480,9 +538,10 @@ fn render_config(
     format!(
         "[node]\nname = \"{name}\"\nindex = {index}\n\n\
          [network]\ncluster = \"{}\"\ncluster6 = \"{}\"\nservices = \"{}\"\nservices6 = \"{}\"\n\n\
-         [tunnel]\nbind = \"{bind}\"\nport = {}\n\n\
-         [tun]\nname = \"{}\"\nmtu = {VXLAN_MTU}\n{}\n\
+         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n\n\
+         [tun]\nname = \"{}\"\nmtu = {PT_MTU}\n{}\n\
          [bridge]\nname = \"{}\"\n\n\
+         [admin]\nenable = false\n\n\
          [api]\nsocket = \"{}\"\n\n\
          [state]\ndir = \"{}\"\n\n\
          [[peer]]\nname = \"{}\"\nendpoint = \"{}:{}\"\n",
@@ -491,6 +550,8 @@ fn render_config(
         fl.services,
         fl.services6,
         fl.port,
+        fl.security,
+        dir.join("cluster.key").display(),
         fl.tun_name,
         fl.tun_extra,
         fl.bridge,
@@ -570,6 +631,10 @@ fn setup_proxytun(env: &mut ModeEnv, hosts: &Hosts, tools: &Tools, fl: &PtFlavou
         .context("creating the daemons' directory")?;
     let d = dir.path().to_owned();
     env.dir = Some(dir);
+    // One cluster key for both daemons, made the way an operator would.
+    let mut k = Command::new(&tools.proxytun);
+    k.arg("keygen").arg("--out").arg(d.join("cluster.key"));
+    cmd::run(&mut k, CLI_TIMEOUT)?.ok()?;
     let nodes = [
         ("a", 1, HOST_A, ("b", HOST_B), &hosts.a),
         ("b", 2, HOST_B, ("a", HOST_A), &hosts.b),

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
 use crate::model::{
     check_label, check_runtime_id, DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement,
-    Service, ServiceName, Snapshot,
+    Policy, Service, ServiceName, Snapshot,
 };
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, ClusterView, Registry};
@@ -68,6 +68,7 @@ struct Table {
     services: BTreeMap<ServiceName, Service>,
     instances: BTreeMap<InstanceKey, Instance>,
     peers: BTreeMap<String, Peer>,
+    policy: Policy,
 }
 
 impl Table {
@@ -79,6 +80,7 @@ impl Table {
             services: BTreeMap::new(),
             instances: BTreeMap::new(),
             peers: BTreeMap::new(),
+            policy: state.policy,
         };
         let corrupt = |what: String| {
             anyhow::anyhow!(
@@ -123,6 +125,7 @@ impl Table {
         s.services = self.services.values().cloned().collect();
         s.instances = self.instances.values().cloned().collect();
         s.peers = self.peers.values().cloned().collect();
+        s.policy = self.policy.clone();
         s
     }
 
@@ -140,6 +143,7 @@ impl Table {
             services: self.services.clone(),
             instances: self.instances.clone(),
             peers: self.peers.clone(),
+            policy: self.policy.clone(),
         }
     }
 
@@ -802,6 +806,41 @@ impl<K: Kernel> Manager<K> {
         Ok(peer)
     }
 
+    /// The isolation policy in force on this node.
+    pub fn policy(&self) -> Policy {
+        self.snapshot().policy.clone()
+    }
+
+    /// Replaces the whole isolation policy after checking every field
+    /// ([`Policy::validate`]; a refused policy changes nothing). With a
+    /// cluster store it is written there first, so every node's watch
+    /// picks it up; this node applies it at once either way. Putting the
+    /// policy in force changes nothing and publishes nothing.
+    pub async fn put_policy(&self, policy: Policy) -> Result<Policy> {
+        policy
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut table = self.table.lock().await;
+        if let Some(registry) = &self.registry {
+            registry.put_policy(&policy).await?;
+        }
+        if table.policy == policy {
+            return Ok(policy);
+        }
+        let mut next = table.clone();
+        next.version += 1;
+        next.policy = policy.clone();
+        self.persist(&next)?;
+        *table = next;
+        self.publish(&table);
+        tracing::info!(
+            isolate = policy.isolate,
+            rules = policy.allow.len(),
+            "policy updated"
+        );
+        Ok(policy)
+    }
+
     /// Withdraws a cluster claim after a failed attach or a detach. A
     /// failure is only logged: the cluster sync removes registrations of
     /// instances this node no longer has when the store is back.
@@ -1003,6 +1042,7 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
         services: BTreeMap::new(),
         instances: BTreeMap::new(),
         peers: BTreeMap::new(),
+        policy: view.policy.clone().unwrap_or_else(|| table.policy.clone()),
     };
     for (name, peer) in &view.peers {
         if name == &settings.node_name {

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use futures::future::BoxFuture;
 
 use crate::error::Result;
-use crate::model::{DualAddr, Instance, InstanceKey, Peer, Service, ServiceName};
+use crate::model::{DualAddr, Instance, InstanceKey, Peer, Policy, Service, ServiceName};
 
 /// An instance to claim cluster-wide for a local attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,10 @@ pub trait Registry: Send + Sync + fmt::Debug + 'static {
     fn status(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// Writes the cluster's isolation policy, so every node's watch picks
+    /// it up.
+    fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>>;
 }
 
 /// What the rest of the cluster runs, as far as this node is interested.
@@ -78,4 +82,7 @@ pub struct ClusterView {
     pub services: BTreeMap<ServiceName, Service>,
     /// Their instances on other nodes, with `Placement::Remote`.
     pub instances: BTreeMap<InstanceKey, Instance>,
+    /// The cluster's isolation policy; `None` until the store was read
+    /// (the node then keeps the policy it last knew).
+    pub policy: Option<Policy>,
 }

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Instance, Peer, Service};
+use crate::model::{Instance, Peer, Policy, Service};
 use crate::plan::AddressPlan;
 
 /// The on-disk format version written by this build. Bumped on any change
@@ -53,6 +53,10 @@ pub struct State {
     pub instances: Vec<Instance>,
     /// Every registered peer node.
     pub peers: Vec<Peer>,
+    /// The isolation policy (absent in a state written before policies:
+    /// the default, which isolates nothing).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl State {
@@ -66,6 +70,7 @@ impl State {
             services: Vec::new(),
             instances: Vec::new(),
             peers: Vec::new(),
+            policy: Policy::default(),
         }
     }
 }

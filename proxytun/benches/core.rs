@@ -307,7 +307,7 @@ fn dataplane(c: &mut Criterion) {
             CLIENT_PORT,
             Seg::SynAck,
         );
-        assert_eq!(a.handle_tunnel(B, &mut wrap(&synack), now), NetVerdict::Tun);
+        assert!(matches!(a.handle_tunnel(B, &mut wrap(&synack), now), NetVerdict::Tun(_)));
 
         // Out: client data packet from the TUN, forward flow hit -> Peer(B).
         let data = tcp(
@@ -336,7 +336,7 @@ fn dataplane(c: &mut Criterion) {
             Seg::Data,
         ));
         let mut buf = reply.clone();
-        assert_eq!(a.handle_tunnel(B, &mut buf, now), NetVerdict::Tun);
+        assert!(matches!(a.handle_tunnel(B, &mut buf, now), NetVerdict::Tun(_)));
         g.bench_function(BenchmarkId::new("tunnel_reply_to_client", tag), |b| {
             b.iter(|| {
                 restore(&mut buf, &reply, HEADER_LEN + hdr);
@@ -348,10 +348,7 @@ fn dataplane(c: &mut Criterion) {
         // (decapsulate + member/instance/range checks + cache touch).
         let mut bnode = Dataplane::new(CoreConfig::default(), table(B));
         let fwd = tcp(CLI1.iip(f), CLIENT_PORT, WEB2.ns(f), SERVICE_PORT, Seg::Syn);
-        assert_eq!(
-            bnode.handle_tunnel(A, &mut wrap(&fwd), now),
-            NetVerdict::Tun
-        );
+        assert!(matches!(bnode.handle_tunnel(A, &mut wrap(&fwd), now), NetVerdict::Tun(_)));
         let fwd = wrap(&tcp(
             CLI1.iip(f),
             CLIENT_PORT,
@@ -360,7 +357,7 @@ fn dataplane(c: &mut Criterion) {
             Seg::Data,
         ));
         let mut buf = fwd.clone();
-        assert_eq!(bnode.handle_tunnel(A, &mut buf, now), NetVerdict::Tun);
+        assert!(matches!(bnode.handle_tunnel(A, &mut buf, now), NetVerdict::Tun(_)));
         g.bench_function(BenchmarkId::new("tunnel_to_server", tag), |b| {
             b.iter(|| {
                 restore(&mut buf, &fwd, HEADER_LEN + hdr);
@@ -554,9 +551,49 @@ fn flow_insert(c: &mut Criterion) {
     g.finish();
 }
 
+/// Tunnel security per datagram: seal (sender: one atomic add + AEAD) and
+/// open (receiver: window check, AEAD verify/decrypt, window update), for
+/// each protection mode and a small and a full-MTU packet.
+fn seal_open(c: &mut Criterion) {
+    use proxytun::core::seal::{ClusterKey, Sealer};
+    use proxytun::core::tunnel::{self, MsgType, Protection, TAG_LEN};
+    let key = ClusterKey::from_bytes([0x42; 32]);
+    let from = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Elements(1));
+    for p in [Protection::Plain, Protection::Auth, Protection::Encrypt] {
+        for len in [64usize, 1400] {
+            let sealer = Sealer::new(p, Some(&key), 1).expect("sealer");
+            let mut buf = vec![0x5au8; HEADER_LEN + len + TAG_LEN];
+            g.bench_function(BenchmarkId::new(format!("seal/{p}"), len), |b| {
+                b.iter(|| sealer.seal(black_box(&mut buf), MsgType::Data, len).expect("seal"))
+            });
+            // Open: a fresh datagram per iteration (a replay would be
+            // refused); sealing it is outside the measurement.
+            let mut opener = sealer.opener();
+            g.bench_function(BenchmarkId::new(format!("open/{p}"), len), |b| {
+                b.iter_batched_ref(
+                    || {
+                        let mut d = vec![0x5au8; HEADER_LEN + len + TAG_LEN];
+                        let n = sealer.seal(&mut d, MsgType::Data, len).expect("seal");
+                        d.truncate(n);
+                        d
+                    },
+                    |d| {
+                        let h = tunnel::parse(d).expect("header");
+                        opener.open(from, black_box(d), &h).expect("open")
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = steps, dataplane, flow_table, flow_insert
+    targets = steps, dataplane, flow_table, flow_insert, seal_open
 }
 criterion_main!(benches);

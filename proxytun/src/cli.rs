@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{ArgGroup, Args, Subcommand};
 use envmgr::api::Client;
-use envmgr::model::{check_label, DualAddr, Instance, InstanceKey, Placement, ServiceName};
+use envmgr::model::{
+    check_label, AllowRule, DualAddr, Instance, InstanceKey, Placement, Policy, PortRange,
+    ServiceName,
+};
 use envmgr::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 use serde_json::Value;
 
@@ -29,8 +32,25 @@ pub enum ClientCommand {
     Flows(Output),
     /// List peer nodes and their tunnel endpoints.
     Peers(Output),
+    /// Generate a new cluster key (32 random bytes as hex) for
+    /// `tunnel.key_file`; needs no daemon. Copy the file to every node.
+    Keygen {
+        /// Write the key to this new file (mode 0600; an existing file is
+        /// never overwritten) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Show the dataplane's packet counters.
     Counters(Output),
+    /// Show the cluster's isolation policy, or change it (see docs/isolation.md).
+    Policy {
+        /// What to change; without one, the policy is shown.
+        #[command(subcommand)]
+        action: Option<PolicyCommand>,
+        /// Output options for showing the policy.
+        #[command(flatten)]
+        out: Output,
+    },
     /// Attach a container (a network namespace) as an instance of APP/SERVICE.
     Attach(AttachArgs),
     /// Detach a local instance: removes its veth and its table entry.
@@ -88,6 +108,40 @@ pub struct AttachArgs {
     /// Print the API's raw JSON answer.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `proxytun policy …`: each one reads the policy, changes it and puts
+/// it back whole, so a concurrent writer's change in between is lost.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Turn isolation on (each app its own network) or off (all reach all).
+    Isolate {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Let clients of app FROM open flows to TO (an app or APP/SERVICE);
+    /// replaces the ports of an existing rule FROM -> TO.
+    Allow {
+        /// The client app.
+        from: String,
+        /// The destination: APP or APP/SERVICE.
+        to: String,
+        /// A destination port or range LO-HI (repeatable); every port when absent.
+        #[arg(long = "port", value_name = "P|LO-HI", value_parser = parse_port_range)]
+        ports: Vec<PortRange>,
+    },
+    /// Remove the rule FROM -> TO; flows it allowed are cut.
+    Revoke {
+        /// The client app.
+        from: String,
+        /// The destination: APP or APP/SERVICE.
+        to: String,
+    },
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    s.parse()
 }
 
 /// `proxytun peer …`.
@@ -165,6 +219,37 @@ fn parse_instance_key(s: &str) -> Result<InstanceKey, String> {
     Ok(InstanceKey { name, number })
 }
 
+/// `proxytun keygen`: a new cluster key from the OS RNG, printed, or written
+/// to a new file `out` created with mode 0600 (never over an existing one,
+/// so a working cluster key cannot be lost by a slip). Returns what to print.
+pub fn keygen(out: Option<&Path>) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = proxytun_key()?;
+    let text = format!("{}\n", key.to_hex());
+    let Some(path) = out else {
+        return Ok(text);
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {} (keygen never overwrites a file)", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(format!(
+        "wrote a new cluster key to {} (mode 0600); copy it to every node and point tunnel.key_file at it\n",
+        path.display()
+    ))
+}
+
+fn proxytun_key() -> anyhow::Result<crate::core::seal::ClusterKey> {
+    crate::core::seal::ClusterKey::generate(&ring::rand::SystemRandom::new())
+        .context("generate a cluster key")
+}
+
 /// Runs one client command against the daemon's socket and prints the
 /// answer on stdout. An API error comes back as an [`ApiFailure`] whose
 /// message is the server's; the caller prints it as `error: <message>`
@@ -179,6 +264,7 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> anyhow::Result<()> {
 pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String> {
     let api = Api(Client::new(socket));
     let out = match cmd {
+        ClientCommand::Keygen { out } => keygen(out.as_deref())?,
         ClientCommand::Status(o) => {
             // One view of the node: the status, plus the peers' health and
             // the counters (under `peer_table` and `counters` in the JSON).
@@ -202,7 +288,14 @@ pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String
         }
         ClientCommand::Services(o) => show(api.get("/v1/services").await?, o, format_services)?,
         ClientCommand::Instances(o) => show(api.get("/v1/instances").await?, o, format_instances)?,
-        ClientCommand::Flows(o) => show(api.get("/v1/flows").await?, o, |v| Ok(format_tables(v)))?,
+        ClientCommand::Flows(o) => show(api.get("/v1/flows").await?, o, |v| Ok(format_flows(v)))?,
+        ClientCommand::Policy { action: None, out } => {
+            show(api.get("/v1/policy").await?, out, format_policy)?
+        }
+        ClientCommand::Policy {
+            action: Some(action),
+            out,
+        } => policy(&api, action, out).await?,
         ClientCommand::Peers(o) => show(api.get("/v1/peers").await?, o, format_peers)?,
         ClientCommand::Counters(o) => show(api.get("/v1/counters").await?, o, |v| {
             Ok(format_kv(&flatten(v), ""))
@@ -490,6 +583,7 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
             ),
         ),
         ("peers".to_owned(), text(&v["peers"])),
+        ("policy".to_owned(), describe_policy(v)),
         ("store".to_owned(), describe_store(&v["store"])),
         ("dns".to_owned(), describe_dns(&v["dns"])),
     ];
@@ -540,6 +634,99 @@ fn format_status(v: &Value) -> anyhow::Result<String> {
         out.push_str(&format_kv(&rows, "  "));
     }
     Ok(out)
+}
+
+/// One line on isolation: `isolate on, 2 rules, 5 denied, 1 flow cut`.
+fn describe_policy(v: &Value) -> String {
+    let p = &v["policy"];
+    let dp = &v["dataplane"];
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
+    format!(
+        "isolate {}, {} rules, {} denied, {} flows cut",
+        if p["isolate"].as_bool() == Some(true) { "on" } else { "off" },
+        n(&p["rules"]),
+        n(&dp["policy_denied"]),
+        n(&dp["flows_cut_by_policy"])
+    )
+}
+
+/// The flows and replies, then the recent policy denials.
+fn format_flows(v: &Value) -> String {
+    let mut rest = v.clone();
+    let denied = rest
+        .as_object_mut()
+        .and_then(|m| m.remove("denied"))
+        .unwrap_or(Value::Null);
+    let mut out = format_tables(&rest);
+    if let Some(list) = denied.as_array() {
+        out.push('\n');
+        out.push_str(&format_tables(&serde_json::json!({ "denied": list })));
+    }
+    out
+}
+
+/// `isolate: on` and the rules as a table.
+fn format_policy(v: &Value) -> anyhow::Result<String> {
+    let p: Policy = serde_json::from_value(v.clone()).context("the daemon's answer is not a policy")?;
+    let mut out = format!("isolate: {}\n", if p.isolate { "on" } else { "off" });
+    if p.allow.is_empty() {
+        out.push_str("allow: none\n");
+        return Ok(out);
+    }
+    let rows: Vec<[String; 3]> = p
+        .allow
+        .iter()
+        .map(|r| {
+            let ports = if r.ports.is_empty() {
+                "all".to_owned()
+            } else {
+                r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+            };
+            [r.from.clone(), r.to.clone(), ports]
+        })
+        .collect();
+    let w = |i: usize, head: &str| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(head.len());
+    let (w0, w1) = (w(0, "FROM"), w(1, "TO"));
+    let _ = writeln!(out, "allow ({}):", rows.len());
+    let _ = writeln!(out, "{:w0$}  {:w1$}  PORTS", "FROM", "TO");
+    for r in &rows {
+        let _ = writeln!(out, "{:w0$}  {:w1$}  {}", r[0], r[1], r[2]);
+    }
+    Ok(out)
+}
+
+/// `proxytun policy isolate|allow|revoke`: read, change, put whole.
+async fn policy(api: &Api, action: PolicyCommand, out: Output) -> anyhow::Result<String> {
+    let mut p: Policy = serde_json::from_value(api.get("/v1/policy").await?)
+        .context("the daemon's answer is not a policy")?;
+    let msg = match action {
+        PolicyCommand::Isolate { state } => {
+            p.isolate = state == "on";
+            format!("isolation {state}")
+        }
+        PolicyCommand::Allow { from, to, ports } => {
+            let rule = AllowRule { from, to, ports };
+            let msg = format!("allowed {} -> {}", rule.from, rule.to);
+            match p.allow.iter_mut().find(|r| r.from == rule.from && r.to == rule.to) {
+                Some(r) => *r = rule,
+                None => p.allow.push(rule),
+            }
+            msg
+        }
+        PolicyCommand::Revoke { from, to } => {
+            let before = p.allow.len();
+            p.allow.retain(|r| !(r.from == from && r.to == to));
+            if p.allow.len() == before {
+                anyhow::bail!("no rule allows {from} -> {to} (see `proxytun policy`)");
+            }
+            format!("revoked {from} -> {to}")
+        }
+    };
+    let v = api.put("/v1/policy", &p).await?;
+    if out.json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    Ok(format!("{msg}\n{}", format_policy(&v)?))
 }
 
 /// One line on the store: `local (/var/lib/proxytun/state.json)` or

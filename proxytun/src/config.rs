@@ -12,6 +12,8 @@ use envmgr::plan::AddressPlan;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::core::seal::{ClusterKey, KeyError};
+use crate::core::tunnel::Protection;
 use crate::core::CoreConfig;
 
 /// A config file that could not be used; the message names the key.
@@ -150,6 +152,12 @@ pub struct TunnelSection {
     /// A peer not heard from for this long (milliseconds) is down: new flows
     /// avoid its instances until it answers again.
     pub peer_timeout_ms: u64,
+    /// How datagrams between nodes are protected; every node of a cluster
+    /// must use the same (see `docs/security.md`).
+    pub security: TunnelSecurity,
+    /// The cluster secret (64 hex characters, mode 0600), shared by every
+    /// node; not read when `security = "plain"`.
+    pub key_file: PathBuf,
 }
 
 impl Default for TunnelSection {
@@ -160,7 +168,103 @@ impl Default for TunnelSection {
             advertise: None,
             keepalive_ms: 1000,
             peer_timeout_ms: 3000,
+            security: TunnelSecurity::default(),
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
         }
+    }
+}
+
+/// Where `tunnel.key_file` points unless configured.
+pub const DEFAULT_KEY_FILE: &str = "/etc/proxytun/cluster.key";
+
+/// `tunnel.security`: authenticated by default, so that a stranger on the
+/// underlay cannot inject packets unless the operator opts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelSecurity {
+    /// No authentication (trusted underlays and comparisons only).
+    Plain,
+    /// Every datagram carries an AES-256-GCM tag (GMAC); content readable.
+    #[default]
+    Auth,
+    /// Every datagram is encrypted and authenticated (AES-256-GCM).
+    Encrypt,
+}
+
+impl TunnelSecurity {
+    /// The packet core's name for this mode.
+    pub fn protection(self) -> Protection {
+        match self {
+            TunnelSecurity::Plain => Protection::Plain,
+            TunnelSecurity::Auth => Protection::Auth,
+            TunnelSecurity::Encrypt => Protection::Encrypt,
+        }
+    }
+}
+
+/// Why the cluster key could not be loaded; the message names
+/// `tunnel.key_file` and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Missing or unreadable.
+    #[error(
+        "tunnel.key_file: cannot read {path}: {source}; create one with `proxytun keygen --out {path}` and copy it to every node, or set tunnel.security = \"plain\""
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Readable by group or others.
+    #[error(
+        "tunnel.key_file: {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not 64 hex characters.
+    #[error("tunnel.key_file: {path}: {source}")]
+    Content {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: KeyError,
+    },
+}
+
+impl TunnelSection {
+    /// Reads the cluster key for `security`: `None` in plain mode (the file
+    /// is not touched), else the key, refusing a file that group or others
+    /// can read.
+    pub fn load_key(&self) -> Result<Option<ClusterKey>, KeyFileError> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.security == TunnelSecurity::Plain {
+            return Ok(None);
+        }
+        let path = &self.key_file;
+        let read = |source| KeyFileError::Read {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Permissions {
+                path: path.clone(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        ClusterKey::parse_hex(&text)
+            .map(Some)
+            .map_err(|source| KeyFileError::Content {
+                path: path.clone(),
+                source,
+            })
     }
 }
 
@@ -211,12 +315,38 @@ impl Default for BridgeSection {
 pub struct ApiSection {
     /// The unix socket the management API listens on.
     pub socket: PathBuf,
+    /// A group (name or numeric id) whose members may use the API: the
+    /// socket is then `0660` with that group; without it `0600`, root only.
+    /// Anyone who can connect controls the node's networking.
+    pub group: Option<String>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            group: None,
+        }
+    }
+}
+
+impl ApiSection {
+    /// The numeric id of [`Self::group`], looked up in the system's group
+    /// database; an unknown name is an error, so a typo never leaves the
+    /// socket root-only in silence (or open to the wrong group).
+    pub fn group_id(&self) -> Result<Option<u32>, String> {
+        let Some(g) = self.group.as_deref() else {
+            return Ok(None);
+        };
+        if let Ok(gid) = g.parse::<u32>() {
+            return Ok(Some(gid));
+        }
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+            Ok(None) => Err(format!(
+                "no group named {g:?} on this system (create it with `groupadd {g}`, or give a numeric gid)"
+            )),
+            Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
         }
     }
 }
@@ -611,8 +741,20 @@ impl Config {
                 ),
             ));
         }
+        self.api.group_id().map_err(|e| ("api.group", e))?;
+        for (key, path) in [("api.socket", &self.api.socket), ("state.dir", &self.state.dir)] {
+            if !path.is_absolute() {
+                return Err((key, format!("{} must be an absolute path", path.display())));
+            }
+        }
         if self.tunnel.port == 0 {
             return Err(("tunnel.port", "must not be 0".into()));
+        }
+        if self.tunnel.security != TunnelSecurity::Plain && !self.tunnel.key_file.is_absolute() {
+            return Err((
+                "tunnel.key_file",
+                format!("{} must be an absolute path", self.tunnel.key_file.display()),
+            ));
         }
         if self.flows.max == 0 {
             return Err(("flows.max", "must be at least 1".into()));
@@ -1024,5 +1166,48 @@ mod tests {
     #[test]
     fn syntax_errors_are_reported() {
         assert!(matches!(parse("[node\n"), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn tunnel_security_and_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = "[node]\nname = \"a\"\nindex = 1\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert_eq!(c.tunnel.security, TunnelSecurity::Auth);
+        assert_eq!(c.tunnel.key_file, PathBuf::from(DEFAULT_KEY_FILE));
+        assert_eq!(
+            key_of(&format!("{base}[tunnel]\nsecurity = \"none\"\n")),
+            "tunnel.security"
+        );
+        assert_eq!(
+            key_of(&format!("{base}[tunnel]\nkey_file = \"rel.key\"\n")),
+            "tunnel.key_file"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let mut t = TunnelSection {
+            key_file: path.clone(),
+            ..TunnelSection::default()
+        };
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.starts_with("tunnel.key_file: cannot read"), "{err}");
+        assert!(err.contains("proxytun keygen --out"), "{err}");
+        std::fs::write(&path, format!(" {}\n", "0f".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            t.load_key().unwrap(),
+            Some(ClusterKey::from_bytes([0x0f; 32]))
+        );
+        std::fs::write(&path, "abcd").unwrap();
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.contains("64 hex characters"), "{err}");
+        // Plain never touches the file.
+        t.security = TunnelSecurity::Plain;
+        t.key_file = dir.path().join("missing");
+        assert_eq!(t.load_key().unwrap(), None);
     }
 }

@@ -33,12 +33,15 @@ use tokio::sync::mpsc;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
+use crate::core::seal::{self, Sealer};
+use crate::core::tunnel;
 use crate::core::Dataplane;
 use crate::dns::{self, DnsStatus};
 use crate::logging::{self, LogHandle};
 use crate::notify;
 use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control, IoCounters};
+use crate::shell::persist;
 use crate::shell::table;
 use crate::shell::view::ShellView;
 use envmgr::model::ServiceName;
@@ -191,12 +194,41 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let socket = TunnelSocket::open(bind, config.tun.offload)?;
 
     let first = table::build(&mgr.snapshot()).context("build the first forwarding table")?;
-    let dp = Dataplane::new(config.core_config(), Arc::new(first));
+    // Tunnel security: the cluster key (not read in plain mode) and this
+    // start's random session.
+    let key = config.tunnel.load_key()?;
+    let session = seal::random_session().context("choose a tunnel session")?;
+    let sealer = Arc::new(
+        Sealer::new(config.tunnel.security.protection(), key.as_ref(), session)
+            .context("set up tunnel security")?,
+    );
+    tracing::info!(
+        security = sealer.protection().name(),
+        session = format_args!("{session:016x}"),
+        "tunnel security"
+    );
+    // The largest datagram on a v4 underlay: TUN MTU + tunnel header and
+    // tag + UDP + IPv4 (IPv6 adds 20 more). Not an error: the underlay
+    // may be bigger than 1500, but the usual one is not.
+    let wire = config.tun.mtu as usize + tunnel::HEADER_LEN + sealer.trailer_len() + 8 + 20;
+    if wire > 1500 {
+        tracing::warn!(
+            tun_mtu = config.tun.mtu,
+            wire,
+            "tun.mtu plus the tunnel overhead exceeds a 1500-byte underlay: full-size packets will be lost unless the underlay MTU is larger (see docs/security.md)"
+        );
+    }
+    let mut dp = Dataplane::with_sealer(config.core_config(), Arc::new(first), sealer.clone());
+    // Flow persistence: established connections survive a restart.
+    persist::restore(&mut dp, &config.state.dir);
     let counters = dp.counters();
     let io = Arc::new(IoCounters::default());
     let misses = clustered.as_ref().map(|c| c.misses_tx.clone());
-    let handle = io_loop::spawn(dp, tun, offload, socket, io.clone(), misses)?;
+    let handle = io_loop::spawn(dp, sealer, tun, offload, socket, io.clone(), misses)?;
     tracing::info!(path = handle.path(), "dataplane running");
+    // Flow persistence: the saver writes the flows as they change.
+    let saver = persist::Saver::spawn(handle.sender(), counters.clone(), &config.state.dir)
+        .context("spawn the flow saver")?;
 
     // With etcd, the sync task's views of the rest of the cluster become
     // the manager's (and so the dataplane's) table.
@@ -301,7 +333,8 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         None
     };
 
-    let listener = envmgr::api::bind(&config.api.socket)?;
+    let group = config.api.group_id().map_err(|e| anyhow::anyhow!("api.group: {e}"))?;
+    let listener = envmgr::api::bind(&config.api.socket, group)?;
     let summary = format!(
         "node {} subnet {} tunnel {} path {}",
         config.node.name,
@@ -347,6 +380,8 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         admin.stop().await;
     }
     handle.stop();
+    // Flow persistence: a last save once no packet moves any more.
+    saver.stop();
     drop(dns);
     // Stop the sync without revoking the lease: a restart within the lease
     // TTL keeps this node's instances registered, so other nodes never drop

@@ -5,6 +5,8 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod notify;
 pub mod shell;

@@ -26,6 +26,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a config file the way `run` would, without starting anything
+    /// (like `nginx -t`): every error names its key.
+    CheckConfig {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -34,6 +41,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Command::Run { config } => proxytun::daemon::main(&config),
+        Command::CheckConfig { config } => proxytun::config::Config::load(&config)
+            .map(|c| println!("{}: ok (node {})", config.display(), c.node.name))
+            .map_err(anyhow::Error::from),
         Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

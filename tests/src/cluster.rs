@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::cmd::{Bg, Out};
 use crate::model::{Dual, Instance};
 use crate::netns::Netns;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig, TestKey};
 
 /// The TCP port every test server listens on.
 pub const TCP_PORT: u16 = 7000;
@@ -38,6 +38,8 @@ pub struct Cluster {
     pub b: Node,
     switch: Netns,
     prefix: String,
+    /// The cluster key every node's `tunnel.key_file` points at.
+    key: TestKey,
 }
 
 /// The unique namespace-name prefix of a test: `pt<pid%1000>-<short>-`.
@@ -70,6 +72,8 @@ impl Cluster {
         let ip_b = Ipv4Addr::new(192, 0, 2, 2);
         let host_a = plug_host(&switch, &format!("{prefix}a"), "pa", ip_a)?;
         let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
+        let key = TestKey::generate()?;
+        let security = Some(key.security()?);
         let mut cfg_a = NodeConfig {
             name: "a".into(),
             index: 1,
@@ -79,6 +83,7 @@ impl Cluster {
             keepalive: None,
             dns: None,
             extra: String::new(),
+            security: security.clone(),
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -89,6 +94,7 @@ impl Cluster {
             keepalive: None,
             dns: None,
             extra: String::new(),
+            security: security.clone(),
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);
@@ -102,7 +108,13 @@ impl Cluster {
             b,
             switch,
             prefix,
+            key,
         })
+    }
+
+    /// The cluster key (for tests that seal datagrams themselves).
+    pub fn key(&self) -> &TestKey {
+        &self.key
     }
 
     /// The namespace-name prefix of this test.

@@ -29,7 +29,7 @@ use crate::etcd::Etcd;
 use crate::linkdelay::DelayLink;
 use crate::model::{Dual, Instance, Service};
 use crate::netns::Netns;
-use crate::node::{EtcdStore, Keepalive, Node, NodeConfig};
+use crate::node::{EtcdStore, Keepalive, Node, NodeConfig, TestKey};
 
 /// The etcd host's underlay address.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -56,6 +56,9 @@ pub struct Cluster3 {
     links: Vec<(String, DelayLink)>,
     switch: Netns,
     prefix: String,
+    /// The cluster key every node's `tunnel.key_file` points at (held so
+    /// the file lives as long as the cluster).
+    _key: TestKey,
 }
 
 impl Cluster3 {
@@ -99,6 +102,8 @@ impl Cluster3 {
             prefix: None,
             lease_ttl_secs: u32::try_from(LEASE_TTL.as_secs()).unwrap_or(3),
         };
+        let key = TestKey::generate()?;
+        let security = Some(key.security()?);
         let mut nodes = Vec::new();
         let mut links = Vec::new();
         for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
@@ -126,6 +131,7 @@ impl Cluster3 {
                 }),
                 dns: None,
                 extra: String::new(),
+                security: security.clone(),
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);
@@ -142,6 +148,7 @@ impl Cluster3 {
             links,
             switch,
             prefix,
+            _key: key,
         })
     }
 

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod api;
+pub mod churn;
 pub mod cluster;
 pub mod cluster3;
 pub mod cmd;

@@ -66,6 +66,87 @@ pub struct NodeConfig {
     /// e.g. `"\n[admin]\nlisten = \"127.0.0.1:9110\"\n"`), for the keys a
     /// test needs that have no field here.
     pub extra: String,
+    /// `tunnel.security` and `tunnel.key_file`; `None` writes neither (the
+    /// daemon's defaults: auth with `/etc/proxytun/cluster.key`). Test
+    /// clusters set it from their [`TestKey`].
+    pub security: Option<TunnelSecurity>,
+}
+
+/// `tunnel.security` and `tunnel.key_file` of a test node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSecurity {
+    /// `plain`, `auth` or `encrypt`.
+    pub mode: String,
+    /// The cluster key file.
+    pub key_file: PathBuf,
+}
+
+/// The environment variable that sets every test cluster's
+/// `tunnel.security` (`plain`, `auth` or `encrypt`; `auth` when unset), so
+/// the whole suite can run in each mode.
+pub const SECURITY_ENV: &str = "PROXYTUN_TEST_SECURITY";
+
+/// The tunnel security mode test clusters use: [`SECURITY_ENV`] or `auth`.
+pub fn test_security_mode() -> Result<String> {
+    match std::env::var(SECURITY_ENV) {
+        Err(_) => Ok("auth".into()),
+        Ok(m) if ["plain", "auth", "encrypt"].contains(&m.as_str()) => Ok(m),
+        Ok(m) => bail!("{SECURITY_ENV}={m:?}: expected plain, auth or encrypt"),
+    }
+}
+
+/// A random cluster key made by the real `proxytun keygen --out` (mode
+/// 0600) in its own temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TestKey {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl TestKey {
+    /// Runs `proxytun keygen --out DIR/cluster.key`.
+    pub fn generate() -> Result<TestKey> {
+        let dir = tempfile::Builder::new()
+            .prefix("proxytun-key-")
+            .tempdir()
+            .context("creating the key's temporary directory")?;
+        let path = dir.path().join("cluster.key");
+        let out = std::process::Command::new(crate::proxytun_bin()?)
+            .arg("keygen")
+            .arg("--out")
+            .arg(&path)
+            .output()
+            .context("running proxytun keygen")?;
+        if !out.status.success() {
+            bail!(
+                "proxytun keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(TestKey { _dir: dir, path })
+    }
+
+    /// The key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The key's 64 hex characters.
+    pub fn hex(&self) -> Result<String> {
+        Ok(fs::read_to_string(&self.path)
+            .context("reading the cluster key")?
+            .trim()
+            .to_owned())
+    }
+
+    /// The security of a test node using this key, in the mode
+    /// [`test_security_mode`] says.
+    pub fn security(&self) -> Result<TunnelSecurity> {
+        Ok(TunnelSecurity {
+            mode: test_security_mode()?,
+            key_file: self.path.clone(),
+        })
+    }
 }
 
 /// The `[dns]` section of a node: every key is optional in the product, so
@@ -186,6 +267,14 @@ impl NodeConfig {
                 s,
                 "keepalive_ms = {}\npeer_timeout_ms = {}\n",
                 k.interval_ms, k.peer_timeout_ms
+            );
+        }
+        if let Some(sec) = &self.security {
+            let _ = write!(
+                s,
+                "security = {:?}\nkey_file = {:?}\n",
+                sec.mode,
+                sec.key_file.display().to_string()
             );
         }
         let _ = write!(
@@ -340,6 +429,35 @@ impl Node {
     /// The daemon's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The daemon's state directory (`[state] dir`: the store, `flows.json`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The running daemon's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("node {} is not running", self.name))?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+    }
+
+    /// The running daemon's number of open file descriptors.
+    pub fn fd_count(&self) -> Result<usize> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("node {} is not running", self.name))?;
+        Ok(fs::read_dir(format!("/proc/{pid}/fd"))
+            .with_context(|| format!("list /proc/{pid}/fd"))?
+            .count())
     }
 
     /// Starts the daemon and waits until its API answers.
@@ -715,7 +833,20 @@ mod tests {
             keepalive,
             dns: None,
             extra: String::new(),
+            security: None,
         }
+    }
+
+    #[test]
+    fn security_renders_in_the_tunnel_section() {
+        let mut c = cfg(None, None);
+        c.security = Some(TunnelSecurity {
+            mode: "encrypt".into(),
+            key_file: "/k/cluster.key".into(),
+        });
+        let text = c.render(Path::new("/d"));
+        let want = "[tunnel]\nbind = \"192.0.2.1\"\nport = 50103\nsecurity = \"encrypt\"\nkey_file = \"/k/cluster.key\"\n";
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 
     #[test]

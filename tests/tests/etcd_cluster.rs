@@ -545,3 +545,51 @@ fn forwarding_survives_etcd_outage() {
         ["web-c"; 2]
     );
 }
+
+/// 8. The isolation policy is cluster state: a PUT on node b reaches a and
+///    c through etcd, a refuses shop's connections to bank on c, and an
+///    allow rule put on c lets them through again.
+#[test]
+fn policy_put_on_one_node_is_enforced_by_all() {
+    let c = Cluster3::start("policy").expect("cluster");
+    let (_bank, _) = c
+        .server(&c.c, "bc", "bank/api", 1, "bank-c")
+        .expect("server on c");
+    let (rr, _) = service_ips(&c.c, "bank/api").expect("c's bank/api");
+    let (client_a, _) = c.client(&c.a, "cla", 1).expect("client a");
+    let h = eventually(PROPAGATION, || client_a.tcp_hello(IpAddr::from(rr.v4)))
+        .expect("shop on a reaches bank on c while isolation is off");
+    assert_eq!(h.name, "bank-c");
+
+    let put = |node: &Node, policy: serde_json::Value| {
+        let r = node.api("PUT", "/v1/policy", Some(&policy)).expect("PUT /v1/policy");
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    put(&c.b, serde_json::json!({"isolate": true}));
+    for node in [&c.a, &c.c] {
+        eventually(PROPAGATION, || {
+            let p = node.get("/v1/policy")?;
+            anyhow::ensure!(p["isolate"] == true, "node {}: {p}", node.name);
+            Ok(())
+        })
+        .expect("the policy reaches every node");
+    }
+    eventually(PROPAGATION, || match client_a.tcp_hello(IpAddr::from(rr.v4)) {
+        Ok(h) => anyhow::bail!("shop still reaches {}", h.name),
+        Err(_) => Ok(()),
+    })
+    .expect("a refuses shop -> bank");
+    let counters = c.a.get("/v1/counters").expect("counters");
+    assert!(
+        counters["drops"]["policy_denied"].as_u64().unwrap_or(0) > 0,
+        "a counts the denial: {counters}"
+    );
+
+    put(
+        &c.c,
+        serde_json::json!({"isolate": true, "allow": [{"from": "shop", "to": "bank/api"}]}),
+    );
+    let h = eventually(PROPAGATION, || client_a.tcp_hello(IpAddr::from(rr.v4)))
+        .expect("the allow rule put on c lets shop through on a");
+    assert_eq!(h.name, "bank-c");
+}

@@ -172,6 +172,7 @@ impl Scale {
             services,
             instances,
             peers,
+            policy: Default::default(),
         }
     }
 

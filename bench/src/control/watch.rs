@@ -89,6 +89,7 @@ fn local_snapshot(layout: &Layout, plan: &AddressPlan, interest: &[u32]) -> Snap
         services,
         instances,
         peers: BTreeMap::new(),
+        policy: Default::default(),
     }
 }
 

@@ -204,6 +204,7 @@ impl Zone {
             services,
             instances,
             peers,
+            policy: Default::default(),
         }
     }
 

@@ -32,13 +32,16 @@ use serde_json::{json, Value};
 
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{check_label, Instance, InstanceKey, Service, ServiceName};
+use crate::model::{check_label, Instance, InstanceKey, Policy, Service, ServiceName};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 use crate::Error;
 
 /// The largest request body accepted; larger ones get 413. Every request
 /// body of this API is a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a request body may take to arrive once its headers have.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the API needs from the dataplane (implemented in the proxytun
 /// crate). A trait so envmgr does not depend on the dataplane and the API
@@ -142,13 +145,37 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::invalid(format!("could not read the request body: {r}"))
+        // A body announced larger than the limit is refused before a byte
+        // of it is read, and one that never completes does not hold the
+        // handler forever.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(too_large());
+        }
+        let read = Bytes::from_request(req, state);
+        let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the request body did not arrive within {} s (is Content-Length right?)",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                ))
             }
-        })?;
+            Ok(read) => read.map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::invalid(format!("could not read the request body: {r}"))
+                }
+            })?,
+        };
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             None => {
                 return Err(ApiError::invalid(
@@ -330,6 +357,7 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         .route("/v1/peers", get(list_peers::<K>).post(put_peer::<K>))
         .route("/v1/peers/{name}", delete(remove_peer::<K>))
         .route("/v1/flows", get(flows::<K>))
+        .route("/v1/policy", get(get_policy::<K>).put(put_policy::<K>))
         .route("/v1/counters", get(counters::<K>))
         .fallback(unknown_route)
         .with_state(state);
@@ -345,28 +373,47 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
 ///
 /// A stale socket file (left by a crashed daemon) is removed; a live one
 /// (another daemon answers) or a non-socket file at that path is an error.
-/// The socket is made `0660` so only root and the socket's group can
-/// change the node, and is removed again on shutdown.
+/// The socket is made `0600` so only root can change the node (see
+/// [`bind`] for a group), and is removed again on shutdown.
 pub async fn serve<K: Kernel>(
     socket: &Path,
     mgr: Arc<Manager<K>>,
     dp: Arc<dyn DataplaneView>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = bind(socket)?;
+    let listener = bind(socket, None)?;
     serve_on(listener, socket, mgr, dp, shutdown).await
 }
 
 /// Binds the API socket (see [`serve`] for the rules), so the caller knows
 /// the API accepts connections before it tells a supervisor it is ready.
-pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+///
+/// The socket is the node's control: whoever can connect can attach
+/// containers into any namespace. So it is `0600` (root only), or `0660`
+/// owned by `group` when one is configured for operators.
+pub fn bind(socket: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
     prepare_socket_path(socket)?;
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", socket.display()))?;
-    tracing::info!(socket = %socket.display(), "management API listening");
+    restrict_socket(socket, group)?;
+    tracing::info!(socket = %socket.display(), ?group, "management API listening");
     Ok(listener)
+}
+
+/// Gives a freshly bound control socket its access rule: `0600` for the
+/// owner alone, or `0660` with group `group`. Connecting needs write
+/// permission, so nobody else can talk to it.
+pub(crate) fn restrict_socket(socket: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(socket, None, Some(gid))
+                .with_context(|| format!("chgrp {gid} {}", socket.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", socket.display()))
 }
 
 /// Serves the API on a listener from [`bind`] until `shutdown` resolves,
@@ -509,6 +556,7 @@ async fn status<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
         "instances": snap.instances.len(),
         "local_instances": snap.instances.values().filter(|i| i.is_local()).count(),
         "peers": snap.peers.len(),
+        "policy": {"isolate": snap.policy.isolate, "rules": snap.policy.allow.len()},
         "store": s.mgr.store_status(),
         "dataplane": s.dp.status(),
         "dns": s.dp.dns(),
@@ -708,6 +756,22 @@ async fn flows<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
     Json(s.dp.flows().await)
 }
 
+async fn get_policy<K: Kernel>(State(s): State<AppState<K>>) -> Json<Policy> {
+    Json(s.mgr.policy())
+}
+
+/// Replaces the whole policy; a refused one (400 naming the field) changes
+/// nothing.
+async fn put_policy<K: Kernel>(
+    State(s): State<AppState<K>>,
+    ApiJson(policy): ApiJson<Policy>,
+) -> ApiResult<Json<Policy>> {
+    Ok(Json(s.mgr.put_policy(policy).await?))
+}
+
 async fn counters<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
     Json(s.dp.counters())
 }
+
+#[cfg(test)]
+mod policy_tests;

@@ -385,7 +385,7 @@ async fn api_socket_lifecycle() {
         .expect("socket")
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o660);
+    assert_eq!(mode & 0o777, 0o600);
     let (s, _) = Client::new(&socket)
         .get("/v1/status")
         .await

@@ -37,6 +37,8 @@ pub enum ParsedKey {
     Vip(Ipv4Addr),
     /// `instances/{app}/{service}/{n}`.
     Instance(InstanceKey),
+    /// `policy`: the cluster's isolation policy.
+    Policy,
 }
 
 impl Keys {
@@ -129,10 +131,20 @@ impl Keys {
         format!("{}/instances/", self.prefix)
     }
 
+    /// `policy` → [`crate::model::Policy`], persistent: one key, so a PUT
+    /// on any node replaces the whole policy at once and every node's
+    /// watch sees it.
+    pub fn policy(&self) -> String {
+        format!("{}/policy", self.prefix)
+    }
+
     /// Parses a key of this schema; `None` for anything else.
     pub fn parse(&self, key: &[u8]) -> Option<ParsedKey> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        if rest == "policy" {
+            return Some(ParsedKey::Policy);
+        }
         let (kind, rest) = rest.split_once('/')?;
         let parts: Vec<&str> = rest.split('/').collect();
         match (kind, parts.as_slice()) {

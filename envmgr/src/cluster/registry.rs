@@ -14,7 +14,7 @@ use super::keys::{self, InstanceRecord, VipKind, VipRecord};
 use super::{ClusterError, Inner};
 use crate::alloc;
 use crate::error::{Error, Result};
-use crate::model::{DualAddr, InstanceKey, Service, ServiceName};
+use crate::model::{DualAddr, InstanceKey, Policy, Service, ServiceName};
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, Registry};
 
@@ -367,5 +367,17 @@ impl Registry for EtcdRegistry {
 
     fn release<'a>(&'a self, key: &'a InstanceKey) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.with_session("release", move |c, _| self.release_inner(c, key)))
+    }
+
+    fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.with_session("policy", move |mut c, _| async move {
+            let key = self.inner.keys.policy();
+            // Persistent (no lease): the policy outlives the node that wrote it.
+            c.put(key, keys::encode(policy), None)
+                .await
+                .map_err(unavailable)?;
+            tracing::info!(isolate = policy.isolate, rules = policy.allow.len(), "cluster: policy written");
+            Ok(())
+        }))
     }
 }

@@ -25,7 +25,7 @@ use super::registry::{corrupt, unavailable, withdraw};
 use super::{Backoff, Inner, Session};
 use crate::error::{Error, Result};
 use crate::model::{
-    Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName, Snapshot,
+    Instance, InstanceKey, NodeInfo, Peer, Placement, Policy, Service, ServiceName, Snapshot,
 };
 use crate::plan;
 use crate::registry::ClusterView;
@@ -76,6 +76,8 @@ struct State {
     conflicting: BTreeSet<InstanceKey>,
     /// Local instances whose registration vanished (seen in a watch).
     dirty: BTreeSet<InstanceKey>,
+    /// The cluster's policy, once read (absent key: the default).
+    policy: Option<Policy>,
 }
 
 /// The sync task's body; see the module doc. Ends when the manager's
@@ -202,6 +204,13 @@ impl Round<'_> {
             self.apply(kv.key(), Some(kv.value()));
         }
         self.st.revision = nodes_rev;
+        let policy_key = self.inner.keys.policy();
+        let got = timed(t, self.client.get(policy_key.as_str(), None)).await?;
+        let policy_rev = got.header().map(|h| h.revision()).unwrap_or(0);
+        self.st.policy = Some(Policy::default());
+        for kv in got.kvs() {
+            self.apply(kv.key(), Some(kv.value()));
+        }
         let mut revs = Vec::new();
         for name in self.st.interests.clone() {
             revs.push((name.clone(), self.load(&name).await?));
@@ -226,6 +235,12 @@ impl Round<'_> {
             .with_start_revision(nodes_rev + 1);
         let stream = timed(t, self.client.watch(nodes_prefix.as_str(), Some(opts))).await?;
         let (mut wtx, mut wrx) = stream.split();
+        wtx.watch(
+            policy_key.as_str(),
+            Some(WatchOptions::new().with_start_revision(policy_rev + 1)),
+        )
+        .await
+        .map_err(unavailable)?;
         for (name, rev) in &revs {
             self.watch(&mut wtx, name, *rev).await?;
         }
@@ -444,6 +459,18 @@ impl Round<'_> {
                     }
                     st.instances.remove(&ik);
                 }
+            },
+            Some(ParsedKey::Policy) => match value {
+                Some(v) => match keys::decode::<Policy>(key, v) {
+                    Ok(p) => match p.validate() {
+                        Ok(()) => st.policy = Some(p),
+                        Err(e) => {
+                            tracing::warn!("cluster sync: policy refused, keeping the last one: {e}")
+                        }
+                    },
+                    Err(e) => tracing::warn!("cluster sync: {e}"),
+                },
+                None => st.policy = Some(Policy::default()),
             },
             _ => {}
         }
@@ -732,6 +759,7 @@ impl Round<'_> {
                     (k.clone(), inst)
                 })
                 .collect(),
+            policy: st.policy.clone(),
         };
         {
             let mut s = self.inner.status();
@@ -741,7 +769,8 @@ impl Round<'_> {
         self.tx.send_if_modified(|cur| {
             let same = cur.peers == view.peers
                 && cur.services == view.services
-                && cur.instances == view.instances;
+                && cur.instances == view.instances
+                && cur.policy == view.policy;
             if same {
                 false
             } else {

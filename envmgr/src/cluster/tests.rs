@@ -100,6 +100,7 @@ fn snapshot(
         services: BTreeMap::new(),
         instances,
         peers: BTreeMap::new(),
+        policy: Default::default(),
     })
 }
 

@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,8 +69,8 @@ pub fn bind<K: Kernel>(
     crate::api::server::prepare_socket_path(socket)?;
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the CNM plugin socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", socket.display()))?;
+    // Only dockerd (root) talks to a network plugin.
+    crate::api::server::restrict_socket(socket, None)?;
     tracing::info!(
         socket = %socket.display(),
         networks = driver.networks().all().len(),

@@ -503,7 +503,7 @@ async fn serves_on_a_unix_socket() {
     }
     let meta = std::fs::metadata(&socket).expect("socket");
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
     let (status, ctype, body) = http(&socket, &post("/Plugin.Activate", "")).await;
     assert_eq!(

@@ -1243,6 +1243,18 @@ impl Registry for FakeRegistry {
             Ok(())
         })
     }
+
+    fn put_policy<'a>(
+        &'a self,
+        _policy: &'a crate::model::Policy,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::Unavailable("etcd is down".into()));
+            }
+            Ok(())
+        })
+    }
 }
 
 async fn clustered(dir: &Path, ns: &FakeNs, reg: Arc<FakeRegistry>) -> Manager<FakeKernel> {
@@ -1290,6 +1302,7 @@ fn view_with(services: &[Service], instances: &[Instance], peers: &[(&str, &str)
             .iter()
             .map(|i| (i.key.clone(), i.clone()))
             .collect(),
+        policy: None,
     }
 }
 

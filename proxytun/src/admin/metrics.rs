@@ -218,6 +218,12 @@ impl Readings {
             "Flows installed (first packets of connections to a ServiceIP)",
             c.flows_created,
         )?;
+        counter(
+            enc,
+            "proxytun_flows_cut_by_policy",
+            "Flows and reply entries removed because a policy change forbade them",
+            c.flows_cut_by_policy,
+        )?;
         gauge(
             enc,
             "proxytun_flows_active",
@@ -628,6 +634,7 @@ mod tests {
             ("proxytun_drops", "counter"),
             ("proxytun_io_errors", "counter"),
             ("proxytun_flows_created", "counter"),
+            ("proxytun_flows_cut_by_policy", "counter"),
             ("proxytun_flows_active", "gauge"),
             ("proxytun_reply_cache_entries", "gauge"),
             ("proxytun_table_services", "gauge"),

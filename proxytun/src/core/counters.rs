@@ -44,10 +44,14 @@ drop_reasons! {
     BadVersion => "bad_version",
     /// Tunnel message type unknown to this version.
     UnknownType => "unknown_type",
-    /// Tunnel header reserved bytes not zero.
-    ReservedNotZero => "reserved_not_zero",
     /// Tunnel datagram from an address that is not a member node.
     NotMember => "not_member",
+    /// Tunnel datagram of a member whose tag did not verify (forged or corrupted).
+    AuthFailed => "auth_failed",
+    /// Tunnel datagram whose (session, counter) was seen already or is below the window.
+    Replay => "replay",
+    /// Tunnel datagram protected otherwise (plain/auth/encrypt) than this node's mode.
+    ProtectionMismatch => "protection_mismatch",
     /// Packet failed length or field validation.
     Malformed => "malformed",
     /// IPv4 fragment or IPv6 fragment header: flows need the transport ports.
@@ -58,6 +62,8 @@ drop_reasons! {
     UnsupportedProtocol => "unsupported_protocol",
     /// ICMP message other than echo request/reply.
     IcmpUnsupported => "icmp_unsupported",
+    /// ICMP error whose quoted packet belongs to no flow or reply entry.
+    IcmpErrorNoFlow => "icmp_error_no_flow",
     /// Tunnel packet to a local instance whose source is not in the ServiceIP range.
     InnerSrcNotService => "inner_src_not_service",
     /// Tunnel packet whose destination is no local instance.
@@ -84,6 +90,8 @@ drop_reasons! {
     KeepaliveBadTime => "keepalive_bad_time",
     /// Pong that answers no ping of ours (unknown peer endpoint or a sequence never sent).
     KeepaliveUnexpected => "keepalive_unexpected",
+    /// New flow or reply entry the isolation policy forbids (client or receiving node).
+    PolicyDenied => "policy_denied",
 }
 
 impl fmt::Display for DropReason {
@@ -113,6 +121,8 @@ pub struct Counters {
     pub tunnel_rx_bytes: AtomicU64,
     /// Flows installed.
     pub flows_created: AtomicU64,
+    /// Flows and reply entries removed because a new policy forbids them.
+    pub flows_cut_by_policy: AtomicU64,
     /// Keepalive pings written for peers.
     pub keepalive_pings_tx: AtomicU64,
     /// Keepalive pings from members, each answered with a pong.
@@ -146,6 +156,7 @@ impl Counters {
             tun_tx_peer_bytes: get(&self.tun_tx_peer_bytes),
             tunnel_rx_bytes: get(&self.tunnel_rx_bytes),
             flows_created: get(&self.flows_created),
+            flows_cut_by_policy: get(&self.flows_cut_by_policy),
             keepalive_pings_tx: get(&self.keepalive_pings_tx),
             keepalive_pings_rx: get(&self.keepalive_pings_rx),
             keepalive_pongs_rx: get(&self.keepalive_pongs_rx),
@@ -188,6 +199,8 @@ pub struct CountersSnapshot {
     pub tunnel_rx_bytes: u64,
     /// Flows installed.
     pub flows_created: u64,
+    /// Flows and reply entries removed because a new policy forbids them.
+    pub flows_cut_by_policy: u64,
     /// Keepalive pings written for peers.
     pub keepalive_pings_tx: u64,
     /// Keepalive pings answered (one pong each).

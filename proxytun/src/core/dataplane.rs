@@ -8,15 +8,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::access::{policy_port, DenialView, Denials, Side};
 use super::counters::{add_len, inc, Counters, DropReason};
 use super::flow::{min_opt, Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable, FlowView};
+use super::flow::{FlowRecord, FlowRecords, ImportReport, ReplyRecord};
 use super::health::{PeerHealthView, Peers};
+use super::icmp_error;
 use super::keepalive::{self, Kind};
 use super::miss::Misses;
 use super::packet::{self, IcmpKind, PacketInfo, L4};
 use super::policy::Balancer;
 use super::reply::{ReplyCache, ReplyEntry, ReplyView};
 use super::table::{Location, Table, Vip};
+use super::seal::{OpenError, Opener, Sealer};
 use super::tunnel::{self, MsgType, HEADER_LEN};
 
 /// Timer expiry is batched: a sweep runs at most this often, so expiry may
@@ -38,8 +42,9 @@ pub enum TunVerdict {
 /// What to do with a datagram received from the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetVerdict {
-    /// Write `dgram[HEADER_LEN..]` (rewritten in place) to the TUN.
-    Tun,
+    /// Write `dgram[HEADER_LEN..HEADER_LEN + n]` (opened and rewritten in
+    /// place) to the TUN: the inner packet ends before the tag.
+    Tun(usize),
     /// Send `dgram[..len]` (rewritten in place: a keepalive pong) back to
     /// the sender, `from`.
     Reply(usize),
@@ -61,6 +66,9 @@ pub struct Dataplane {
     misses: Misses,
     counters: Arc<Counters>,
     next_sweep: Option<Instant>,
+    sealer: Arc<Sealer>,
+    opener: Opener,
+    denials: Denials,
 }
 
 /// True when a packet may open a flow or a reply entry.
@@ -73,8 +81,18 @@ fn opens(info: &PacketInfo) -> bool {
 }
 
 impl Dataplane {
-    /// A dataplane with no flows, forwarding according to `table`.
+    /// A plain-mode dataplane (no tunnel authentication) with no flows,
+    /// forwarding according to `table`: for tests and tools; the daemon
+    /// uses [`Dataplane::with_sealer`].
     pub fn new(config: CoreConfig, table: Arc<Table>) -> Self {
+        Self::with_sealer(config, table, Arc::new(Sealer::plain(0)))
+    }
+
+    /// A dataplane whose tunnel datagrams are protected by `sealer`'s mode
+    /// and key: it seals its keepalives with it (the egress thread shares
+    /// it for data) and accepts only datagrams that open with the same key.
+    pub fn with_sealer(config: CoreConfig, table: Arc<Table>, sealer: Arc<Sealer>) -> Self {
+        let opener = sealer.opener();
         let mut peers = Peers::default();
         peers.set_endpoints(table.peer_endpoints());
         Dataplane {
@@ -85,8 +103,11 @@ impl Dataplane {
             balancer: Balancer::default(),
             peers,
             misses: Misses::default(),
+            denials: Denials::default(),
             counters: Arc::new(Counters::default()),
             next_sweep: None,
+            sealer,
+            opener,
         }
     }
 
@@ -132,24 +153,65 @@ impl Dataplane {
     /// longer attached here are removed, as are reply entries whose local
     /// instance is gone. Round-robin positions survive, and so does the
     /// health of every peer endpoint the new table still lists.
+    ///
+    /// Flows and reply entries the new table's isolation policy forbids
+    /// are cut too, and counted in `flows_cut_by_policy`; their next
+    /// packets are then refused as `policy_denied` (no TCP RST is sent).
     pub fn set_table(&mut self, table: Arc<Table>) {
+        let port = |proto: packet::Proto, port: u16| (proto != packet::Proto::Icmp).then_some(port);
+        let mut cut = 0u64;
         self.flows.retain(|f| {
-            let instance_ok = table.instance_by_name(&f.instance).is_some_and(|i| {
+            let instance = table.instance_by_name(&f.instance);
+            let instance_ok = instance.is_some_and(|i| {
                 i.ns_for(f.instance_ns) == f.instance_ns && i.location == f.location
             });
-            let client_ok = table
+            let client = table
                 .local_by_ns(f.key.src)
-                .is_some_and(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);
-            instance_ok && client_ok
+                .filter(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);
+            if !(instance_ok && client.is_some()) {
+                return false;
+            }
+            let allowed = match (client, instance) {
+                (Some((_, c)), Some(i)) => {
+                    table.allows(c.service, i.service, port(f.key.proto, f.key.dport))
+                }
+                _ => false,
+            };
+            cut += u64::from(!allowed);
+            allowed
         });
         self.replies.retain(|k, e| {
-            table
-                .local_by_ns(k.src)
-                .is_some_and(|(_, i)| i.name == e.instance)
+            let Some((_, local)) = table.local_by_ns(k.src).filter(|(_, i)| i.name == e.instance)
+            else {
+                return false;
+            };
+            if !table.access().isolate() {
+                return true;
+            }
+            // The reply key runs instance -> client: the client is its
+            // destination, the service port its source port.
+            let client = match table.vip(k.dst) {
+                Some(Vip::Instance(i)) => table.instance(i),
+                _ => None,
+            };
+            let allowed = client.is_some_and(|c| {
+                table.allows(c.service, local.service, port(k.proto, k.sport))
+            });
+            cut += u64::from(!allowed);
+            allowed
         });
+        if cut > 0 {
+            self.counters.flows_cut_by_policy.fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
+        }
         self.balancer.follow(&table);
         self.peers.set_endpoints(table.peer_endpoints());
         self.table = table;
+    }
+
+    /// The most recent policy denials (at most
+    /// [`super::access::DENIAL_RECORD`] keys), most recent first, for the API.
+    pub fn denials(&self, now: Instant) -> Vec<DenialView> {
+        self.denials.views(now)
     }
 
     /// When [`Dataplane::poll_keepalive`] should next be called. `None`:
@@ -163,12 +225,22 @@ impl Dataplane {
 
     /// Writes the next due keepalive ping into `buf` and says where to send
     /// it: `(peer endpoint, length)`. Call repeatedly until `None`; each
-    /// due peer gets one ping. Also `None` when `buf` cannot hold a
-    /// keepalive ([`keepalive::KEEPALIVE_LEN`] bytes).
+    /// due peer gets one ping, sealed like every datagram. Also `None` when
+    /// `buf` cannot hold a sealed keepalive ([`keepalive::KEEPALIVE_MAX`]
+    /// bytes is always enough).
     pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let out = self.peers.poll(now, self.config.keepalive_interval, buf)?;
+        if buf.len() < keepalive::KEEPALIVE_LEN + self.sealer.trailer_len() {
+            return None;
+        }
+        let (to, len) = self.peers.poll(now, self.config.keepalive_interval, buf)?;
+        // Only fails once the session's counter is exhausted: then nothing
+        // is sent at all.
+        let len = self
+            .sealer
+            .seal(buf, MsgType::Keepalive, len - HEADER_LEN)
+            .ok()?;
         inc(&self.counters.keepalive_pings_tx);
-        Some(out)
+        Some((to, len))
     }
 
     /// Each peer endpoint's liveness and smoothed RTT as of `now`, for the API.
@@ -252,22 +324,44 @@ impl Dataplane {
     ) -> NetVerdict {
         inc(&self.counters.tunnel_rx);
         add_len(&self.counters.tunnel_rx_bytes, dgram.len());
-        let result = match tunnel::parse_header(dgram) {
-            Ok(MsgType::Data) => self
-                .tunnel_input(from, dgram, now)
-                .map(|()| NetVerdict::Tun),
-            Ok(MsgType::Keepalive) => self.keepalive_input(from, dgram, now),
-            Err(e) => Err(e.into()),
-        };
+        // Order matters: header, membership (before any crypto, so strangers
+        // cost nothing), protection, tag and replay window, then dispatch.
+        let result = tunnel::parse(dgram)
+            .map_err(DropReason::from)
+            .and_then(|h| {
+                if !self.table.is_peer(from.ip()) {
+                    return Err(DropReason::NotMember);
+                }
+                match self.opener.open(from.ip(), dgram, &h) {
+                    Ok(n) => Ok((h.msg, n)),
+                    Err(e) => {
+                        if let OpenError::ProtectionMismatch(theirs) = e {
+                            tracing::debug!(
+                                peer = %from,
+                                theirs = theirs.name(),
+                                ours = self.opener.protection().name(),
+                                "tunnel datagram of another protection mode dropped"
+                            );
+                        }
+                        Err(e.into())
+                    }
+                }
+            })
+            .and_then(|(msg, n)| match msg {
+                MsgType::Data => {
+                    let pkt = dgram
+                        .get_mut(HEADER_LEN..HEADER_LEN + n)
+                        .ok_or(DropReason::TunnelTooShort)?;
+                    self.tunnel_input(from, pkt, now).map(|()| NetVerdict::Tun(n))
+                }
+                MsgType::Keepalive => self.keepalive_input(from, dgram, n, now),
+            });
         match result {
             Ok(v) => {
                 match v {
-                    NetVerdict::Tun => {
+                    NetVerdict::Tun(n) => {
                         inc(&self.counters.tun_tx_tun);
-                        add_len(
-                            &self.counters.tun_tx_tun_bytes,
-                            dgram.len().saturating_sub(HEADER_LEN),
-                        );
+                        add_len(&self.counters.tun_tx_tun_bytes, n);
                     }
                     NetVerdict::Reply(_) => inc(&self.counters.keepalive_pings_rx),
                     NetVerdict::Done => inc(&self.counters.keepalive_pongs_rx),
@@ -282,21 +376,28 @@ impl Dataplane {
         }
     }
 
-    /// A keepalive from `from`: a member's ping is answered in place, a
-    /// member's pong feeds that peer's health.
+    /// An opened keepalive from member `from` (`n` payload bytes after the
+    /// header): a ping is answered in place with a sealed pong, a pong
+    /// feeds that peer's health.
     fn keepalive_input(
         &mut self,
         from: SocketAddr,
         dgram: &mut [u8],
+        n: usize,
         now: Instant,
     ) -> Result<NetVerdict, DropReason> {
-        if !self.table.is_peer(from.ip()) {
-            return Err(DropReason::NotMember);
-        }
-        let ka = keepalive::parse(dgram)?;
+        let msg = dgram
+            .get_mut(..HEADER_LEN + n)
+            .ok_or(DropReason::KeepaliveMalformed)?;
+        let ka = keepalive::parse(msg)?;
         match ka.kind {
             Kind::Ping => {
-                let len = keepalive::ping_to_pong(dgram).ok_or(DropReason::KeepaliveMalformed)?;
+                let len = keepalive::ping_to_pong(msg).ok_or(DropReason::KeepaliveMalformed)?;
+                // The received datagram had room for our tag: same mode.
+                let len = self
+                    .sealer
+                    .seal(dgram, MsgType::Keepalive, len - HEADER_LEN)
+                    .map_err(|_| DropReason::KeepaliveMalformed)?;
                 self.peers.on_ping(from, now);
                 Ok(NetVerdict::Reply(len))
             }
@@ -313,6 +414,10 @@ impl Dataplane {
         pkt: &mut [u8],
         now: Instant,
     ) -> Result<Option<SocketAddr>, DropReason> {
+        // ICMP errors (helper B): translated by `icmp_error`, never create state.
+        if packet::looks_like_icmp_error(pkt) {
+            return icmp_error::from_tun(&self.flows, &mut self.replies, pkt);
+        }
         let (info, key) = parse_supported(pkt)?;
         if let Some((idx, dir)) = self.flows.lookup(&key) {
             if let Some(flow) = self.flows.get_mut(idx) {
@@ -369,6 +474,27 @@ impl Dataplane {
         let (_, client) = table
             .local_by_ns(info.src)
             .ok_or(DropReason::SourceNotInstance)?;
+        // Before `opens`: the next packets of a flow a policy change cut
+        // are counted as policy denials, not as flowless.
+        if table.access().isolate() {
+            let dst = table.service_of_vip(vip);
+            let allowed = dst.is_some_and(|d| table.allows(client.service, d, policy_port(info)));
+            if !allowed {
+                let svc = dst.and_then(|d| table.service(d)).map(|s| Arc::clone(&s.name));
+                let unknown: Arc<str> = Arc::from("?");
+                let svc = svc.unwrap_or(unknown);
+                self.denials.record(
+                    Side::Client,
+                    info.src,
+                    Some(&client.name),
+                    &svc,
+                    info.proto(),
+                    policy_port(info),
+                    now,
+                );
+                return Err(DropReason::PolicyDenied);
+            }
+        }
         if !opens(info) {
             return Err(DropReason::NoFlow);
         }
@@ -418,18 +544,13 @@ impl Dataplane {
         Ok(peer)
     }
 
-    fn tunnel_input(
-        &mut self,
-        from: SocketAddr,
-        dgram: &mut [u8],
-        now: Instant,
-    ) -> Result<(), DropReason> {
-        if !self.table.is_peer(from.ip()) {
-            return Err(DropReason::NotMember);
+    /// The inner packet `pkt` of a data datagram from member `from`, already
+    /// opened (tag and replay checked) by [`Dataplane::handle_tunnel`].
+    fn tunnel_input(&mut self, from: SocketAddr, pkt: &mut [u8], now: Instant) -> Result<(), DropReason> {
+        // ICMP errors (helper B): translated by `icmp_error`, never create state.
+        if packet::looks_like_icmp_error(pkt) {
+            return icmp_error::from_tunnel(&self.table, &self.flows, &mut self.replies, from, pkt);
         }
-        let pkt = dgram
-            .get_mut(HEADER_LEN..)
-            .ok_or(DropReason::TunnelTooShort)?;
         let (info, key) = parse_supported(pkt)?;
         if let Some((_, instance)) = self.table.local_by_ns(info.dst) {
             // A remote client's packet for a local instance.
@@ -442,6 +563,28 @@ impl Dataplane {
                 let closing = entry.activity.touch(Dir::Forward, &info, now, &self.config);
                 self.arm(closing);
                 return Ok(());
+            }
+            // The receiving node's own policy check, before any entry is
+            // (re-)created: the inner source must be a known instance IP
+            // whose app may reach this instance's service. An unknown one
+            // is reported as a miss, so a cluster store can fill it in.
+            if self.table.access().isolate() {
+                let table = &self.table;
+                let client = match table.vip(info.src) {
+                    Some(Vip::Instance(i)) => table.instance(i),
+                    _ => None,
+                };
+                let port = policy_port(&info);
+                if !client.is_some_and(|c| table.allows(c.service, instance.service, port)) {
+                    if client.is_none() {
+                        self.misses.record(info.src);
+                    }
+                    let svc = table.service(instance.service).map(|s| Arc::clone(&s.name));
+                    let svc = svc.unwrap_or_else(|| Arc::clone(&instance.name));
+                    let name = client.map(|c| &c.name);
+                    self.denials.record(Side::Server, info.src, name, &svc, info.proto(), port, now);
+                    return Err(DropReason::PolicyDenied);
+                }
             }
             if !opens(&info) {
                 return Err(DropReason::NoFlow);
@@ -484,6 +627,102 @@ impl Dataplane {
         self.arm(closing);
         Ok(())
     }
+
+    /// The flow table and reply cache as plain records, for the state file
+    /// that lets established connections survive a restart. Closed
+    /// connections (only lingering) are left out. Costs one pass and one
+    /// allocation per entry: callers hold the core's lock only for this copy.
+    pub fn export_flows(&self, now: Instant) -> FlowRecords {
+        FlowRecords {
+            flows: self
+                .flows
+                .iter()
+                .filter(|f| !f.activity.is_closed())
+                .map(|f| FlowRecord::of(f, now))
+                .collect(),
+            replies: self
+                .replies
+                .iter()
+                .filter(|(_, e)| !e.activity.is_closed())
+                .map(|(k, e)| ReplyRecord {
+                    key: (*k).into(),
+                    peer: e.peer,
+                    instance: Arc::clone(&e.instance),
+                    activity: e.activity.record(now),
+                })
+                .collect(),
+        }
+    }
+
+    /// Installs saved records (from [`Dataplane::export_flows`] of an
+    /// earlier run), validated against the current table exactly like
+    /// [`Dataplane::set_table`]: a flow whose instance is gone or moved or
+    /// whose client is no longer attached here is dropped, as is a reply
+    /// entry whose local instance is gone or whose peer is not a member.
+    /// Records already expired as of `now`, and those beyond `max_flows`,
+    /// are dropped too. Existing entries with the same keys are replaced.
+    pub fn import_flows(&mut self, records: FlowRecords, now: Instant) -> ImportReport {
+        let mut report = ImportReport::default();
+        let table = Arc::clone(&self.table);
+        for r in &records.flows {
+            let f = r.to_flow(now);
+            let instance_ok = table.instance_by_name(&f.instance).is_some_and(|i| {
+                i.ns_for(f.instance_ns) == f.instance_ns && i.location == f.location
+            });
+            let client_ok = table
+                .local_by_ns(f.key.src)
+                .is_some_and(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);
+            let deadline = f.activity.deadline(&self.config);
+            let live = deadline.is_none_or(|d| d > now);
+            let room = self.flows.len() < self.config.max_flows
+                || self.flows.lookup(&f.key).is_some();
+            if !(instance_ok && client_ok && live && room) {
+                report.flows_dropped += 1;
+                continue;
+            }
+            // Share the table's name rather than one copy per flow.
+            let f = match table.instance_by_name(&f.instance) {
+                Some(i) => Flow {
+                    instance: Arc::clone(&i.name),
+                    ..f
+                },
+                None => f,
+            };
+            self.flows.insert(f);
+            self.arm(deadline);
+            report.flows += 1;
+        }
+        for r in &records.replies {
+            let key = FlowKey::from(r.key);
+            let activity = Activity::from_record(key.proto, &r.activity, now);
+            let instance = table
+                .local_by_ns(key.src)
+                .filter(|(_, i)| *i.name == *r.instance)
+                .map(|(_, i)| Arc::clone(&i.name));
+            let deadline = activity.deadline(&self.config);
+            let live = deadline.is_none_or(|d| d > now);
+            let peer_ok = table.is_peer(r.peer.ip()) && table.in_service_range(key.dst);
+            let room = self.replies.len() < self.config.max_flows
+                || self.replies.get_mut(&key).is_some();
+            match instance {
+                Some(instance) if live && peer_ok && room => {
+                    self.replies.insert(
+                        key,
+                        ReplyEntry {
+                            peer: r.peer,
+                            instance,
+                            activity,
+                        },
+                    );
+                    self.arm(deadline);
+                    report.replies += 1;
+                }
+                _ => report.replies_dropped += 1,
+            }
+        }
+        report
+    }
+
 }
 
 /// Parses a packet from either input and refuses what no flow can carry

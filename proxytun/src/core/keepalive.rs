@@ -1,12 +1,17 @@
 //! Tunnel keepalives: the wire format of a ping and its pong.
 //!
 //! ```text
-//!  0        8      9          12        16                  24
-//!  +--------+------+----------+---------+-------------------+
-//!  | header | kind | reserved | seq     | send time (ns)    |
-//!  | type=2 | 1/2  | 0 0 0    | u32 BE  | u64 BE            |
-//!  +--------+------+----------+---------+-------------------+
+//!  0        20     21         24        28                  36
+//!  +--------+------+----------+---------+-------------------+---------+
+//!  | header | kind | reserved | seq     | send time (ns)    | tag     |
+//!  | type=2 | 1/2  | 0 0 0    | u32 BE  | u64 BE            | (16)    |
+//!  +--------+------+----------+---------+-------------------+---------+
 //! ```
+//!
+//! Keepalives are sealed like data ([`super::seal`]): a pong is a new
+//! datagram of the answering node's session, so it is authenticated and
+//! replay-checked like any other. This module handles the unsealed layout;
+//! the tag, when there is one, follows [`KEEPALIVE_LEN`].
 //!
 //! A node pings each peer every keepalive interval; the peer turns the
 //! datagram into a pong in place (only the kind byte changes) and sends it
@@ -25,6 +30,8 @@ use super::tunnel::{write_header_of, MsgType, HEADER_LEN};
 pub const PAYLOAD_LEN: usize = 16;
 /// A whole keepalive datagram, tunnel header included.
 pub const KEEPALIVE_LEN: usize = HEADER_LEN + PAYLOAD_LEN;
+/// A sealed keepalive at most: [`KEEPALIVE_LEN`] plus the tag.
+pub const KEEPALIVE_MAX: usize = KEEPALIVE_LEN + super::tunnel::TAG_LEN;
 /// Kind byte of a ping.
 pub const KIND_PING: u8 = 1;
 /// Kind byte of a pong.
@@ -129,7 +136,7 @@ mod tests {
             seq: 0x0102_0304,
             sent_ns: 0x1122_3344_5566_7788,
         };
-        let mut buf = [0xffu8; 40];
+        let mut buf = [0xffu8; KEEPALIVE_MAX];
         assert_eq!(write(&mut buf, &ping), Some(KEEPALIVE_LEN));
         let d = &mut buf[..KEEPALIVE_LEN];
         assert_eq!(parse_header(d), Ok(MsgType::Keepalive));
@@ -145,11 +152,11 @@ mod tests {
         assert_eq!(write(&mut [0u8; KEEPALIVE_LEN - 1], &ping), None);
         assert_eq!(
             parse(&buf[..KEEPALIVE_LEN - 1]),
-            Err(KeepaliveError::BadLength(23))
+            Err(KeepaliveError::BadLength(KEEPALIVE_LEN - 1))
         );
         assert_eq!(
             parse(&buf[..KEEPALIVE_LEN + 1]),
-            Err(KeepaliveError::BadLength(25))
+            Err(KeepaliveError::BadLength(KEEPALIVE_LEN + 1))
         );
         assert_eq!(parse(&buf[..3]), Err(KeepaliveError::BadLength(3)));
         let mut b = buf;

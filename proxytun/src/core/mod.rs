@@ -14,17 +14,20 @@
 //! reply entry may. No packet, however malformed, panics: every index is
 //! checked by [`packet::parse`] first.
 
+pub mod access;
 pub mod checksum;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
 pub mod health;
+pub mod icmp_error;
 pub mod keepalive;
 pub mod miss;
 pub mod offload;
 pub mod packet;
 pub mod policy;
 pub mod reply;
+pub mod seal;
 pub mod table;
 pub mod tunnel;
 

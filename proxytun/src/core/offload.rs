@@ -351,11 +351,26 @@ impl Segments {
 /// Plans the split of `pkt` without writing: what [`segment`] would
 /// produce, so the shell can check or size its buffer.
 pub fn plan(pkt: &[u8], off: &Offload) -> Result<Segments, OffloadError> {
-    plan_layout(pkt, off).map(|(_, s, _)| s)
+    plan_layout(pkt, off, 0).map(|(_, s, _)| s)
 }
 
-/// Validates a GSO packet and computes its split: (layout, segments, gso size).
-fn plan_layout(pkt: &[u8], off: &Offload) -> Result<(Layout, Segments, usize), OffloadError> {
+/// Like [`plan`], with `trailer` bytes left after each datagram (see
+/// [`segment_with_trailer`]).
+pub fn plan_with_trailer(
+    pkt: &[u8],
+    off: &Offload,
+    trailer: usize,
+) -> Result<Segments, OffloadError> {
+    plan_layout(pkt, off, trailer).map(|(_, s, _)| s)
+}
+
+/// Validates a GSO packet and computes its split: (layout, segments, gso
+/// size), with `trailer` bytes reserved after each datagram's packet.
+fn plan_layout(
+    pkt: &[u8],
+    off: &Offload,
+    trailer: usize,
+) -> Result<(Layout, Segments, usize), OffloadError> {
     let lay = layout(pkt)?;
     if let Some(csum) = off.csum {
         checksum_field(&lay, csum)?;
@@ -367,7 +382,7 @@ fn plan_layout(pkt: &[u8], off: &Offload) -> Result<(Layout, Segments, usize), O
     };
     let Some(want) = want else {
         // One packet: one datagram, header included.
-        let stride = HEADER_LEN + lay.len;
+        let stride = HEADER_LEN + lay.len + trailer;
         return Ok((
             lay,
             Segments {
@@ -393,9 +408,9 @@ fn plan_layout(pkt: &[u8], off: &Offload) -> Result<(Layout, Segments, usize), O
     if count > usize::from(u16::MAX) {
         return Err(OffloadError::TooManySegments(count));
     }
-    let stride = HEADER_LEN + lay.l4_end + size;
+    let stride = HEADER_LEN + lay.l4_end + size + trailer;
     let last = payload - (count - 1) * size;
-    let len = (count - 1) * stride + HEADER_LEN + lay.l4_end + last;
+    let len = (count - 1) * stride + HEADER_LEN + lay.l4_end + last + trailer;
     Ok((lay, Segments { count, stride, len }, size))
 }
 
@@ -415,7 +430,21 @@ fn plan_layout(pkt: &[u8], off: &Offload) -> Result<(Layout, Segments, usize), O
 /// On the GSO path the incoming transport checksum (partial or full) is
 /// never read.
 pub fn segment(pkt: &[u8], off: &Offload, out: &mut [u8]) -> Result<Segments, OffloadError> {
-    let (lay, segs, size) = plan_layout(pkt, off)?;
+    segment_with_trailer(pkt, off, 0, out)
+}
+
+/// [`segment`], leaving `trailer` bytes (the tunnel tag, see
+/// [`super::seal`]) after each datagram's packet: the stride includes
+/// them, so after sealing each datagram in place the buffer is still one
+/// `UDP_SEGMENT` run. The trailer bytes are left as they were; the
+/// headers written are plain placeholders the sealer overwrites.
+pub fn segment_with_trailer(
+    pkt: &[u8],
+    off: &Offload,
+    trailer: usize,
+    out: &mut [u8],
+) -> Result<Segments, OffloadError> {
+    let (lay, segs, size) = plan_layout(pkt, off, trailer)?;
     if out.len() < segs.len {
         return Err(OffloadError::OutTooSmall {
             need: segs.len,
@@ -423,10 +452,11 @@ pub fn segment(pkt: &[u8], off: &Offload, out: &mut [u8]) -> Result<Segments, Of
         });
     }
     if size == 0 {
+        let end = HEADER_LEN + lay.len;
         write_header(out);
-        out[HEADER_LEN..segs.len].copy_from_slice(&pkt[..lay.len]);
+        out[HEADER_LEN..end].copy_from_slice(&pkt[..lay.len]);
         if let Some(csum) = off.csum {
-            finish_checksum(&mut out[HEADER_LEN..segs.len], csum)?;
+            finish_checksum(&mut out[HEADER_LEN..end], csum)?;
         }
         return Ok(segs);
     }

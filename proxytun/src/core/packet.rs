@@ -354,3 +354,200 @@ pub fn rewrite(buf: &mut [u8], info: &PacketInfo, new_src: IpAddr, new_dst: IpAd
     }
     true
 }
+
+/// ICMPv4 destination unreachable.
+pub const ICMP4_DEST_UNREACHABLE: u8 = 3;
+/// ICMPv4 time exceeded.
+pub const ICMP4_TIME_EXCEEDED: u8 = 11;
+/// ICMPv4 parameter problem.
+pub const ICMP4_PARAMETER_PROBLEM: u8 = 12;
+/// ICMPv6 destination unreachable.
+pub const ICMP6_DEST_UNREACHABLE: u8 = 1;
+/// ICMPv6 packet too big (PMTU discovery).
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+/// ICMPv6 time exceeded.
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+/// ICMPv6 parameter problem.
+pub const ICMP6_PARAMETER_PROBLEM: u8 = 4;
+
+/// True when `ty` is an ICMP (v4) or ICMPv6 (`v6`) error type the
+/// dataplane translates: the errors that quote the packet they are about.
+pub fn is_icmp_error_type(v6: bool, ty: u8) -> bool {
+    if v6 {
+        matches!(
+            ty,
+            ICMP6_DEST_UNREACHABLE
+                | ICMP6_PACKET_TOO_BIG
+                | ICMP6_TIME_EXCEEDED
+                | ICMP6_PARAMETER_PROBLEM
+        )
+    } else {
+        matches!(
+            ty,
+            ICMP4_DEST_UNREACHABLE | ICMP4_TIME_EXCEEDED | ICMP4_PARAMETER_PROBLEM
+        )
+    }
+}
+
+/// A cheap look at the first bytes: does this claim to be an ICMP error?
+///
+/// Checks only the version, the protocol and the ICMP type (no lengths
+/// beyond what it reads), so the hot path pays a few byte reads for the
+/// detour; [`parse_icmp_error`] validates everything.
+pub fn looks_like_icmp_error(buf: &[u8]) -> bool {
+    match buf.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            buf.get(9) == Some(&IPPROTO_ICMP)
+                && buf.get(ihl).is_some_and(|&t| is_icmp_error_type(false, t))
+        }
+        Some(6) => {
+            buf.get(6) == Some(&IPPROTO_ICMPV6)
+                && buf
+                    .get(IPV6_HEADER_LEN)
+                    .is_some_and(|&t| is_icmp_error_type(true, t))
+        }
+        _ => false,
+    }
+}
+
+/// The packet an ICMP error quotes: the one the error's receiver sent.
+///
+/// Only its headers are known to be present (IP header and the first 8
+/// bytes of the transport header); every offset is in bounds of the
+/// buffer it was parsed from, below [`Quoted::end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    /// Source of the quoted packet.
+    pub src: IpAddr,
+    /// Destination of the quoted packet.
+    pub dst: IpAddr,
+    /// Source port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Destination port (ICMP echo: the identifier).
+    pub dport: u16,
+    /// Transport protocol of the quoted packet.
+    pub proto: Proto,
+    /// True for a quoted UDP datagram sent without a checksum (it stays 0).
+    pub udp_checksum_zero: bool,
+    /// Offset of the quoted IP header in the buffer.
+    pub ip_offset: usize,
+    /// Offset of the quoted transport header in the buffer.
+    pub l4_offset: usize,
+    /// End of the quote: the outer packet's length.
+    pub end: usize,
+}
+
+/// A validated ICMP or ICMPv6 error: the outer packet and its quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpError {
+    /// The error itself (ports are the unused identifier bytes).
+    pub outer: PacketInfo,
+    /// The packet it is about.
+    pub quoted: Quoted,
+}
+
+/// Parses an ICMP error and the packet it quotes.
+///
+/// Errors: whatever [`parse`] says about the outer packet;
+/// `IcmpUnsupported` when it is no error type of [`is_icmp_error_type`] or
+/// quotes something no flow carries (an ICMP message other than echo, an
+/// extension header, another transport); `Malformed` when the quote is
+/// shorter than an IP header plus 8 bytes, of the other family, or
+/// inconsistent; `Fragment` when it quotes a non-first fragment.
+pub fn parse_icmp_error(buf: &[u8]) -> Result<IcmpError, DropReason> {
+    let outer = parse(buf)?;
+    let v6 = outer.src.is_ipv6();
+    let ty = byte(buf, outer.l4_offset)?;
+    if !matches!(outer.l4, L4::Icmp { .. }) || !is_icmp_error_type(v6, ty) {
+        return Err(DropReason::IcmpUnsupported);
+    }
+    // `parse` cut nothing: the quote runs to the outer packet's length.
+    let end = outer.len;
+    let q = outer.l4_offset + ICMP_HEADER_MIN;
+    let quote = buf.get(q..end).ok_or(DropReason::Malformed)?;
+    let (ihl, proto, src, dst) = if v6 {
+        if quote.len() < IPV6_HEADER_LEN || quote[0] >> 4 != 6 {
+            return Err(DropReason::Malformed);
+        }
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&quote[8..24]);
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&quote[24..40]);
+        (
+            IPV6_HEADER_LEN,
+            quote[6],
+            IpAddr::V6(Ipv6Addr::from(s)),
+            IpAddr::V6(Ipv6Addr::from(d)),
+        )
+    } else {
+        if quote.len() < IPV4_HEADER_MIN || quote[0] >> 4 != 4 {
+            return Err(DropReason::Malformed);
+        }
+        let ihl = usize::from(quote[0] & 0x0f) * 4;
+        if ihl < IPV4_HEADER_MIN {
+            return Err(DropReason::Malformed);
+        }
+        if be16(quote, 6)? & 0x1fff != 0 {
+            // A non-first fragment carries no ports.
+            return Err(DropReason::Fragment);
+        }
+        (
+            ihl,
+            quote[9],
+            IpAddr::V4(Ipv4Addr::new(quote[12], quote[13], quote[14], quote[15])),
+            IpAddr::V4(Ipv4Addr::new(quote[16], quote[17], quote[18], quote[19])),
+        )
+    };
+    let l4 = quote
+        .get(ihl..)
+        .filter(|l4| l4.len() >= UDP_HEADER_LEN)
+        .ok_or(DropReason::Malformed)?;
+    let (proto, sport, dport, zero) = match proto {
+        IPPROTO_TCP => (Proto::Tcp, be16(l4, 0)?, be16(l4, 2)?, false),
+        IPPROTO_UDP => (Proto::Udp, be16(l4, 0)?, be16(l4, 2)?, be16(l4, 6)? == 0),
+        IPPROTO_ICMP if !v6 && matches!(l4[0], 0 | 8) => {
+            let id = be16(l4, 4)?;
+            (Proto::Icmp, id, id, false)
+        }
+        IPPROTO_ICMPV6 if v6 && matches!(l4[0], 128 | 129) => {
+            let id = be16(l4, 4)?;
+            (Proto::Icmp, id, id, false)
+        }
+        _ => return Err(DropReason::IcmpUnsupported),
+    };
+    Ok(IcmpError {
+        outer,
+        quoted: Quoted {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            udp_checksum_zero: zero,
+            ip_offset: q,
+            l4_offset: q + ihl,
+            end,
+        },
+    })
+}
+
+/// Writes `new` at `at` (4 or 16 address bytes) and returns the checksum
+/// delta; what [`rewrite`] uses, for the ICMP error translation.
+pub(crate) fn put_addr_at(buf: &mut [u8], at: usize, new: IpAddr) -> Delta {
+    put_addr(buf, at, new)
+}
+
+/// Applies `delta` to the checksum at `at` (`udp`: never write 0) and
+/// returns the delta of that field's own change, which a checksum covering
+/// the field (the ICMP one over a quote) must absorb in turn.
+pub(crate) fn adjust_checksum_at(buf: &mut [u8], at: usize, delta: Delta, udp: bool) -> Delta {
+    let Some(&[a, b]) = buf.get(at..at + 2) else {
+        return Delta::ZERO;
+    };
+    adjust_at(buf, at, delta, udp);
+    match buf.get(at..at + 2) {
+        Some(&[c, d]) => Delta::ZERO.add(&[a, b], &[c, d]),
+        _ => Delta::ZERO,
+    }
+}

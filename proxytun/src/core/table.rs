@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use super::access::{Access, AppId, Rule};
 use super::flow::FastMap;
 
 /// Where an instance runs, as far as forwarding is concerned.
@@ -315,6 +316,13 @@ pub struct Table {
     by_name: FastMap<Arc<str>, InstanceId>,
     peers: HashSet<IpAddr, foldhash::fast::RandomState>,
     endpoints: Vec<SocketAddr>,
+    /// The app of each service, by index: 4 bytes per service, so the
+    /// policy check of a new flow stays in cache.
+    service_app: Vec<AppId>,
+    /// App names, by [`AppId`].
+    apps: Vec<Arc<str>>,
+    /// The compiled isolation policy.
+    access: Access,
 }
 
 impl Table {
@@ -336,6 +344,9 @@ impl Table {
             by_name: FastMap::default(),
             peers: HashSet::default(),
             endpoints: Vec::new(),
+            service_app: Vec::new(),
+            apps: Vec::new(),
+            access: Access::default(),
         }
     }
 
@@ -462,6 +473,46 @@ impl Table {
     pub fn peer_endpoints(&self) -> &[SocketAddr] {
         &self.endpoints
     }
+
+    /// The app (tenant) a service belongs to.
+    #[inline]
+    pub fn app_of(&self, service: ServiceId) -> Option<AppId> {
+        self.service_app.get(service.0).copied()
+    }
+
+    /// An app's name.
+    pub fn app_name(&self, app: AppId) -> Option<&Arc<str>> {
+        self.apps.get(app.0 as usize)
+    }
+
+    /// The compiled isolation policy.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// May a client instance of service `client` open a flow to service
+    /// `dst` on `port` (`None`: ICMP echo)? Answered from the compiled
+    /// policy: no allocation, no string compare. An id not of this table
+    /// is allowed only while isolation is off.
+    #[inline]
+    pub fn allows(&self, client: ServiceId, dst: ServiceId, port: Option<u16>) -> bool {
+        if !self.access.isolate() {
+            return true;
+        }
+        match (self.app_of(client), self.app_of(dst)) {
+            (Some(from), Some(to)) => self.access.allows(from, to, dst.0 as u32, port),
+            _ => false,
+        }
+    }
+
+    /// The service a VIP belongs to (an instance IP: its instance's service).
+    #[inline]
+    pub fn service_of_vip(&self, vip: Vip) -> Option<ServiceId> {
+        match vip {
+            Vip::RoundRobin(s) | Vip::Closest(s) => Some(s),
+            Vip::Instance(i) => self.instance(i).map(|e| e.service),
+        }
+    }
 }
 
 /// Builds a [`Table`], checking that addresses do not collide.
@@ -471,6 +522,10 @@ pub struct TableBuilder {
     /// Every VIP so far; turned into the table's indexes by `build`.
     vips: FastMap<IpAddr, Vip>,
     error: Option<TableError>,
+    /// Apps interned so far.
+    app_ids: FastMap<Arc<str>, AppId>,
+    isolate: bool,
+    rules: Vec<Rule>,
 }
 
 impl TableBuilder {
@@ -480,7 +535,31 @@ impl TableBuilder {
             table: Table::empty(services4, services6),
             vips: FastMap::default(),
             error: None,
+            app_ids: FastMap::default(),
+            isolate: false,
+            rules: Vec::new(),
         }
+    }
+
+    /// Sets the isolation policy: `isolate`, and the allow rules (see
+    /// [`Rule`]); compiled by [`TableBuilder::build`] once every service is
+    /// known. Without a call, nothing is isolated.
+    pub fn policy(&mut self, isolate: bool, rules: Vec<Rule>) -> &mut Self {
+        self.isolate = isolate;
+        self.rules = rules;
+        self
+    }
+
+    /// The id of app `name`, interned on first use.
+    fn intern_app(&mut self, name: &str) -> AppId {
+        if let Some(&id) = self.app_ids.get(name) {
+            return id;
+        }
+        let id = AppId(self.table.apps.len() as u32);
+        let name: Arc<str> = name.into();
+        self.table.apps.push(Arc::clone(&name));
+        self.app_ids.insert(name, id);
+        id
     }
 
     fn fail(&mut self, e: TableError) {
@@ -511,6 +590,8 @@ impl TableBuilder {
     /// Adds a service (`app/service`) with its round-robin ServiceIPs.
     pub fn service(&mut self, name: &str, rr4: Ipv4Addr, rr6: Ipv6Addr) -> ServiceId {
         let id = ServiceId(self.table.services.len());
+        let app = self.intern_app(name.split_once('/').map_or(name, |(a, _)| a));
+        self.table.service_app.push(app);
         self.table.services.push(ServiceEntry {
             index: u32::try_from(id.0).unwrap_or(u32::MAX),
             name: name.into(),
@@ -607,10 +688,25 @@ impl TableBuilder {
             mut table,
             vips,
             error,
+            app_ids,
+            isolate,
+            rules,
         } = self;
         if let Some(e) = error {
             return Err(e);
         }
+        let by_service: FastMap<&str, u32> = table
+            .services
+            .iter()
+            .map(|s| (s.name.as_ref(), s.index))
+            .collect();
+        table.access = Access::compile(
+            isolate,
+            &rules,
+            |a| app_ids.get(a).copied(),
+            |s| by_service.get(s).copied(),
+        );
+        drop(by_service);
         let max = ID_MASK as usize;
         if table.services.len() > max || table.instances.len() > max {
             return Err(TableError::TooLarge);

@@ -12,10 +12,15 @@
 //! same lock and sends them with the batch's datagrams. It drains the
 //! core's misses into the control plane's channel the same way.
 //!
+//! Every datagram to a peer is sealed here ([`crate::core::seal`]), after
+//! segmenting and outside the core's lock: one atomic add and one AEAD pass
+//! per datagram, in place, no allocation.
+//!
 //! Buffers are allocated once when the thread starts. Every read buffer
-//! keeps [`PKT`] bytes in front of the packet: the virtio-net header is read
-//! there, and the tunnel header is written over its tail, so a packet that
-//! needs no segmenting is sent without a copy.
+//! keeps [`PKT`] bytes in front of the packet and [`TAG_LEN`] after its
+//! largest size: the virtio-net header is read just before the packet, the
+//! tunnel header is written over the [`PKT`] bytes and the tag after the
+//! packet, so a packet that needs no segmenting is sent without a copy.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,19 +31,25 @@ use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::io_loop::{IoCounters, Shared, MAX_SLEEP};
 use crate::core::flow::min_opt;
-use crate::core::keepalive::KEEPALIVE_LEN;
+use crate::core::keepalive::KEEPALIVE_MAX;
 use crate::core::miss::MISS_RING;
 use crate::core::offload::{self, CsumAt, Gso, Offload, Segments};
-use crate::core::tunnel::{write_header, HEADER_LEN};
+use crate::core::tunnel::{MsgType, HEADER_LEN, TAG_LEN};
 use crate::core::{DropReason, TunVerdict};
 
 /// Reads taken from the TUN before the core's lock is taken once for all.
 const READS: usize = 16;
 
-/// Where the IP packet starts in each read buffer: room for the virtio-net
-/// header in front, which is also room for the tunnel header.
-const PKT: usize = VIRTIO_NET_HDR_LEN;
-const _: () = assert!(HEADER_LEN <= PKT);
+/// Where the IP packet starts in each read buffer: room for the tunnel
+/// header in front; the virtio-net header is read into its tail
+/// (`PKT - VIRTIO_NET_HDR_LEN..PKT`).
+const PKT: usize = if HEADER_LEN > VIRTIO_NET_HDR_LEN {
+    HEADER_LEN
+} else {
+    VIRTIO_NET_HDR_LEN
+};
+/// Where a read with offloads starts: the virtio-net header, then the packet.
+const VNET: usize = PKT - VIRTIO_NET_HDR_LEN;
 
 /// The largest IP packet, super-packets included.
 const MAX_PACKET: usize = 65535;
@@ -74,7 +85,7 @@ const MAX_PINGS: usize = 4096;
 /// What one turn gathered under the lock besides the packets: due pings
 /// and misses, sent once the lock is released.
 struct Extra {
-    pings: Vec<(SocketAddr, [u8; KEEPALIVE_LEN])>,
+    pings: Vec<(SocketAddr, [u8; KEEPALIVE_MAX], usize)>,
     misses: [IpAddr; MISS_RING],
     n_misses: usize,
     next_keepalive: Option<Instant>,
@@ -94,10 +105,10 @@ impl Extra {
     /// is unknown) and the misses.
     fn collect(&mut self, dp: &mut crate::core::Dataplane, now: Instant) {
         if dp.next_keepalive().is_none_or(|t| t <= now) {
-            let mut buf = [0u8; KEEPALIVE_LEN];
+            let mut buf = [0u8; KEEPALIVE_MAX];
             while self.pings.len() < MAX_PINGS {
                 match dp.poll_keepalive(now, &mut buf) {
-                    Some((to, len)) if len == KEEPALIVE_LEN => self.pings.push((to, buf)),
+                    Some((to, len)) if len <= KEEPALIVE_MAX => self.pings.push((to, buf, len)),
                     Some(_) => {}
                     None => break,
                 }
@@ -117,8 +128,8 @@ impl Extra {
 
     /// After the lock: sends the pings and hands the misses on.
     fn send(&mut self, sh: &Shared) {
-        for (to, ping) in self.pings.drain(..) {
-            match sh.socket.send(to, &ping, None) {
+        for (to, ping, len) in self.pings.drain(..) {
+            match sh.socket.send(to, &ping[..len], None) {
                 Ok(()) => IoCounters::add(&sh.io.keepalive_tx, 1),
                 Err(e) => {
                     IoCounters::add(&sh.io.send_errors, 1);
@@ -141,7 +152,7 @@ impl Extra {
 pub(super) fn run(sh: &Shared) {
     let mut slots: Vec<Slot> = (0..READS)
         .map(|_| Slot {
-            buf: vec![0; PKT + MAX_PACKET],
+            buf: vec![0; PKT + MAX_PACKET + TAG_LEN],
             len: 0,
             off: Offload::default(),
             verdict: TunVerdict::Drop(DropReason::Malformed),
@@ -191,8 +202,8 @@ fn read_batch(sh: &Shared, slots: &mut [Slot]) -> usize {
     let mut n = 0;
     while n < slots.len() {
         let s = &mut slots[n];
-        let start = if sh.offload.vnet { 0 } else { PKT };
-        let got = match sh.tun.recv(&mut s.buf[start..]) {
+        let start = if sh.offload.vnet { VNET } else { PKT };
+        let got = match sh.tun.recv(&mut s.buf[start..PKT + MAX_PACKET]) {
             Ok(got) => got,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -203,14 +214,14 @@ fn read_batch(sh: &Shared, slots: &mut [Slot]) -> usize {
             }
         };
         if sh.offload.vnet {
-            let meta = (got > PKT)
-                .then(|| VirtioNetHdr::decode(&s.buf[..PKT]).ok())
+            let meta = (got > VIRTIO_NET_HDR_LEN)
+                .then(|| VirtioNetHdr::decode(&s.buf[VNET..PKT]).ok())
                 .flatten()
                 .and_then(|h| offload_of(&h));
             match meta {
                 Some(off) => {
                     s.off = off;
-                    s.len = got - PKT;
+                    s.len = got - VIRTIO_NET_HDR_LEN;
                 }
                 None => {
                     IoCounters::add(&sh.io.offload_errors, 1);
@@ -261,7 +272,7 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                         return;
                     }
                 }
-                &s.buf[..end]
+                &s.buf[VNET..end]
             } else {
                 &s.buf[PKT..end]
             };
@@ -275,8 +286,13 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                 // Datagrams of earlier packets go first: order within a
                 // flow is kept.
                 train.flush(sh);
-                match offload::segment(&s.buf[PKT..end], &s.off, seg) {
-                    Ok(segs) => send_segments(sh, to, seg, &segs),
+                let trailer = sh.sealer.trailer_len();
+                match offload::segment_with_trailer(&s.buf[PKT..end], &s.off, trailer, seg) {
+                    Ok(segs) => {
+                        if seal_segments(sh, seg, &segs) {
+                            send_segments(sh, to, seg, &segs);
+                        }
+                    }
                     Err(e) => {
                         IoCounters::add(&sh.io.offload_errors, 1);
                         tracing::debug!(error = %e, "super-packet not segmented");
@@ -290,8 +306,11 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                     return;
                 }
             }
-            write_header(&mut s.buf[PKT - HEADER_LEN..PKT]);
-            train.push(sh, to, &s.buf[PKT - HEADER_LEN..end]);
+            let dgram = &mut s.buf[PKT - HEADER_LEN..];
+            match sh.sealer.seal(dgram, MsgType::Data, s.len) {
+                Ok(n) => train.push(sh, to, &dgram[..n]),
+                Err(e) => seal_failed(sh, &e, 1),
+            }
         }
     }
 }
@@ -355,6 +374,31 @@ impl Train {
         self.count = 0;
         self.closed = false;
     }
+}
+
+/// Seals each datagram of one super-packet in place (the segmenter left
+/// room for the tag at the end of each). False, with the datagrams
+/// counted, when sealing failed and nothing may be sent.
+fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
+    let trailer = sh.sealer.trailer_len();
+    for i in 0..segs.count {
+        let Some(range) = segs.datagram(i) else {
+            break;
+        };
+        let inner = range.len().saturating_sub(HEADER_LEN + trailer);
+        if let Err(e) = sh.sealer.seal(&mut seg[range], MsgType::Data, inner) {
+            seal_failed(sh, &e, segs.count as u64);
+            return false;
+        }
+    }
+    true
+}
+
+/// Counts datagrams that could not be sealed (a session whose counter is
+/// exhausted: the daemon must restart) as send errors.
+fn seal_failed(sh: &Shared, e: &crate::core::seal::SealError, count: u64) {
+    IoCounters::add(&sh.io.send_errors, count);
+    tracing::warn!(error = %e, "tunnel datagram not sealed, not sent");
 }
 
 /// Sends the datagrams of one super-packet: in as few GSO sends as the

@@ -1,5 +1,9 @@
 //! The ingress thread: tunnel socket → core → TUN.
 //!
+//! The core verifies (and in encrypt mode decrypts) every datagram in place
+//! before anything else; only the inner packets it accepted, without their
+//! tags, reach the TUN.
+//!
 //! One `recvmmsg` brings up to [`MSGS`] messages; with `UDP_GRO` each may
 //! hold up to 64 datagrams of one stride, coalesced by the kernel. The core
 //! checks and rewrites every datagram in place under one lock per batch.
@@ -92,8 +96,11 @@ pub(super) fn run(sh: &Shared) {
                     let end = (at + stride).min(len);
                     let dgram = &mut big[base + at..base + end];
                     match dp.handle_tunnel(m.addr, dgram, now) {
-                        NetVerdict::Tun if accepted.len() < MAX_DGRAMS => {
-                            accepted.push((base + at + HEADER_LEN, end - at - HEADER_LEN));
+                        NetVerdict::Tun(inner) if accepted.len() < MAX_DGRAMS => {
+                            // The core opened the datagram: the packet ends
+                            // before the tag, and never past the datagram.
+                            let inner = inner.min(end - at - HEADER_LEN.min(end - at));
+                            accepted.push((base + at + HEADER_LEN, inner));
                         }
                         NetVerdict::Reply(len) if pongs.len() < MAX_PONGS => {
                             pongs.push((m.addr, base + at, len.min(end - at)));

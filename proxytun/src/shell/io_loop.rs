@@ -37,6 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
+use crate::core::seal::Sealer;
 use crate::core::{Dataplane, PeerHealthView, Table};
 
 /// The longest a thread sleeps: it bounds how late an expired flow is
@@ -148,6 +149,9 @@ pub(super) struct Shared {
     pub(super) offload: TunOffload,
     pub(super) socket: TunnelSocket,
     pub(super) misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
+    /// Seals the egress thread's data datagrams outside the core's lock
+    /// (the core holds the same one for keepalives).
+    pub(super) sealer: Arc<Sealer>,
     /// Packet threads still running: each holds a [`Running`] guard that
     /// counts down when its thread returns or panics.
     running: AtomicUsize,
@@ -261,6 +265,13 @@ impl ControlSender {
         self.shared.core().peer_health(now).collect()
     }
 
+    /// Runs `f` on the packet core under its lock, between two batches:
+    /// for short copies such as the flow records the state file needs
+    /// (`shell::persist`), never for I/O.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Dataplane) -> R) -> R {
+        f(&mut self.shared.core())
+    }
+
     /// Applies a control message. Never fails today; the `Result` keeps
     /// callers ready for a dataplane that can refuse.
     pub fn send(&self, msg: Control) -> anyhow::Result<()> {
@@ -272,7 +283,8 @@ impl ControlSender {
                     let dp = self.shared.core();
                     let flows: Vec<_> = dp.flows(now).collect();
                     let replies: Vec<_> = dp.replies(now).collect();
-                    serde_json::json!({ "flows": flows, "replies": replies })
+                    let denied = dp.denials(now);
+                    serde_json::json!({ "flows": flows, "replies": replies, "denied": denied })
                 };
                 let _ = reply.send(value);
             }
@@ -324,9 +336,12 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
 
 /// Starts the two direction threads. `misses`, when given, receives the
 /// destinations of first packets to ServiceIPs the table has no entry for
-/// (deduplicated per batch; dropped when the channel is full).
+/// (deduplicated per batch; dropped when the channel is full). `sealer`
+/// must be the one `dp` was built with ([`Dataplane::with_sealer`]).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     dp: Dataplane,
+    sealer: Arc<Sealer>,
     tun: SyncDevice,
     offload: TunOffload,
     socket: TunnelSocket,
@@ -344,6 +359,7 @@ pub fn spawn(
         offload,
         socket,
         misses,
+        sealer,
         running: AtomicUsize::new(0),
     });
     let mut threads = Vec::new();

@@ -9,5 +9,6 @@ pub mod device;
 mod egress;
 mod ingress;
 pub mod io_loop;
+pub mod persist;
 pub mod table;
 pub mod view;

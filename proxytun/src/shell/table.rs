@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use envmgr::model::{Placement, Snapshot};
 
+use crate::core::access::Rule;
 use crate::core::{Location, Table, TableBuilder, TableError};
 
 /// Builds the dataplane's table from a snapshot of the node's view.
@@ -26,6 +27,17 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
     for peer in snapshot.peers.values() {
         b.peer(peer.endpoint);
     }
+    let policy = &snapshot.policy;
+    let rules = policy
+        .allow
+        .iter()
+        .map(|r| Rule {
+            from: r.from.clone(),
+            to: r.to.clone(),
+            ports: r.ports.iter().map(|p| (p.lo, p.hi)).collect(),
+        })
+        .collect();
+    b.policy(policy.isolate, rules);
     for inst in snapshot.instances.values() {
         let Some(&svc) = ids.get(&inst.key.name) else {
             tracing::warn!(instance = %inst.key, "instance of an unknown service left out of the table");
@@ -138,6 +150,7 @@ mod tests {
             )]),
             instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
             peers,
+            policy: Default::default(),
         }
     }
 
@@ -194,5 +207,43 @@ mod tests {
         assert_eq!(svc.name.as_ref(), "shop/web");
         assert_eq!(svc.instances.len(), 2);
         assert!(matches!(t.vip(IpAddr::from([10, 30, 1, 1])), Some(Vip::RoundRobin(s)) if s == id));
+    }
+
+    #[test]
+    fn policy_is_compiled_with_interned_apps() {
+        use envmgr::model::{AllowRule, Policy};
+        let mut snap = snapshot(true, false);
+        let p = plan();
+        let bank = ServiceName::new("bank", "api").expect("name");
+        snap.services.insert(
+            bank.clone(),
+            Service {
+                name: bank,
+                rr_ip: p.service_pair(Ipv4Addr::new(10, 30, 1, 20)),
+                closest_ip: None,
+            },
+        );
+        snap.policy = Policy {
+            isolate: true,
+            allow: vec![AllowRule {
+                from: "shop".into(),
+                to: "bank/api".into(),
+                ports: vec!["8080".parse().expect("port")],
+            }],
+        };
+        let t = build(&snap).expect("valid table");
+        let id = |a: [u8; 4]| match t.vip(IpAddr::from(a)) {
+            Some(Vip::RoundRobin(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let (shop, bank) = (id([10, 30, 1, 1]), id([10, 30, 1, 20]));
+        assert_ne!(t.app_of(shop), t.app_of(bank));
+        assert_eq!(t.app_name(t.app_of(bank).expect("app")).map(|a| a.as_ref()), Some("bank"));
+        assert!(t.allows(shop, shop, Some(1)));
+        assert!(t.allows(shop, bank, Some(8080)));
+        assert!(!t.allows(shop, bank, Some(8081)));
+        assert!(!t.allows(bank, shop, Some(8080)));
+        assert!(t.access().isolate());
+        assert_eq!(t.access().rules(), 1);
     }
 }

@@ -14,7 +14,7 @@ use envmgr::api::DataplaneView;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
-use crate::core::Counters;
+use crate::core::{Counters, DropReason};
 use crate::dns::DnsStatus;
 use crate::logging::LogHandle;
 use crate::shell::io_loop::{Control, ControlSender, IoCounters, IoReadings};
@@ -97,6 +97,8 @@ impl DataplaneView for ShellView {
             "flows_active": self.io.flows_active.load(Ordering::Relaxed),
             "replies_active": self.io.replies_active.load(Ordering::Relaxed),
             "drops_total": c.drops.values().sum::<u64>(),
+            "policy_denied": c.drops.get(DropReason::PolicyDenied.name()).copied().unwrap_or(0),
+            "flows_cut_by_policy": c.flows_cut_by_policy,
         })
     }
 

@@ -8,7 +8,7 @@ use super::util::*;
 use crate::core::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::core::flow::CoreConfig;
 use crate::core::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN};
-use crate::core::tunnel::HEADER_LEN;
+use crate::core::tunnel::{Protection, HEADER_LEN};
 use crate::core::DropReason;
 
 struct Probe {
@@ -106,9 +106,21 @@ fn every_drop_reason_is_counted() {
     };
     p.net(&mut b, A, pong(0, u64::MAX / 2), KeepaliveBadTime);
     p.net(&mut b, A, pong(1, 0), KeepaliveUnexpected);
-    let mut d = good.clone();
-    d[5] = 1;
-    p.net(&mut b, A, d, ReservedNotZero);
+    // Tunnel security: an authenticating node refuses forgeries, replays
+    // and datagrams of another protection mode.
+    let mut b_auth = dataplane_with(Node::B, &cluster(), Protection::Auth);
+    let from_a = sealer(Protection::Auth, 7);
+    let sealed = seal(&from_a, &to_b);
+    assert!(matches!(
+        b_auth.handle_tunnel(A, &mut sealed.clone(), now),
+        NetVerdict::Tun(n) if n == to_b.len()
+    ));
+    p.net(&mut b_auth, A, sealed, Replay);
+    let mut d = seal(&from_a, &to_b);
+    d[HEADER_LEN + 3] ^= 0x10;
+    p.net(&mut b_auth, A, d, AuthFailed);
+    p.net(&mut b_auth, A, good.clone(), ProtectionMismatch);
+    p.net(&mut b_auth, STRANGER, seal(&from_a, &to_b), NotMember);
     p.net(&mut b, STRANGER, good.clone(), NotMember);
 
     // Inner packet checks.
@@ -142,7 +154,7 @@ fn every_drop_reason_is_counted() {
     );
     let reply = build(WEB2.ns(f), 53, CLI1.iip(f), 1000, L::Udp, false);
     p.net(&mut a, C, wrap(&reply), ReplyWrongPeer);
-    assert_eq!(net(&mut a, B, &reply, Instant::now()).0, NetVerdict::Tun);
+    assert!(matches!(net(&mut a, B, &reply, Instant::now()).0, NetVerdict::Tun(_)));
     // A local flow's reverse key cannot be hit from the tunnel.
     assert_eq!(
         tun(&mut a, udp4(CLI1.ns(f), WEB1.iip(f)), Instant::now()).0,
@@ -172,9 +184,10 @@ fn every_drop_reason_is_counted() {
     let mut gre = udp4(CLI1.ns(f), rr(WEB, f));
     gre[9] = 47;
     p.tun(&mut a, gre, UnsupportedProtocol);
-    let mut unreach = build(CLI1.ns(f), 1, rr(WEB, f), 0, L::Ping, false);
-    unreach[20] = 3;
-    p.tun(&mut a, unreach, IcmpUnsupported);
+    // ICMP that is neither echo nor an error (a timestamp request).
+    let mut timestamp = build(CLI1.ns(f), 1, rr(WEB, f), 0, L::Ping, false);
+    timestamp[20] = 13;
+    p.tun(&mut a, timestamp, IcmpUnsupported);
     let mut short = udp4(CLI1.ns(f), rr(WEB, f));
     short.truncate(25);
     p.tun(&mut a, short, Malformed);
@@ -223,10 +236,7 @@ fn every_drop_reason_is_counted() {
         FlowTableFull,
     );
     let mut small_b = Dataplane::new(cfg, table(Node::B, &cluster()));
-    assert_eq!(
-        net(&mut small_b, A, &to_b, Instant::now()).0,
-        NetVerdict::Tun
-    );
+    assert!(matches!(net(&mut small_b, A, &to_b, Instant::now()).0, NetVerdict::Tun(_)));
     p.net(
         &mut small_b,
         A,
@@ -234,12 +244,25 @@ fn every_drop_reason_is_counted() {
         ReplyTableFull,
     );
 
+    // An ICMP error about a packet that belongs to no flow.
+    let never = build(CLI1.iip(f), 1000, WEB1.ns(f), 80, L::Udp, false);
+    let err = super::icmp::unreachable(WEB1.ns(f), CLI1.iip(f), &never);
+    p.tun(&mut a, err, IcmpErrorNoFlow);
+    // Isolation on: shop may not open a flow to bank's ServiceIP.
+    let mut iso = Dataplane::new(
+        CoreConfig::default(),
+        super::isolation::table(Node::A, true, Vec::new()),
+    );
+    let shop = super::isolation::SHOP1.ns(f);
+    let to_bank = build(shop, 2000, super::isolation::vip(super::isolation::API, f), 80, L::Syn, false);
+    p.tun(&mut iso, to_bank, PolicyDenied);
+
     let missing: Vec<_> = DropReason::ALL
         .iter()
         .filter(|r| !p.seen.contains(r))
         .collect();
     assert!(missing.is_empty(), "untested drop reasons: {missing:?}");
-    for dp in [&a, &b, &small_a, &small_b] {
+    for dp in [&a, &b, &small_a, &small_b, &b_auth, &iso] {
         assert_balanced(dp);
     }
 }

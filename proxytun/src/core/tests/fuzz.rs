@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::util::*;
 use crate::core::dataplane::Dataplane;
-use crate::core::tunnel::write_header;
+use crate::core::tunnel::{write_header, HEADER_LEN};
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -49,9 +49,9 @@ fn feed(nodes: &mut [Dataplane; 2], pkt: &[u8], now: Instant) {
     for (i, dp) in nodes.iter_mut().enumerate() {
         let mut b = pkt.to_vec();
         dp.handle_tun(&mut b, now);
-        let mut d = vec![0u8; 8 + pkt.len()];
+        let mut d = vec![0u8; HEADER_LEN + pkt.len()];
         write_header(&mut d);
-        d[8..].copy_from_slice(pkt);
+        d[HEADER_LEN..].copy_from_slice(pkt);
         dp.handle_tunnel(if i == 0 { B } else { A }, &mut d, now);
         // And raw, header or not.
         let mut raw = pkt.to_vec();

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::util::*;
 use crate::core::dataplane::{Dataplane, NetVerdict};
-use crate::core::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN};
+use crate::core::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN, KEEPALIVE_MAX};
+use crate::core::tunnel::{Protection, HEADER_LEN};
 use crate::core::{DropReason, PeerHealthView};
 
 const MS: Duration = Duration::from_millis(1);
@@ -201,13 +202,13 @@ fn keepalives_from_strangers_and_malformed_ones_are_dropped() {
         NetVerdict::Drop(DropReason::KeepaliveMalformed)
     );
     let mut bad = ping.clone();
-    bad[8] = 9;
+    bad[HEADER_LEN] = 9;
     assert_eq!(
         drop(&mut a, B, bad),
         NetVerdict::Drop(DropReason::KeepaliveMalformed)
     );
     let mut bad = ping.clone();
-    bad[10] = 1;
+    bad[HEADER_LEN + 2] = 1;
     assert_eq!(
         drop(&mut a, B, bad),
         NetVerdict::Drop(DropReason::KeepaliveMalformed)
@@ -223,14 +224,14 @@ fn keepalives_from_strangers_and_malformed_ones_are_dropped() {
     let out = pings(&mut a, t0);
     let mut future = out[0].1.clone();
     keepalive::ping_to_pong(&mut future).unwrap();
-    future[16..24].copy_from_slice(&(3_600u64 * 1_000_000_000).to_be_bytes());
+    future[HEADER_LEN + 8..HEADER_LEN + 16].copy_from_slice(&(3_600u64 * 1_000_000_000).to_be_bytes());
     assert_eq!(
         a.handle_tunnel(B, &mut future, t0 + MS),
         NetVerdict::Drop(DropReason::KeepaliveBadTime)
     );
     let mut unsent = out[0].1.clone();
     keepalive::ping_to_pong(&mut unsent).unwrap();
-    unsent[12..16].copy_from_slice(&5u32.to_be_bytes());
+    unsent[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&5u32.to_be_bytes());
     assert_eq!(
         a.handle_tunnel(B, &mut unsent, t0 + MS),
         NetVerdict::Drop(DropReason::KeepaliveUnexpected)
@@ -254,4 +255,39 @@ fn zero_interval_turns_keepalives_off() {
     assert!(a
         .peer_health(now + Duration::from_secs(60))
         .all(|h| h.alive));
+}
+
+#[test]
+fn sealed_keepalives_round_trip_and_replays_are_dropped() {
+    for protection in [Protection::Auth, Protection::Encrypt] {
+        let mut a = dataplane_with(Node::A, &cluster(), protection);
+        let mut b = dataplane_with(Node::B, &cluster(), protection);
+        let now = Instant::now();
+        let mut buf = [0u8; KEEPALIVE_MAX];
+        // Too small for the tag: nothing is polled (and nothing lost).
+        assert_eq!(a.poll_keepalive(now, &mut [0u8; KEEPALIVE_LEN]), None);
+        let (to, len) = a.poll_keepalive(now, &mut buf).unwrap();
+        assert_eq!((to, len), (B, KEEPALIVE_MAX));
+        let ping = buf[..len].to_vec();
+        let mut d = ping.clone();
+        let NetVerdict::Reply(n) = b.handle_tunnel(A, &mut d, now) else {
+            panic!("{protection}: ping not answered");
+        };
+        assert_eq!(n, KEEPALIVE_MAX);
+        let mut pong = d[..n].to_vec();
+        assert_eq!(
+            a.handle_tunnel(B, &mut pong.clone(), now + Duration::from_millis(1)),
+            NetVerdict::Done
+        );
+        // The same pong again, and the same ping again: replays.
+        assert_eq!(
+            a.handle_tunnel(B, &mut pong, now),
+            NetVerdict::Drop(DropReason::Replay)
+        );
+        assert_eq!(
+            b.handle_tunnel(A, &mut ping.clone(), now),
+            NetVerdict::Drop(DropReason::Replay)
+        );
+        assert_eq!(a.counters().dropped(DropReason::Replay), 1);
+    }
 }

@@ -6,9 +6,12 @@
 mod drops;
 mod flows;
 mod fuzz;
+mod icmp;
+mod isolation;
 mod keepalive;
 mod offload;
 mod pair;
 mod policy;
+mod prop;
 mod rewrite;
 mod util;

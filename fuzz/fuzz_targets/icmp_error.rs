@@ -1,0 +1,5 @@
+//! `cargo fuzz run icmp_error`: the body is `proxytun::fuzzing::icmp_error`, which the
+//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::icmp_error(data));

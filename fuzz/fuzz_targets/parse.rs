@@ -1,0 +1,5 @@
+//! `cargo fuzz run parse`: the body is `proxytun::fuzzing::parse`, which the
+//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::parse(data));
