@@ -428,7 +428,8 @@ impl Policy {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, r) in self.allow.iter().enumerate() {
-            check_label("app", &r.from).map_err(|e| err(format!("allow[{i}].from"), e.to_string()))?;
+            check_label("app", &r.from)
+                .map_err(|e| err(format!("allow[{i}].from"), e.to_string()))?;
             let target = r
                 .target()
                 .map_err(|e| err(format!("allow[{i}].to"), e.to_string()))?;
@@ -551,7 +552,10 @@ mod tests {
         }
         let mut p = ok.clone();
         p.allow[0].ports.push(PortRange { lo: 9, hi: 3 });
-        assert_eq!(p.validate().expect_err("lo > hi").field, "allow[0].ports[2]");
+        assert_eq!(
+            p.validate().expect_err("lo > hi").field,
+            "allow[0].ports[2]"
+        );
         let mut p = ok.clone();
         p.allow.push(rule("shop", "bank/api", &[]));
         assert_eq!(p.validate().expect_err("duplicate").field, "allow[1]");
@@ -574,8 +578,12 @@ mod tests {
         let j = serde_json::to_string(&r).expect("json");
         assert_eq!(j, r#"{"from":"shop","to":"bank","ports":[80,"1000-2000"]}"#);
         assert_eq!(serde_json::from_str::<AllowRule>(&j).expect("back"), r);
-        assert!(serde_json::from_str::<AllowRule>(r#"{"from":"a","to":"b","ports":[70000]}"#).is_err());
-        assert!(serde_json::from_str::<AllowRule>(r#"{"from":"a","to":"b","ports":[true]}"#).is_err());
+        assert!(
+            serde_json::from_str::<AllowRule>(r#"{"from":"a","to":"b","ports":[70000]}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<AllowRule>(r#"{"from":"a","to":"b","ports":[true]}"#).is_err()
+        );
     }
 
     #[test]

@@ -307,7 +307,10 @@ fn dataplane(c: &mut Criterion) {
             CLIENT_PORT,
             Seg::SynAck,
         );
-        assert!(matches!(a.handle_tunnel(B, &mut wrap(&synack), now), NetVerdict::Tun(_)));
+        assert!(matches!(
+            a.handle_tunnel(B, &mut wrap(&synack), now),
+            NetVerdict::Tun(_)
+        ));
 
         // Out: client data packet from the TUN, forward flow hit -> Peer(B).
         let data = tcp(
@@ -336,7 +339,10 @@ fn dataplane(c: &mut Criterion) {
             Seg::Data,
         ));
         let mut buf = reply.clone();
-        assert!(matches!(a.handle_tunnel(B, &mut buf, now), NetVerdict::Tun(_)));
+        assert!(matches!(
+            a.handle_tunnel(B, &mut buf, now),
+            NetVerdict::Tun(_)
+        ));
         g.bench_function(BenchmarkId::new("tunnel_reply_to_client", tag), |b| {
             b.iter(|| {
                 restore(&mut buf, &reply, HEADER_LEN + hdr);
@@ -348,7 +354,10 @@ fn dataplane(c: &mut Criterion) {
         // (decapsulate + member/instance/range checks + cache touch).
         let mut bnode = Dataplane::new(CoreConfig::default(), table(B));
         let fwd = tcp(CLI1.iip(f), CLIENT_PORT, WEB2.ns(f), SERVICE_PORT, Seg::Syn);
-        assert!(matches!(bnode.handle_tunnel(A, &mut wrap(&fwd), now), NetVerdict::Tun(_)));
+        assert!(matches!(
+            bnode.handle_tunnel(A, &mut wrap(&fwd), now),
+            NetVerdict::Tun(_)
+        ));
         let fwd = wrap(&tcp(
             CLI1.iip(f),
             CLIENT_PORT,
@@ -357,7 +366,10 @@ fn dataplane(c: &mut Criterion) {
             Seg::Data,
         ));
         let mut buf = fwd.clone();
-        assert!(matches!(bnode.handle_tunnel(A, &mut buf, now), NetVerdict::Tun(_)));
+        assert!(matches!(
+            bnode.handle_tunnel(A, &mut buf, now),
+            NetVerdict::Tun(_)
+        ));
         g.bench_function(BenchmarkId::new("tunnel_to_server", tag), |b| {
             b.iter(|| {
                 restore(&mut buf, &fwd, HEADER_LEN + hdr);
@@ -566,7 +578,11 @@ fn seal_open(c: &mut Criterion) {
             let sealer = Sealer::new(p, Some(&key), 1).expect("sealer");
             let mut buf = vec![0x5au8; HEADER_LEN + len + TAG_LEN];
             g.bench_function(BenchmarkId::new(format!("seal/{p}"), len), |b| {
-                b.iter(|| sealer.seal(black_box(&mut buf), MsgType::Data, len).expect("seal"))
+                b.iter(|| {
+                    sealer
+                        .seal(black_box(&mut buf), MsgType::Data, len)
+                        .expect("seal")
+                })
             });
             // Open: a fresh datagram per iteration (a replay would be
             // refused); sealing it is outside the measurement.

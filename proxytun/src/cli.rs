@@ -643,7 +643,11 @@ fn describe_policy(v: &Value) -> String {
     let n = |x: &Value| x.as_u64().unwrap_or(0);
     format!(
         "isolate {}, {} rules, {} denied, {} flows cut",
-        if p["isolate"].as_bool() == Some(true) { "on" } else { "off" },
+        if p["isolate"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
         n(&p["rules"]),
         n(&dp["policy_denied"]),
         n(&dp["flows_cut_by_policy"])
@@ -667,7 +671,8 @@ fn format_flows(v: &Value) -> String {
 
 /// `isolate: on` and the rules as a table.
 fn format_policy(v: &Value) -> anyhow::Result<String> {
-    let p: Policy = serde_json::from_value(v.clone()).context("the daemon's answer is not a policy")?;
+    let p: Policy =
+        serde_json::from_value(v.clone()).context("the daemon's answer is not a policy")?;
     let mut out = format!("isolate: {}\n", if p.isolate { "on" } else { "off" });
     if p.allow.is_empty() {
         out.push_str("allow: none\n");
@@ -680,12 +685,22 @@ fn format_policy(v: &Value) -> anyhow::Result<String> {
             let ports = if r.ports.is_empty() {
                 "all".to_owned()
             } else {
-                r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                r.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             [r.from.clone(), r.to.clone(), ports]
         })
         .collect();
-    let w = |i: usize, head: &str| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).max(head.len());
+    let w = |i: usize, head: &str| {
+        rows.iter()
+            .map(|r| r[i].len())
+            .max()
+            .unwrap_or(0)
+            .max(head.len())
+    };
     let (w0, w1) = (w(0, "FROM"), w(1, "TO"));
     let _ = writeln!(out, "allow ({}):", rows.len());
     let _ = writeln!(out, "{:w0$}  {:w1$}  PORTS", "FROM", "TO");
@@ -707,7 +722,11 @@ async fn policy(api: &Api, action: PolicyCommand, out: Output) -> anyhow::Result
         PolicyCommand::Allow { from, to, ports } => {
             let rule = AllowRule { from, to, ports };
             let msg = format!("allowed {} -> {}", rule.from, rule.to);
-            match p.allow.iter_mut().find(|r| r.from == rule.from && r.to == rule.to) {
+            match p
+                .allow
+                .iter_mut()
+                .find(|r| r.from == rule.from && r.to == rule.to)
+            {
                 Some(r) => *r = rule,
                 None => p.allow.push(rule),
             }

@@ -742,7 +742,10 @@ impl Config {
             ));
         }
         self.api.group_id().map_err(|e| ("api.group", e))?;
-        for (key, path) in [("api.socket", &self.api.socket), ("state.dir", &self.state.dir)] {
+        for (key, path) in [
+            ("api.socket", &self.api.socket),
+            ("state.dir", &self.state.dir),
+        ] {
             if !path.is_absolute() {
                 return Err((key, format!("{} must be an absolute path", path.display())));
             }
@@ -753,7 +756,10 @@ impl Config {
         if self.tunnel.security != TunnelSecurity::Plain && !self.tunnel.key_file.is_absolute() {
             return Err((
                 "tunnel.key_file",
-                format!("{} must be an absolute path", self.tunnel.key_file.display()),
+                format!(
+                    "{} must be an absolute path",
+                    self.tunnel.key_file.display()
+                ),
             ));
         }
         if self.flows.max == 0 {

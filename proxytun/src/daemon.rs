@@ -333,7 +333,10 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         None
     };
 
-    let group = config.api.group_id().map_err(|e| anyhow::anyhow!("api.group: {e}"))?;
+    let group = config
+        .api
+        .group_id()
+        .map_err(|e| anyhow::anyhow!("api.group: {e}"))?;
     let listener = envmgr::api::bind(&config.api.socket, group)?;
     let summary = format!(
         "node {} subnet {} tunnel {} path {}",

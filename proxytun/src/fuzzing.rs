@@ -369,10 +369,7 @@ type Covered = (std::ops::Range<usize>, u32);
 
 /// Quoted checksum of a parsed error: where it sits, and, when the quote
 /// holds the whole quoted packet, the range and pseudo-header sum to verify.
-fn quoted_l4_checksum(
-    buf: &[u8],
-    err: &packet::IcmpError,
-) -> Option<(usize, Option<Covered>)> {
+fn quoted_l4_checksum(buf: &[u8], err: &packet::IcmpError) -> Option<(usize, Option<Covered>)> {
     let q = err.quoted;
     let quote = &buf[q.ip_offset..q.end];
     let full = packet::parse(quote).ok().filter(|p| p.len == quote.len());

@@ -197,60 +197,258 @@ fn bad_api_requests_are_refused_and_change_nothing() {
             String::new(),
         ),
         // Wrong types and out-of-range values, field by field.
-        ("app is a number", "POST", "/v1/attachments", attach(json!({"app": 5}))),
-        ("service is a list", "POST", "/v1/attachments", attach(json!({"service": ["api"]}))),
-        ("netns is a number", "POST", "/v1/attachments", attach(json!({"netns": 7}))),
-        ("instance is a string", "POST", "/v1/attachments", attach(json!({"instance": "one"}))),
-        ("negative instance", "POST", "/v1/attachments", attach(json!({"instance": -1}))),
-        ("instance beyond u32", "POST", "/v1/attachments", attach(json!({"instance": 1u64 << 40}))),
-        ("negative pid", "POST", "/v1/attachments", attach(json!({"netns": null, "pid": -5}))),
-        ("pid 0", "POST", "/v1/attachments", attach(json!({"netns": null, "pid": 0}))),
-        ("empty app", "POST", "/v1/attachments", attach(json!({"app": ""}))),
-        ("huge app name", "POST", "/v1/attachments", attach(json!({"app": "a".repeat(10_000)}))),
-        ("NUL in the service name", "POST", "/v1/attachments", attach(json!({"service": "we\u{0}b"}))),
-        ("empty ifname", "POST", "/v1/attachments", attach(json!({"ifname": ""}))),
-        ("ifname with a slash", "POST", "/v1/attachments", attach(json!({"ifname": "../eth0"}))),
-        ("IPv6 ServiceIP in the v4 field", "POST", "/v1/attachments", attach(json!({"service_ip": "fdff:30::9"}))),
-        ("container id with a path", "POST", "/v1/attachments", attach(json!({"container_id": "../../etc"}))),
+        (
+            "app is a number",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"app": 5})),
+        ),
+        (
+            "service is a list",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"service": ["api"]})),
+        ),
+        (
+            "netns is a number",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": 7})),
+        ),
+        (
+            "instance is a string",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"instance": "one"})),
+        ),
+        (
+            "negative instance",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"instance": -1})),
+        ),
+        (
+            "instance beyond u32",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"instance": 1u64 << 40})),
+        ),
+        (
+            "negative pid",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": null, "pid": -5})),
+        ),
+        (
+            "pid 0",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": null, "pid": 0})),
+        ),
+        (
+            "empty app",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"app": ""})),
+        ),
+        (
+            "huge app name",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"app": "a".repeat(10_000)})),
+        ),
+        (
+            "NUL in the service name",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"service": "we\u{0}b"})),
+        ),
+        (
+            "empty ifname",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"ifname": ""})),
+        ),
+        (
+            "ifname with a slash",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"ifname": "../eth0"})),
+        ),
+        (
+            "IPv6 ServiceIP in the v4 field",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"service_ip": "fdff:30::9"})),
+        ),
+        (
+            "container id with a path",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"container_id": "../../etc"})),
+        ),
         // Hostile namespace paths: relative, the daemon's own, a symlink
         // loop through /proc, a directory, a device.
-        ("relative netns path", "POST", "/v1/attachments", attach(json!({"netns": "../../proc/1/ns/net"}))),
-        ("the daemon's own netns", "POST", "/v1/attachments", attach(json!({"netns": "/proc/self/ns/net"}))),
-        ("the host's netns", "POST", "/v1/attachments", attach(json!({"netns": "/proc/1/ns/net"}))),
-        ("another kind of namespace", "POST", "/v1/attachments", attach(json!({"netns": "/proc/self/ns/mnt"}))),
-        ("a directory", "POST", "/v1/attachments", attach(json!({"netns": "/run"}))),
-        ("a device", "POST", "/v1/attachments", attach(json!({"netns": "/dev/null"}))),
-        ("a path with NUL", "POST", "/v1/attachments", attach(json!({"netns": "/run/netns/x\u{0}y"}))),
-        ("the pid of the daemon", "POST", "/v1/attachments", attach(json!({"netns": null, "pid": node.pid().expect("pid")}))),
-        ("a JSON number as body", "POST", "/v1/attachments", "42".into()),
-        ("deeply nested JSON", "POST", "/v1/attachments", format!("{}{}", "[".repeat(5000), "]".repeat(5000))),
-        ("remote instance with a string number", "POST", "/v1/remote-instances",
+        (
+            "relative netns path",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "../../proc/1/ns/net"})),
+        ),
+        (
+            "the daemon's own netns",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/proc/self/ns/net"})),
+        ),
+        (
+            "the host's netns",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/proc/1/ns/net"})),
+        ),
+        (
+            "another kind of namespace",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/proc/self/ns/mnt"})),
+        ),
+        (
+            "a directory",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/run"})),
+        ),
+        (
+            "a device",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/dev/null"})),
+        ),
+        (
+            "a path with NUL",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": "/run/netns/x\u{0}y"})),
+        ),
+        (
+            "the pid of the daemon",
+            "POST",
+            "/v1/attachments",
+            attach(json!({"netns": null, "pid": node.pid().expect("pid")})),
+        ),
+        (
+            "a JSON number as body",
+            "POST",
+            "/v1/attachments",
+            "42".into(),
+        ),
+        (
+            "deeply nested JSON",
+            "POST",
+            "/v1/attachments",
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+        ),
+        (
+            "remote instance with a string number",
+            "POST",
+            "/v1/remote-instances",
             json!({"app": "shop", "service": "web", "instance": "7", "node": "b",
-                   "ns_addr": "10.18.2.9", "instance_ip": "10.30.2.9"}).to_string()),
-        ("remote instance outside the ServiceIP range", "POST", "/v1/remote-instances",
+                   "ns_addr": "10.18.2.9", "instance_ip": "10.30.2.9"})
+            .to_string(),
+        ),
+        (
+            "remote instance outside the ServiceIP range",
+            "POST",
+            "/v1/remote-instances",
             json!({"app": "shop", "service": "web", "instance": 7, "node": "b",
-                   "ns_addr": "10.18.2.9", "instance_ip": "192.0.2.77"}).to_string()),
-        ("peer with port 0", "POST", "/v1/peers",
-            json!({"name": "c", "endpoint": "192.0.2.9:0"}).to_string()),
-        ("peer named like this node", "POST", "/v1/peers",
-            json!({"name": "a", "endpoint": "192.0.2.9:50103"}).to_string()),
-        ("peer endpoint is a number", "POST", "/v1/peers",
-            json!({"name": "c", "endpoint": 50103}).to_string()),
-        ("remove an unknown peer", "DELETE", "/v1/peers/nobody", String::new()),
-        ("log filter is a number", "PUT", "/v1/log", json!({"level": 3}).to_string()),
-        ("log filter that does not parse", "PUT", "/v1/log", json!({"level": "info,[=="}).to_string()),
-        ("detach by container id with traversal", "DELETE",
-            "/v1/attachments?container_id=../../etc/passwd", String::new()),
-        ("detach by an unknown container id", "DELETE",
-            "/v1/attachments?container_id=nope", String::new()),
-        ("detach with a repeated query key", "DELETE",
-            "/v1/attachments?container_id=a&container_id=b", String::new()),
-        ("percent-encoded traversal in the path", "GET",
-            "/v1/instances/..%2F..%2Fetc/web/1", String::new()),
-        ("instance number that is not a number", "GET", "/v1/instances/shop/web/x", String::new()),
-        ("instance number beyond u32", "GET", "/v1/instances/shop/web/99999999999", String::new()),
-        ("unknown route", "GET", "/v1/../../etc/passwd", String::new()),
-        ("wrong method", "PATCH", "/v1/attachments", attach(json!({}))),
+                   "ns_addr": "10.18.2.9", "instance_ip": "192.0.2.77"})
+            .to_string(),
+        ),
+        (
+            "peer with port 0",
+            "POST",
+            "/v1/peers",
+            json!({"name": "c", "endpoint": "192.0.2.9:0"}).to_string(),
+        ),
+        (
+            "peer named like this node",
+            "POST",
+            "/v1/peers",
+            json!({"name": "a", "endpoint": "192.0.2.9:50103"}).to_string(),
+        ),
+        (
+            "peer endpoint is a number",
+            "POST",
+            "/v1/peers",
+            json!({"name": "c", "endpoint": 50103}).to_string(),
+        ),
+        (
+            "remove an unknown peer",
+            "DELETE",
+            "/v1/peers/nobody",
+            String::new(),
+        ),
+        (
+            "log filter is a number",
+            "PUT",
+            "/v1/log",
+            json!({"level": 3}).to_string(),
+        ),
+        (
+            "log filter that does not parse",
+            "PUT",
+            "/v1/log",
+            json!({"level": "info,[=="}).to_string(),
+        ),
+        (
+            "detach by container id with traversal",
+            "DELETE",
+            "/v1/attachments?container_id=../../etc/passwd",
+            String::new(),
+        ),
+        (
+            "detach by an unknown container id",
+            "DELETE",
+            "/v1/attachments?container_id=nope",
+            String::new(),
+        ),
+        (
+            "detach with a repeated query key",
+            "DELETE",
+            "/v1/attachments?container_id=a&container_id=b",
+            String::new(),
+        ),
+        (
+            "percent-encoded traversal in the path",
+            "GET",
+            "/v1/instances/..%2F..%2Fetc/web/1",
+            String::new(),
+        ),
+        (
+            "instance number that is not a number",
+            "GET",
+            "/v1/instances/shop/web/x",
+            String::new(),
+        ),
+        (
+            "instance number beyond u32",
+            "GET",
+            "/v1/instances/shop/web/99999999999",
+            String::new(),
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/v1/../../etc/passwd",
+            String::new(),
+        ),
+        (
+            "wrong method",
+            "PATCH",
+            "/v1/attachments",
+            attach(json!({})),
+        ),
     ];
 
     let mut failures = Vec::new();
@@ -302,12 +500,18 @@ fn bad_api_requests_are_refused_and_change_nothing() {
         r
     };
     let raw_cases: Vec<(&str, Vec<u8>)> = vec![
-        ("an 8 MB body", raw("application/json", huge.as_bytes(), huge.len())),
+        (
+            "an 8 MB body",
+            raw("application/json", huge.as_bytes(), huge.len()),
+        ),
         (
             "an 8 MB body announced, 100 kB sent",
             raw("application/json", &huge.as_bytes()[..100_000], huge.len()),
         ),
-        ("text/plain", raw("text/plain", valid.as_bytes(), valid.len())),
+        (
+            "text/plain",
+            raw("text/plain", valid.as_bytes(), valid.len()),
+        ),
         (
             "not UTF-8",
             raw("application/json", b"{\"app\": \"sh\xff\xfeop\"}", 17),
@@ -328,10 +532,22 @@ fn bad_api_requests_are_refused_and_change_nothing() {
             Err(e) if *what == "an 8 MB body" => eprintln!("{what}: closed early ({e:#})"),
             Err(e) => failures.push(format!("{what}: no answer: {e:#}")),
             Ok(r) => {
-                eprintln!("{what}: {} {}", r.status, r.body.chars().take(160).collect::<String>());
+                eprintln!(
+                    "{what}: {} {}",
+                    r.status,
+                    r.body.chars().take(160).collect::<String>()
+                );
                 if !(400..500).contains(&r.status) {
-                    failures.push(format!("{what}: status {} (want 4xx): {}", r.status, r.body));
-                } else if r.json().ok().and_then(|v| v["error"]["message"].as_str().map(str::to_owned)).is_none() {
+                    failures.push(format!(
+                        "{what}: status {} (want 4xx): {}",
+                        r.status, r.body
+                    ));
+                } else if r
+                    .json()
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .is_none()
+                {
                     failures.push(format!("{what}: no JSON error message: {}", r.body));
                 }
             }
@@ -465,7 +681,13 @@ fn case(section: &'static str, key: &'static str, value: &str, want: &'static st
 /// Renders the base config with a case's change, section by section.
 fn render(dir: &Path, change: &[&KeyCase]) -> String {
     let mut sections: Vec<(&str, Vec<(String, String)>)> = vec![
-        ("node", vec![("name".into(), "\"a\"".into()), ("index".into(), "1".into())]),
+        (
+            "node",
+            vec![
+                ("name".into(), "\"a\"".into()),
+                ("index".into(), "1".into()),
+            ],
+        ),
         (
             "api",
             vec![("socket".into(), format!("{:?}", dir.join("api.sock")))],
@@ -537,26 +759,71 @@ fn every_config_key_refuses_bad_values() {
         vec![case("node", "index", "-1", "node.index")],
         vec![case("node", "index", "\"one\"", "node.index")],
         vec![case("node", "colour", "\"red\"", "colour")],
-        vec![case("network", "cluster", "\"10.18.0.0/33\"", "network.cluster")],
+        vec![case(
+            "network",
+            "cluster",
+            "\"10.18.0.0/33\"",
+            "network.cluster",
+        )],
         vec![case("network", "cluster", "5", "network.cluster")],
-        vec![case("network", "cluster6", "\"10.0.0.0/8\"", "network.cluster6")],
+        vec![case(
+            "network",
+            "cluster6",
+            "\"10.0.0.0/8\"",
+            "network.cluster6",
+        )],
         vec![case("network", "node_prefix", "40", "node_prefix")],
-        vec![case("network", "node_prefix", "\"24\"", "network.node_prefix")],
-        vec![case("network", "services", "\"ten.30/16\"", "network.services")],
-        vec![case("network", "services6", "\"fdff:30::/200\"", "network.services6")],
+        vec![case(
+            "network",
+            "node_prefix",
+            "\"24\"",
+            "network.node_prefix",
+        )],
+        vec![case(
+            "network",
+            "services",
+            "\"ten.30/16\"",
+            "network.services",
+        )],
+        vec![case(
+            "network",
+            "services6",
+            "\"fdff:30::/200\"",
+            "network.services6",
+        )],
         vec![case("tunnel", "bind", "\"not-an-ip\"", "tunnel.bind")],
         vec![case("tunnel", "port", "0", "tunnel.port")],
         vec![case("tunnel", "port", "70000", "tunnel.port")],
         vec![case("tunnel", "port", "\"50103\"", "tunnel.port")],
-        vec![case("tunnel", "advertise", "\"somewhere\"", "tunnel.advertise")],
+        vec![case(
+            "tunnel",
+            "advertise",
+            "\"somewhere\"",
+            "tunnel.advertise",
+        )],
         vec![case("tunnel", "keepalive_ms", "0", "tunnel.keepalive_ms")],
-        vec![case("tunnel", "keepalive_ms", "99999999", "tunnel.keepalive_ms")],
-        vec![case("tunnel", "peer_timeout_ms", "1", "tunnel.peer_timeout_ms")],
+        vec![case(
+            "tunnel",
+            "keepalive_ms",
+            "99999999",
+            "tunnel.keepalive_ms",
+        )],
+        vec![case(
+            "tunnel",
+            "peer_timeout_ms",
+            "1",
+            "tunnel.peer_timeout_ms",
+        )],
         vec![case("tunnel", "security", "\"maybe\"", "tunnel.security")],
         vec![case("tunnel", "security", "1", "tunnel.security")],
         vec![
             case("tunnel", "security", "\"auth\"", ""),
-            case("tunnel", "key_file", "\"/nonexistent/cluster.key\"", "tunnel.key_file"),
+            case(
+                "tunnel",
+                "key_file",
+                "\"/nonexistent/cluster.key\"",
+                "tunnel.key_file",
+            ),
         ],
         vec![
             case("tunnel", "security", "\"encrypt\"", ""),
@@ -573,14 +840,24 @@ fn every_config_key_refuses_bad_values() {
         vec![case("bridge", "name", "\"ptun0\"", "bridge.name")],
         vec![case("api", "socket", "\"relative/api.sock\"", "api.socket")],
         vec![case("api", "socket", "5", "api.socket")],
-        vec![case("api", "group", "\"no-such-group-proxytun\"", "api.group")],
+        vec![case(
+            "api",
+            "group",
+            "\"no-such-group-proxytun\"",
+            "api.group",
+        )],
         vec![case("api", "group", "[1]", "api.group")],
         vec![case("state", "dir", "\"relative/state\"", "state.dir")],
         vec![case("state", "dir", "false", "state.dir")],
         vec![case("store", "backend", "\"zookeeper\"", "store.backend")],
         vec![
             case("store", "backend", "\"etcd\"", ""),
-            case("store", "endpoints", "[\"http://192.0.2.50:2379\"]", "node.index"),
+            case(
+                "store",
+                "endpoints",
+                "[\"http://192.0.2.50:2379\"]",
+                "node.index",
+            ),
         ],
         etcd("endpoints", "[\"ftp://192.0.2.50\"]", "store.endpoints"),
         etcd("endpoints", "[]", "store.endpoints"),
@@ -592,17 +869,32 @@ fn every_config_key_refuses_bad_values() {
         vec![case("flows", "max", "0", "flows.max")],
         vec![case("flows", "max", "-1", "flows.max")],
         vec![case("flows", "tcp_idle_secs", "0", "flows.tcp_idle_secs")],
-        vec![case("flows", "tcp_syn_secs", "999999999", "flows.tcp_syn_secs")],
+        vec![case(
+            "flows",
+            "tcp_syn_secs",
+            "999999999",
+            "flows.tcp_syn_secs",
+        )],
         vec![case("flows", "tcp_fin_secs", "0", "flows.tcp_fin_secs")],
         vec![case("flows", "tcp_rst_secs", "0", "flows.tcp_rst_secs")],
-        vec![case("flows", "udp_idle_secs", "\"x\"", "flows.udp_idle_secs")],
+        vec![case(
+            "flows",
+            "udp_idle_secs",
+            "\"x\"",
+            "flows.udp_idle_secs",
+        )],
         vec![case("flows", "icmp_idle_secs", "0", "flows.icmp_idle_secs")],
         vec![case("dns", "enable", "\"yes\"", "dns.enable")],
         vec![case("dns", "domain", "\"bad domain!\"", "dns.domain")],
         vec![case("dns", "port", "0", "dns.port")],
         vec![case("dns", "ttl_secs", "1000000", "dns.ttl_secs")],
         vec![case("dns", "upstream", "[\"nowhere\"]", "dns.upstream")],
-        vec![case("dns", "upstream_timeout_ms", "1", "dns.upstream_timeout_ms")],
+        vec![case(
+            "dns",
+            "upstream_timeout_ms",
+            "1",
+            "dns.upstream_timeout_ms",
+        )],
         vec![case("dns", "max_forwards", "0", "dns.max_forwards")],
         vec![case("dns", "resolv_conf", "3", "dns.resolv_conf")],
         vec![case("log", "level", "\"info,[==\"", "log.level")],
@@ -721,13 +1013,21 @@ fn api_socket_is_for_root_or_its_group() {
     let path = c.b.config_path().to_owned();
     let text = fs::read_to_string(&path).expect("config");
     assert!(text.contains("[api]\n"), "{text}");
-    fs::write(&path, text.replacen("[api]\n", "[api]\ngroup = \"4242\"\n", 1)).expect("config");
+    fs::write(
+        &path,
+        text.replacen("[api]\n", "[api]\ngroup = \"4242\"\n", 1),
+    )
+    .expect("config");
     c.b.start().expect("start b");
     let meta = fs::metadata(c.b.socket()).expect("socket");
     assert_eq!(meta.mode() & 0o777, 0o660, "socket mode with api.group");
     assert_eq!(meta.gid(), 4242);
     let out = status_as_nobody(&c.b, "4242");
-    assert!(out.status.success(), "{}", out.describe("a group member is refused"));
+    assert!(
+        out.status.success(),
+        "{}",
+        out.describe("a group member is refused")
+    );
     assert!(out.stdout.contains("node"), "{}", out.stdout);
     let out = status_as_nobody(&c.b, "4243");
     assert!(

@@ -562,7 +562,9 @@ fn policy_put_on_one_node_is_enforced_by_all() {
     assert_eq!(h.name, "bank-c");
 
     let put = |node: &Node, policy: serde_json::Value| {
-        let r = node.api("PUT", "/v1/policy", Some(&policy)).expect("PUT /v1/policy");
+        let r = node
+            .api("PUT", "/v1/policy", Some(&policy))
+            .expect("PUT /v1/policy");
         assert_eq!(r.status, 200, "{}", r.body);
     };
     put(&c.b, serde_json::json!({"isolate": true}));
@@ -574,9 +576,11 @@ fn policy_put_on_one_node_is_enforced_by_all() {
         })
         .expect("the policy reaches every node");
     }
-    eventually(PROPAGATION, || match client_a.tcp_hello(IpAddr::from(rr.v4)) {
-        Ok(h) => anyhow::bail!("shop still reaches {}", h.name),
-        Err(_) => Ok(()),
+    eventually(PROPAGATION, || {
+        match client_a.tcp_hello(IpAddr::from(rr.v4)) {
+            Ok(h) => anyhow::bail!("shop still reaches {}", h.name),
+            Err(_) => Ok(()),
+        }
     })
     .expect("a refuses shop -> bank");
     let counters = c.a.get("/v1/counters").expect("counters");

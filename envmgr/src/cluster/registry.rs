@@ -376,7 +376,11 @@ impl Registry for EtcdRegistry {
             c.put(key, keys::encode(policy), None)
                 .await
                 .map_err(unavailable)?;
-            tracing::info!(isolate = policy.isolate, rules = policy.allow.len(), "cluster: policy written");
+            tracing::info!(
+                isolate = policy.isolate,
+                rules = policy.allow.len(),
+                "cluster: policy written"
+            );
             Ok(())
         }))
     }

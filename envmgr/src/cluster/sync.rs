@@ -465,7 +465,9 @@ impl Round<'_> {
                     Ok(p) => match p.validate() {
                         Ok(()) => st.policy = Some(p),
                         Err(e) => {
-                            tracing::warn!("cluster sync: policy refused, keeping the last one: {e}")
+                            tracing::warn!(
+                                "cluster sync: policy refused, keeping the last one: {e}"
+                            )
                         }
                     },
                     Err(e) => tracing::warn!("cluster sync: {e}"),

@@ -19,8 +19,8 @@ use super::miss::Misses;
 use super::packet::{self, IcmpKind, PacketInfo, L4};
 use super::policy::Balancer;
 use super::reply::{ReplyCache, ReplyEntry, ReplyView};
-use super::table::{Location, Table, Vip};
 use super::seal::{OpenError, Opener, Sealer};
+use super::table::{Location, Table, Vip};
 use super::tunnel::{self, MsgType, HEADER_LEN};
 
 /// Timer expiry is batched: a sweep runs at most this often, so expiry may
@@ -181,7 +181,9 @@ impl Dataplane {
             allowed
         });
         self.replies.retain(|k, e| {
-            let Some((_, local)) = table.local_by_ns(k.src).filter(|(_, i)| i.name == e.instance)
+            let Some((_, local)) = table
+                .local_by_ns(k.src)
+                .filter(|(_, i)| i.name == e.instance)
             else {
                 return false;
             };
@@ -194,14 +196,15 @@ impl Dataplane {
                 Some(Vip::Instance(i)) => table.instance(i),
                 _ => None,
             };
-            let allowed = client.is_some_and(|c| {
-                table.allows(c.service, local.service, port(k.proto, k.sport))
-            });
+            let allowed = client
+                .is_some_and(|c| table.allows(c.service, local.service, port(k.proto, k.sport)));
             cut += u64::from(!allowed);
             allowed
         });
         if cut > 0 {
-            self.counters.flows_cut_by_policy.fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .flows_cut_by_policy
+                .fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
         }
         self.balancer.follow(&table);
         self.peers.set_endpoints(table.peer_endpoints());
@@ -352,7 +355,8 @@ impl Dataplane {
                     let pkt = dgram
                         .get_mut(HEADER_LEN..HEADER_LEN + n)
                         .ok_or(DropReason::TunnelTooShort)?;
-                    self.tunnel_input(from, pkt, now).map(|()| NetVerdict::Tun(n))
+                    self.tunnel_input(from, pkt, now)
+                        .map(|()| NetVerdict::Tun(n))
                 }
                 MsgType::Keepalive => self.keepalive_input(from, dgram, n, now),
             });
@@ -480,7 +484,9 @@ impl Dataplane {
             let dst = table.service_of_vip(vip);
             let allowed = dst.is_some_and(|d| table.allows(client.service, d, policy_port(info)));
             if !allowed {
-                let svc = dst.and_then(|d| table.service(d)).map(|s| Arc::clone(&s.name));
+                let svc = dst
+                    .and_then(|d| table.service(d))
+                    .map(|s| Arc::clone(&s.name));
                 let unknown: Arc<str> = Arc::from("?");
                 let svc = svc.unwrap_or(unknown);
                 self.denials.record(
@@ -546,7 +552,12 @@ impl Dataplane {
 
     /// The inner packet `pkt` of a data datagram from member `from`, already
     /// opened (tag and replay checked) by [`Dataplane::handle_tunnel`].
-    fn tunnel_input(&mut self, from: SocketAddr, pkt: &mut [u8], now: Instant) -> Result<(), DropReason> {
+    fn tunnel_input(
+        &mut self,
+        from: SocketAddr,
+        pkt: &mut [u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
         // ICMP errors (helper B): translated by `icmp_error`, never create state.
         if packet::looks_like_icmp_error(pkt) {
             return icmp_error::from_tunnel(&self.table, &self.flows, &mut self.replies, from, pkt);
@@ -582,7 +593,15 @@ impl Dataplane {
                     let svc = table.service(instance.service).map(|s| Arc::clone(&s.name));
                     let svc = svc.unwrap_or_else(|| Arc::clone(&instance.name));
                     let name = client.map(|c| &c.name);
-                    self.denials.record(Side::Server, info.src, name, &svc, info.proto(), port, now);
+                    self.denials.record(
+                        Side::Server,
+                        info.src,
+                        name,
+                        &svc,
+                        info.proto(),
+                        port,
+                        now,
+                    );
                     return Err(DropReason::PolicyDenied);
                 }
             }
@@ -674,8 +693,8 @@ impl Dataplane {
                 .is_some_and(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);
             let deadline = f.activity.deadline(&self.config);
             let live = deadline.is_none_or(|d| d > now);
-            let room = self.flows.len() < self.config.max_flows
-                || self.flows.lookup(&f.key).is_some();
+            let room =
+                self.flows.len() < self.config.max_flows || self.flows.lookup(&f.key).is_some();
             if !(instance_ok && client_ok && live && room) {
                 report.flows_dropped += 1;
                 continue;
@@ -702,8 +721,8 @@ impl Dataplane {
             let deadline = activity.deadline(&self.config);
             let live = deadline.is_none_or(|d| d > now);
             let peer_ok = table.is_peer(r.peer.ip()) && table.in_service_range(key.dst);
-            let room = self.replies.len() < self.config.max_flows
-                || self.replies.get_mut(&key).is_some();
+            let room =
+                self.replies.len() < self.config.max_flows || self.replies.get_mut(&key).is_some();
             match instance {
                 Some(instance) if live && peer_ok && room => {
                     self.replies.insert(
@@ -722,7 +741,6 @@ impl Dataplane {
         }
         report
     }
-
 }
 
 /// Parses a packet from either input and refuses what no flow can carry

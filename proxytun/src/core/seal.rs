@@ -474,6 +474,17 @@ impl Opener {
         if h.counter == 0 {
             return Err(OpenError::Replay);
         }
+        // A session belongs to the one address its first good datagram came
+        // from. The key depends on the session alone, so without this a
+        // datagram could be replayed once more from every other member's
+        // (spoofed) address, each with a fresh window.
+        if self
+            .peers
+            .iter()
+            .any(|(ip, l)| *ip != from && l.iter().any(|s| s.id == h.session))
+        {
+            return Err(OpenError::Replay);
+        }
         let key = session_key(prk, protection, h.session).map_err(|_| OpenError::AuthFailed)?;
         open_with(&key, protection, dgram, inner_len, h.counter)?;
         let mut window = ReplayWindow::default();

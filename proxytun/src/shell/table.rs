@@ -238,7 +238,10 @@ mod tests {
         };
         let (shop, bank) = (id([10, 30, 1, 1]), id([10, 30, 1, 20]));
         assert_ne!(t.app_of(shop), t.app_of(bank));
-        assert_eq!(t.app_name(t.app_of(bank).expect("app")).map(|a| a.as_ref()), Some("bank"));
+        assert_eq!(
+            t.app_name(t.app_of(bank).expect("app")).map(|a| a.as_ref()),
+            Some("bank")
+        );
         assert!(t.allows(shop, shop, Some(1)));
         assert!(t.allows(shop, bank, Some(8080)));
         assert!(!t.allows(shop, bank, Some(8081)));

@@ -114,6 +114,32 @@ fn replay_is_refused() {
     }
 }
 
+/// A session belongs to the address its first good datagram came from:
+/// the same bytes from another member's address are a replay, before and
+/// after the first delivery, and that session's later datagrams from the
+/// other address too.
+#[test]
+fn a_session_is_bound_to_its_first_address() {
+    let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8));
+    for p in [Protection::Auth, Protection::Encrypt] {
+        let s = sealer(p, 9);
+        let mut o = s.opener();
+        let first = sealed(&s, MsgType::Data, &pattern(60));
+        let mut d = first.clone();
+        assert!(open(&mut o, &mut d).is_ok());
+        let mut d = first.clone();
+        let h = parse(&d).unwrap();
+        assert_eq!(o.open(other, &mut d, &h), Err(OpenError::Replay));
+        let mut next = sealed(&s, MsgType::Data, &pattern(61));
+        let h = parse(&next).unwrap();
+        assert_eq!(o.open(other, &mut next, &h), Err(OpenError::Replay));
+        assert!(o.sessions_of(other).is_empty());
+        // The rightful address still gets the session's next datagram.
+        let mut next = sealed(&s, MsgType::Data, &pattern(62));
+        assert!(open(&mut o, &mut next).is_ok());
+    }
+}
+
 #[test]
 fn window_slides() {
     let s = sealer(Protection::Auth, 6);

@@ -154,7 +154,10 @@ fn every_drop_reason_is_counted() {
     );
     let reply = build(WEB2.ns(f), 53, CLI1.iip(f), 1000, L::Udp, false);
     p.net(&mut a, C, wrap(&reply), ReplyWrongPeer);
-    assert!(matches!(net(&mut a, B, &reply, Instant::now()).0, NetVerdict::Tun(_)));
+    assert!(matches!(
+        net(&mut a, B, &reply, Instant::now()).0,
+        NetVerdict::Tun(_)
+    ));
     // A local flow's reverse key cannot be hit from the tunnel.
     assert_eq!(
         tun(&mut a, udp4(CLI1.ns(f), WEB1.iip(f)), Instant::now()).0,
@@ -236,7 +239,10 @@ fn every_drop_reason_is_counted() {
         FlowTableFull,
     );
     let mut small_b = Dataplane::new(cfg, table(Node::B, &cluster()));
-    assert!(matches!(net(&mut small_b, A, &to_b, Instant::now()).0, NetVerdict::Tun(_)));
+    assert!(matches!(
+        net(&mut small_b, A, &to_b, Instant::now()).0,
+        NetVerdict::Tun(_)
+    ));
     p.net(
         &mut small_b,
         A,
@@ -254,7 +260,14 @@ fn every_drop_reason_is_counted() {
         super::isolation::table(Node::A, true, Vec::new()),
     );
     let shop = super::isolation::SHOP1.ns(f);
-    let to_bank = build(shop, 2000, super::isolation::vip(super::isolation::API, f), 80, L::Syn, false);
+    let to_bank = build(
+        shop,
+        2000,
+        super::isolation::vip(super::isolation::API, f),
+        80,
+        L::Syn,
+        false,
+    );
     p.tun(&mut iso, to_bank, PolicyDenied);
 
     let missing: Vec<_> = DropReason::ALL

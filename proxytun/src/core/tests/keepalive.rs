@@ -224,7 +224,8 @@ fn keepalives_from_strangers_and_malformed_ones_are_dropped() {
     let out = pings(&mut a, t0);
     let mut future = out[0].1.clone();
     keepalive::ping_to_pong(&mut future).unwrap();
-    future[HEADER_LEN + 8..HEADER_LEN + 16].copy_from_slice(&(3_600u64 * 1_000_000_000).to_be_bytes());
+    future[HEADER_LEN + 8..HEADER_LEN + 16]
+        .copy_from_slice(&(3_600u64 * 1_000_000_000).to_be_bytes());
     assert_eq!(
         a.handle_tunnel(B, &mut future, t0 + MS),
         NetVerdict::Drop(DropReason::KeepaliveBadTime)

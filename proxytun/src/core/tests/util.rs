@@ -191,20 +191,33 @@ pub fn test_key() -> crate::core::seal::ClusterKey {
 }
 
 /// A sealer of `protection` with [`test_key`] and `session`.
-pub fn sealer(protection: crate::core::tunnel::Protection, session: u64) -> Arc<crate::core::seal::Sealer> {
+pub fn sealer(
+    protection: crate::core::tunnel::Protection,
+    session: u64,
+) -> Arc<crate::core::seal::Sealer> {
     Arc::new(crate::core::seal::Sealer::new(protection, Some(&test_key()), session).unwrap())
 }
 
 /// A dataplane whose tunnel uses `protection` with [`test_key`].
-pub fn dataplane_with(me: Node, instances: &[Def], protection: crate::core::tunnel::Protection) -> Dataplane {
-    Dataplane::with_sealer(CoreConfig::default(), table(me, instances), sealer(protection, 0xbeef))
+pub fn dataplane_with(
+    me: Node,
+    instances: &[Def],
+    protection: crate::core::tunnel::Protection,
+) -> Dataplane {
+    Dataplane::with_sealer(
+        CoreConfig::default(),
+        table(me, instances),
+        sealer(protection, 0xbeef),
+    )
 }
 
 /// Seals `pkt` as a data datagram the way the egress thread does.
 pub fn seal(s: &crate::core::seal::Sealer, pkt: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; HEADER_LEN + pkt.len() + s.trailer_len()];
     buf[HEADER_LEN..HEADER_LEN + pkt.len()].copy_from_slice(pkt);
-    let n = s.seal(&mut buf, crate::core::tunnel::MsgType::Data, pkt.len()).unwrap();
+    let n = s
+        .seal(&mut buf, crate::core::tunnel::MsgType::Data, pkt.len())
+        .unwrap();
     buf.truncate(n);
     buf
 }
