@@ -504,9 +504,12 @@ fn bad_api_requests_are_refused_and_change_nothing() {
             "an 8 MB body",
             raw("application/json", huge.as_bytes(), huge.len()),
         ),
+        // Refused on its Content-Length alone, before a byte of the body
+        // is read (nothing is sent after the headers, so the close after
+        // the answer cannot race a reset from unread bytes).
         (
-            "an 8 MB body announced, 100 kB sent",
-            raw("application/json", &huge.as_bytes()[..100_000], huge.len()),
+            "an 8 MB body announced",
+            raw("application/json", b"", huge.len()),
         ),
         (
             "text/plain",
