@@ -10,7 +10,7 @@ use super::util::*;
 use crate::core::access::{Rule, Side};
 use crate::core::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::core::flow::CoreConfig;
-use crate::core::table::{Location, Table, TableBuilder};
+use crate::core::table::Table;
 use crate::core::DropReason;
 
 /// Services: shop/web at 10.30.0.40, bank/api at .50, bank/db at .60.
@@ -59,20 +59,6 @@ pub(super) fn vip(svc: usize, f: Fam) -> IpAddr {
     }
 }
 
-fn v4(a: IpAddr) -> std::net::Ipv4Addr {
-    match a {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => unreachable!(),
-    }
-}
-
-fn v6(a: IpAddr) -> std::net::Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(_) => unreachable!(),
-    }
-}
-
 fn rule(from: &str, to: &str, ports: &[(u16, u16)]) -> Rule {
     Rule {
         from: from.into(),
@@ -82,34 +68,10 @@ fn rule(from: &str, to: &str, ports: &[(u16, u16)]) -> Rule {
 }
 
 pub(super) fn table(me: Node, isolate: bool, rules: Vec<Rule>) -> Arc<Table> {
-    let mut b = TableBuilder::new(
-        "10.30.0.0/16".parse().unwrap(),
-        "fdff:30::/112".parse().unwrap(),
-    );
-    let ids: Vec<_> = (0..SVCS.len())
-        .map(|i| b.service(SVCS[i].0, v4(vip(i, Fam::V4)), v6(vip(i, Fam::V6))))
+    let services: Vec<(&str, IpAddr, IpAddr)> = (0..SVCS.len())
+        .map(|i| (SVCS[i].0, vip(i, Fam::V4), vip(i, Fam::V6)))
         .collect();
-    for d in ALL {
-        let loc = if d.node == me {
-            Location::Local
-        } else {
-            Location::Remote(d.node.addr())
-        };
-        b.instance(
-            ids[d.svc],
-            d.name,
-            v4(d.ns(Fam::V4)),
-            v6(d.ns(Fam::V6)),
-            v4(d.iip(Fam::V4)),
-            v6(d.iip(Fam::V6)),
-            loc,
-        );
-    }
-    for p in [A, B] {
-        if p != me.addr() {
-            b.peer(p);
-        }
-    }
+    let mut b = builder(me, &services, &ALL, &[A, B]);
     b.policy(isolate, rules);
     Arc::new(b.build().unwrap())
 }

@@ -147,14 +147,31 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 
 /// The table node `me` builds for a cluster of `instances`.
 pub fn table(me: Node, instances: &[Def]) -> Arc<Table> {
+    let services: Vec<(&str, IpAddr, IpAddr)> = SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, rr(i, Fam::V4), rr(i, Fam::V6)))
+        .collect();
+    let b = builder(me, &services, instances, &[A, B, C]);
+    Arc::new(b.build().unwrap())
+}
+
+/// A table builder with `services` (name, v4 and v6 ServiceIP), the
+/// `instances` placed as seen from `me`, and every member of `members`
+/// but `me` as a peer (like a snapshot's peers).
+pub fn builder(
+    me: Node,
+    services: &[(&str, IpAddr, IpAddr)],
+    instances: &[Def],
+    members: &[SocketAddr],
+) -> TableBuilder {
     let mut b = TableBuilder::new(
         "10.30.0.0/16".parse().unwrap(),
         "fdff:30::/112".parse().unwrap(),
     );
-    let ids: Vec<_> = SERVICES
+    let ids: Vec<_> = services
         .iter()
-        .enumerate()
-        .map(|(i, (name, _))| b.service(name, v4(rr(i, Fam::V4)), v6(rr(i, Fam::V6))))
+        .map(|(name, r4, r6)| b.service(name, v4(*r4), v6(*r6)))
         .collect();
     for d in instances {
         let loc = if d.node == me {
@@ -172,13 +189,12 @@ pub fn table(me: Node, instances: &[Def]) -> Arc<Table> {
             loc,
         );
     }
-    // Like a snapshot's peers: every other member node, not this one.
-    for p in [A, B, C] {
+    for &p in members {
         if p != me.addr() {
             b.peer(p);
         }
     }
-    Arc::new(b.build().unwrap())
+    b
 }
 
 pub fn dataplane(me: Node, instances: &[Def]) -> Dataplane {
