@@ -20,12 +20,12 @@ use crate::core::CoreConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not a `source` that would print twice).
+        reason: std::io::Error,
     },
     /// The file is not valid TOML.
     #[error("{path}: {message}")]
@@ -208,13 +208,13 @@ impl TunnelSecurity {
 pub enum KeyFileError {
     /// Missing or unreadable.
     #[error(
-        "tunnel.key_file: cannot read {path}: {source}; create one with `proxytun keygen --out {path}` and copy it to every node, or set tunnel.security = \"plain\""
+        "tunnel.key_file: cannot read {path}: {reason}; create one with `proxytun keygen --out {path}` and copy it to every node, or set tunnel.security = \"plain\""
     )]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not a `source` that would print twice).
+        reason: std::io::Error,
     },
     /// Readable by group or others.
     #[error(
@@ -227,12 +227,12 @@ pub enum KeyFileError {
         mode: u32,
     },
     /// Not 64 hex characters.
-    #[error("tunnel.key_file: {path}: {source}")]
+    #[error("tunnel.key_file: {path}: {reason}")]
     Content {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: KeyError,
+        reason: KeyError,
     },
 }
 
@@ -246,9 +246,9 @@ impl TunnelSection {
             return Ok(None);
         }
         let path = &self.key_file;
-        let read = |source| KeyFileError::Read {
+        let read = |reason| KeyFileError::Read {
             path: path.clone(),
-            source,
+            reason,
         };
         let meta = std::fs::metadata(path).map_err(read)?;
         let mode = meta.permissions().mode() & 0o777;
@@ -261,9 +261,9 @@ impl TunnelSection {
         let text = std::fs::read_to_string(path).map_err(read)?;
         ClusterKey::parse_hex(&text)
             .map(Some)
-            .map_err(|source| KeyFileError::Content {
+            .map_err(|reason| KeyFileError::Content {
                 path: path.clone(),
-                source,
+                reason,
             })
     }
 }
@@ -625,9 +625,9 @@ fn check_domain(domain: &str) -> Result<(), String> {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         Self::parse(&text, path)
     }

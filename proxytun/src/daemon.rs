@@ -158,6 +158,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// [`run`], with the handle that changes the log filter at runtime.
 pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
+    // The cluster key (not read in plain mode) before anything changes the
+    // host: a missing or unsafe key file stops the start untouched.
+    let key = config.tunnel.load_key()?;
     let kernel = Netlink::new().context("open a netlink connection")?;
     let (mgr, clustered) = open_manager(&config, kernel).await?;
     let plan = mgr.settings().plan.clone();
@@ -194,9 +197,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let socket = TunnelSocket::open(bind, config.tun.offload)?;
 
     let first = table::build(&mgr.snapshot()).context("build the first forwarding table")?;
-    // Tunnel security: the cluster key (not read in plain mode) and this
-    // start's random session.
-    let key = config.tunnel.load_key()?;
+    // Tunnel security: this start's random session (the key was read first).
     let session = seal::random_session().context("choose a tunnel session")?;
     let sealer = Arc::new(
         Sealer::new(config.tunnel.security.protection(), key.as_ref(), session)

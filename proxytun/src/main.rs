@@ -42,8 +42,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Run { config } => proxytun::daemon::main(&config),
         Command::CheckConfig { config } => proxytun::config::Config::load(&config)
-            .map(|c| println!("{}: ok (node {})", config.display(), c.node.name))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                // The key file too, as `run` reads it first.
+                c.tunnel.load_key()?;
+                println!("{}: ok (node {})", config.display(), c.node.name);
+                Ok(())
+            }),
         Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -869,6 +869,8 @@ fn every_config_key_refuses_bad_values() {
         etcd("lease_ttl_secs", "0", "store.lease_ttl_secs"),
         etcd("request_timeout_ms", "5", "store.request_timeout_ms"),
         etcd("ca_file", "7", "store.ca_file"),
+        etcd("cert_file", "1", "store.cert_file"),
+        etcd("key_file", "[]", "store.key_file"),
         vec![case("flows", "max", "0", "flows.max")],
         vec![case("flows", "max", "-1", "flows.max")],
         vec![case("flows", "tcp_idle_secs", "0", "flows.tcp_idle_secs")],
