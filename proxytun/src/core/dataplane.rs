@@ -486,9 +486,8 @@ impl Dataplane {
             if !allowed {
                 let svc = dst
                     .and_then(|d| table.service(d))
-                    .map(|s| Arc::clone(&s.name));
-                let unknown: Arc<str> = Arc::from("?");
-                let svc = svc.unwrap_or(unknown);
+                    .map(|s| Arc::clone(&s.name))
+                    .unwrap_or_else(|| Arc::from("?"));
                 self.denials.record(
                     Side::Client,
                     info.src,
