@@ -128,7 +128,7 @@ pub enum PolicyCommand {
         /// The destination: APP or APP/SERVICE.
         to: String,
         /// A destination port or range LO-HI (repeatable); every port when absent.
-        #[arg(long = "port", value_name = "P|LO-HI", value_parser = parse_port_range)]
+        #[arg(long = "port", value_name = "P|LO-HI")]
         ports: Vec<PortRange>,
     },
     /// Remove the rule FROM -> TO; flows it allowed are cut.
@@ -138,10 +138,6 @@ pub enum PolicyCommand {
         /// The destination: APP or APP/SERVICE.
         to: String,
     },
-}
-
-fn parse_port_range(s: &str) -> Result<PortRange, String> {
-    s.parse()
 }
 
 /// `proxytun peer …`.

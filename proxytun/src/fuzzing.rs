@@ -29,8 +29,8 @@ use crate::core::table::{Location, Table, TableBuilder};
 use crate::core::tunnel::{self, MsgType, Protection, HEADER_LEN};
 
 /// The reference checksum: RFC 1071 by byte pairs, nothing clever; returns
-/// the folded, uncomplemented sum.
-fn naive_sum(initial: u32, data: &[u8]) -> u16 {
+/// the folded, uncomplemented sum. Also the property tests' reference.
+pub fn naive_sum(initial: u32, data: &[u8]) -> u16 {
     let mut sum = u64::from(initial);
     for pair in data.chunks(2) {
         let hi = u64::from(pair[0]) << 8;

@@ -6,10 +6,8 @@
 //! watch a transfer's progress and check its bytes without a helper binary
 //! and without parsing output.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,25 +33,10 @@ pub fn spawn_in<T: Send + 'static>(
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            enter(&ns)?;
+            crate::netns::enter(&ns)?;
             f()
         })
         .context("spawn a namespace thread")
-}
-
-/// Moves the calling thread into the network namespace at `ns`.
-fn enter(ns: &Path) -> Result<()> {
-    let file = File::open(ns).with_context(|| format!("open {}", ns.display()))?;
-    // SAFETY: setns(2) on an fd we own; it only changes this thread's
-    // network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns {}: {}",
-            ns.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// Waits for a namespace thread and flattens its result.
@@ -102,11 +85,7 @@ pub fn pattern_sha256(seed: u64, bytes: u64) -> String {
         h.update(&buf[..n]);
         left -= n as u64;
     }
-    hex(&h.finalize())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::dnswire::hex(&h.finalize())
 }
 
 /// A paced download: the server side, in a container namespace.
@@ -216,7 +195,7 @@ pub fn download(
         }
         Ok(Download {
             bytes: got,
-            sha256: hex(&h.finalize()),
+            sha256: crate::dnswire::hex(&h.finalize()),
             elapsed: start.elapsed(),
         })
     })

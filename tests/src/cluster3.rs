@@ -13,10 +13,8 @@
 //! Drop order: daemons (they may still talk to etcd on the way out), then
 //! etcd, then the switch; every namespace is deleted, also on failure.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -325,20 +323,6 @@ pub fn paced_send(
     thread::spawn(move || paced_send_in(&path, target, chunk, tick, ticks))
 }
 
-fn enter_netns(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns(2) on a valid namespace fd; it only changes the calling
-    // thread's network namespace, and this thread is ours alone.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns({}): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 fn paced_send_in(
     ns: &Path,
     target: SocketAddr,
@@ -346,7 +330,7 @@ fn paced_send_in(
     tick: Duration,
     ticks: u32,
 ) -> Result<PacedTransfer> {
-    enter_netns(ns)?;
+    crate::netns::enter(ns)?;
     let idle = Some(Duration::from_secs(20));
     let s = TcpStream::connect_timeout(&target, Duration::from_secs(10))
         .with_context(|| format!("connect {target}"))?;

@@ -12,7 +12,6 @@
 //!
 //! The relay threads stop and the TAP devices disappear on Drop.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -22,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::netns::Netns;
 
@@ -200,16 +199,8 @@ fn open_tap_in(ns: &Path, name: &str) -> Result<OwnedFd> {
     let ns = ns.to_path_buf();
     let name = name.to_owned();
     thread::spawn(move || -> Result<OwnedFd> {
-        let f = File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
-        // SAFETY: setns(2) on a valid namespace fd; it changes only this
-        // short-lived thread's network namespace.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "setns({}): {}",
-                ns.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+        // Only this short-lived thread changes namespace.
+        crate::netns::enter(&ns)?;
         // SAFETY: open(2) with a NUL-terminated path.
         let raw = unsafe {
             libc::open(

@@ -4,11 +4,12 @@
 //! the test's unique prefix. The handle deletes it on Drop, which also runs
 //! while a failing test unwinds, so a red test leaves nothing behind.
 
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cmd::{self, Bg, Out};
 
@@ -89,6 +90,23 @@ impl Netns {
         self.exec_ok("sysctl", &["-qw", &format!("{key}={value}")], IP_TIMEOUT)?;
         Ok(())
     }
+}
+
+/// Moves the calling thread into the network namespace at `path`, for
+/// threads that do their traffic from inside a container (one setns(2); it
+/// changes only the calling thread).
+pub fn enter(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns(2) on a namespace fd we hold open; it only changes the
+    // calling thread's network namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns({}): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// `/etc/netns/<name>`: files `ip netns exec` bind-mounts over `/etc` (the
