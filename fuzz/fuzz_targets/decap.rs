@@ -1,5 +1,5 @@
-//! `cargo fuzz run decap`: the body is `proxytun::fuzzing::decap`, which the
-//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+//! `cargo fuzz run decap`: the body is `proxytun_core::fuzzing::decap`, which the
+//! corpus replay test (`proxytun-core/tests/fuzz_corpus.rs`) also runs on stable.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::decap(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun_core::fuzzing::decap(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run flow_table`: the body is `proxytun::fuzzing::flow_table`, which the
-//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+//! `cargo fuzz run flow_table`: the body is `proxytun_core::fuzzing::flow_table`, which the
+//! corpus replay test (`proxytun-core/tests/fuzz_corpus.rs`) also runs on stable.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::flow_table(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun_core::fuzzing::flow_table(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run icmp_error`: the body is `proxytun::fuzzing::icmp_error`, which the
-//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+//! `cargo fuzz run icmp_error`: the body is `proxytun_core::fuzzing::icmp_error`, which the
+//! corpus replay test (`proxytun-core/tests/fuzz_corpus.rs`) also runs on stable.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::icmp_error(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun_core::fuzzing::icmp_error(data));

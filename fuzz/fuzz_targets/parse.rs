@@ -1,5 +1,5 @@
-//! `cargo fuzz run parse`: the body is `proxytun::fuzzing::parse`, which the
-//! corpus replay test (`proxytun/tests/fuzz_corpus.rs`) also runs on stable.
+//! `cargo fuzz run parse`: the body is `proxytun_core::fuzzing::parse`, which the
+//! corpus replay test (`proxytun-core/tests/fuzz_corpus.rs`) also runs on stable.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun::fuzzing::parse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxytun_core::fuzzing::parse(data));

@@ -1,0 +1,152 @@
+//! A packet from the TUN: the hit path (a flow or a reply entry, then the
+//! rewrite) and the slow path that chooses an instance and installs a flow.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{opens, parse_supported, Dataplane};
+use crate::access::{policy_port, Side};
+use crate::counters::{inc, DropReason};
+use crate::flow::{Activity, Dir, Flow, FlowKey};
+use crate::icmp_error;
+use crate::packet::{self, PacketInfo};
+use crate::table::{Location, Vip};
+
+impl Dataplane {
+    /// `Ok(None)`: to the TUN; `Ok(Some(peer))`: to that peer.
+    pub(super) fn tun_input(
+        &mut self,
+        pkt: &mut [u8],
+        now: Instant,
+    ) -> Result<Option<SocketAddr>, DropReason> {
+        // ICMP errors (helper B): translated by `icmp_error`, never create state.
+        if packet::looks_like_icmp_error(pkt) {
+            return icmp_error::from_tun(&self.flows, &mut self.replies, pkt);
+        }
+        let (info, key) = parse_supported(pkt)?;
+        if let Some((idx, dir)) = self.flows.lookup(&key) {
+            if let Some(flow) = self.flows.get_mut(idx) {
+                let routed = match dir {
+                    Dir::Forward => Some((flow.client_iip, flow.instance_ns, flow.location.peer())),
+                    // Replies of a local instance come back through the TUN;
+                    // a remote instance's replies must come through the tunnel.
+                    Dir::Reverse if flow.location == Location::Local => {
+                        Some((flow.key.dst, flow.key.src, None))
+                    }
+                    Dir::Reverse => None,
+                };
+                if let Some((src, dst, peer)) = routed {
+                    let closing = flow.activity.touch(dir, &info, now, &self.config);
+                    if !packet::rewrite(pkt, &info, src, dst) {
+                        return Err(DropReason::Malformed);
+                    }
+                    self.arm(closing);
+                    return Ok(peer);
+                }
+            }
+        }
+        if let Some(entry) = self.replies.get_mut(&key) {
+            let closing = entry.activity.touch(Dir::Reverse, &info, now, &self.config);
+            let peer = entry.peer;
+            self.arm(closing);
+            return Ok(Some(peer));
+        }
+        self.new_flow(pkt, &info, key, now)
+    }
+
+    /// The slow path: choose an instance, install the flow, rewrite.
+    fn new_flow(
+        &mut self,
+        pkt: &mut [u8],
+        info: &PacketInfo,
+        key: FlowKey,
+        now: Instant,
+    ) -> Result<Option<SocketAddr>, DropReason> {
+        let Dataplane {
+            table,
+            balancer,
+            peers,
+            config,
+            ..
+        } = self;
+        let table: &Table = table;
+        let Some(vip) = table.vip(info.dst) else {
+            if table.in_service_range(info.dst) {
+                self.misses.record(info.dst);
+            }
+            return Err(DropReason::NoService);
+        };
+        let (_, client) = table
+            .local_by_ns(info.src)
+            .ok_or(DropReason::SourceNotInstance)?;
+        // Before `opens`: the next packets of a flow a policy change cut
+        // are counted as policy denials, not as flowless.
+        if table.access().isolate() {
+            let dst = table.service_of_vip(vip);
+            let allowed = dst.is_some_and(|d| table.allows(client.service, d, policy_port(info)));
+            if !allowed {
+                let svc = dst
+                    .and_then(|d| table.service(d))
+                    .map(|s| Arc::clone(&s.name))
+                    .unwrap_or_else(|| Arc::from("?"));
+                self.denials.record(
+                    Side::Client,
+                    info.src,
+                    Some(&client.name),
+                    &svc,
+                    info.proto(),
+                    policy_port(info),
+                    now,
+                );
+                return Err(DropReason::PolicyDenied);
+            }
+        }
+        if !opens(info) {
+            return Err(DropReason::NoFlow);
+        }
+        let service = match vip {
+            Vip::RoundRobin(s) | Vip::Closest(s) => {
+                let svc = table.service(s).ok_or(DropReason::NoService)?;
+                if table.members(svc).is_empty() {
+                    return Err(DropReason::NoInstance);
+                }
+                Some(svc)
+            }
+            Vip::Instance(_) => None,
+        };
+        if self.flows.len() >= config.max_flows {
+            return Err(DropReason::FlowTableFull);
+        }
+        let timeout = config.peer_timeout;
+        let cost = |loc: Location| peers.cost(loc, now, timeout);
+        let chosen = match (vip, service) {
+            (Vip::Instance(i), _) => i,
+            (Vip::RoundRobin(_), Some(svc)) => balancer
+                .round_robin(svc, table, cost)
+                .ok_or(DropReason::NoInstance)?,
+            (Vip::Closest(_), Some(svc)) => balancer
+                .closest(svc, table, cost)
+                .ok_or(DropReason::NoInstance)?,
+            (_, None) => return Err(DropReason::NoInstance),
+        };
+        let instance = table.instance(chosen).ok_or(DropReason::NoInstance)?;
+        let mut flow = Flow {
+            key,
+            client_iip: client.iip_for(info.src),
+            instance: Arc::clone(&instance.name),
+            instance_ns: instance.ns_for(info.dst),
+            location: instance.location,
+            activity: Activity::new(key.proto, now),
+        };
+        flow.activity.touch(Dir::Forward, info, now, &self.config);
+        let (src, dst, peer) = (flow.client_iip, flow.instance_ns, flow.location.peer());
+        let deadline = flow.activity.deadline(&self.config);
+        if !packet::rewrite(pkt, info, src, dst) {
+            return Err(DropReason::Malformed);
+        }
+        self.flows.insert(flow);
+        inc(&self.counters.flows_created);
+        self.arm(deadline);
+        Ok(peer)
+    }
+}

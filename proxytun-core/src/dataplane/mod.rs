@@ -1,0 +1,404 @@
+//! The dataplane state machine: TUN input, tunnel input, timers.
+//!
+//! Sans-IO: the shell hands in packets and `now`, and gets back what to do
+//! with the (rewritten in place) packet. Nothing here blocks, sleeps, reads
+//! a clock or does I/O.
+
+mod from_tun;
+mod from_tunnel;
+mod records;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::access::{policy_port, DenialView, Denials, Side};
+use crate::counters::{add_len, inc, Counters, DropReason};
+use crate::config::CoreConfig;
+use crate::flow::{Activity, Dir, Flow, FlowKey, FlowTable, FlowView};
+use crate::flow::{FlowRecord, FlowRecords, ImportReport, ReplyRecord};
+use crate::health::{PeerHealthView, Peers};
+use crate::icmp_error;
+use crate::keepalive::{self, Kind};
+use crate::miss::Misses;
+use crate::packet::{self, IcmpKind, PacketInfo, L4};
+use crate::policy::Balancer;
+use crate::reply::{ReplyCache, ReplyEntry, ReplyView};
+use crate::seal::{OpenError, Opener, Sealer};
+use crate::table::{Location, Table, Vip};
+use crate::time::min_opt;
+use crate::tunnel::{self, MsgType, HEADER_LEN};
+
+/// Timer expiry is batched: a sweep runs at most this often, so expiry may
+/// be up to this late, and thousands of flows with scattered deadlines cost
+/// one pass per interval instead of one pass each.
+pub const SWEEP_GRANULARITY: Duration = Duration::from_secs(1);
+
+/// What to do with a packet read from the TUN (rewritten in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunVerdict {
+    /// Write it back to the TUN (the destination is on this node).
+    Tun,
+    /// Wrap it in the tunnel header and send it to this peer endpoint.
+    Peer(SocketAddr),
+    /// Drop it; the reason was counted.
+    Drop(DropReason),
+}
+
+/// What to do with a datagram received from the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetVerdict {
+    /// Write `dgram[HEADER_LEN..HEADER_LEN + n]` (opened and rewritten in
+    /// place) to the TUN: the inner packet ends before the tag.
+    Tun(usize),
+    /// Send `dgram[..len]` (rewritten in place: a keepalive pong) back to
+    /// the sender, `from`.
+    Reply(usize),
+    /// Consumed by the core (a keepalive pong); nothing to send.
+    Done,
+    /// Drop it; the reason was counted.
+    Drop(DropReason),
+}
+
+/// The node's packet core; see the module docs.
+#[derive(Debug)]
+pub struct Dataplane {
+    config: CoreConfig,
+    table: Arc<Table>,
+    flows: FlowTable,
+    replies: ReplyCache,
+    balancer: Balancer,
+    peers: Peers,
+    misses: Misses,
+    counters: Arc<Counters>,
+    next_sweep: Option<Instant>,
+    sealer: Arc<Sealer>,
+    opener: Opener,
+    denials: Denials,
+}
+
+/// True when a packet may open a flow or a reply entry.
+fn opens(info: &PacketInfo) -> bool {
+    match info.l4 {
+        L4::Tcp { .. } => info.is_tcp_syn(),
+        L4::Udp { .. } => true,
+        L4::Icmp { kind } => kind == IcmpKind::EchoRequest,
+    }
+}
+
+impl Dataplane {
+    /// A plain-mode dataplane (no tunnel authentication) with no flows,
+    /// forwarding according to `table`: for tests and tools; the daemon
+    /// uses [`Dataplane::with_sealer`].
+    pub fn new(config: CoreConfig, table: Arc<Table>) -> Self {
+        Self::with_sealer(config, table, Arc::new(Sealer::plain(0)))
+    }
+
+    /// A dataplane whose tunnel datagrams are protected by `sealer`'s mode
+    /// and key: it seals its keepalives with it (the egress thread shares
+    /// it for data) and accepts only datagrams that open with the same key.
+    pub fn with_sealer(config: CoreConfig, table: Arc<Table>, sealer: Arc<Sealer>) -> Self {
+        let opener = sealer.opener();
+        let mut peers = Peers::default();
+        peers.set_endpoints(table.peer_endpoints());
+        Dataplane {
+            config,
+            table,
+            flows: FlowTable::default(),
+            replies: ReplyCache::default(),
+            balancer: Balancer::default(),
+            peers,
+            misses: Misses::default(),
+            denials: Denials::default(),
+            counters: Arc::new(Counters::default()),
+            next_sweep: None,
+            sealer,
+            opener,
+        }
+    }
+
+    /// The counters, to be read from another thread.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The current table.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Number of live flows.
+    pub fn flows_active(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Number of live reply-cache entries.
+    pub fn replies_active(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// All flows, for the API.
+    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowView> + '_ {
+        self.flows.iter().map(move |f| f.view(now))
+    }
+
+    /// All reply-cache entries, for the API.
+    pub fn replies(&self, now: Instant) -> impl Iterator<Item = ReplyView> + '_ {
+        self.replies
+            .iter()
+            .map(move |(k, e)| ReplyView::new(k, e, now))
+    }
+
+    /// Swaps in a new table. Flows whose instance is gone (by name, or it
+    /// moved: other namespace address or location) or whose client is no
+    /// longer attached here are removed, as are reply entries whose local
+    /// instance is gone. Round-robin positions survive, and so does the
+    /// health of every peer endpoint the new table still lists.
+    ///
+    /// Flows and reply entries the new table's isolation policy forbids
+    /// are cut too, and counted in `flows_cut_by_policy`; their next
+    /// packets are then refused as `policy_denied` (no TCP RST is sent).
+    pub fn set_table(&mut self, table: Arc<Table>) {
+        let port = |proto: packet::Proto, port: u16| (proto != packet::Proto::Icmp).then_some(port);
+        let mut cut = 0u64;
+        self.flows.retain(|f| {
+            let instance = table.instance_by_name(&f.instance);
+            let instance_ok = instance.is_some_and(|i| {
+                i.ns_for(f.instance_ns) == f.instance_ns && i.location == f.location
+            });
+            let client = table
+                .local_by_ns(f.key.src)
+                .filter(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);
+            if !(instance_ok && client.is_some()) {
+                return false;
+            }
+            let allowed = match (client, instance) {
+                (Some((_, c)), Some(i)) => {
+                    table.allows(c.service, i.service, port(f.key.proto, f.key.dport))
+                }
+                _ => false,
+            };
+            cut += u64::from(!allowed);
+            allowed
+        });
+        self.replies.retain(|k, e| {
+            let Some((_, local)) = table
+                .local_by_ns(k.src)
+                .filter(|(_, i)| i.name == e.instance)
+            else {
+                return false;
+            };
+            if !table.access().isolate() {
+                return true;
+            }
+            // The reply key runs instance -> client: the client is its
+            // destination, the service port its source port.
+            let client = match table.vip(k.dst) {
+                Some(Vip::Instance(i)) => table.instance(i),
+                _ => None,
+            };
+            let allowed = client
+                .is_some_and(|c| table.allows(c.service, local.service, port(k.proto, k.sport)));
+            cut += u64::from(!allowed);
+            allowed
+        });
+        if cut > 0 {
+            self.counters
+                .flows_cut_by_policy
+                .fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.balancer.follow(&table);
+        self.peers.set_endpoints(table.peer_endpoints());
+        self.table = table;
+    }
+
+    /// The most recent policy denials (at most
+    /// [`super::access::DENIAL_RECORD`] keys), most recent first, for the API.
+    pub fn denials(&self, now: Instant) -> Vec<DenialView> {
+        self.denials.views(now)
+    }
+
+    /// When [`Dataplane::poll_keepalive`] should next be called. `None`:
+    /// no peer to ping (or keepalives are off), or the schedule is not
+    /// known yet because the core has not been polled since a peer
+    /// appeared; a shell polls at its next wake-up then, which costs
+    /// nothing when there is no peer.
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        self.peers.next_due(self.config.keepalive_interval)
+    }
+
+    /// Writes the next due keepalive ping into `buf` and says where to send
+    /// it: `(peer endpoint, length)`. Call repeatedly until `None`; each
+    /// due peer gets one ping, sealed like every datagram. Also `None` when
+    /// `buf` cannot hold a sealed keepalive ([`keepalive::KEEPALIVE_MAX`]
+    /// bytes is always enough).
+    pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        if buf.len() < keepalive::KEEPALIVE_LEN + self.sealer.trailer_len() {
+            return None;
+        }
+        let (to, len) = self.peers.poll(now, self.config.keepalive_interval, buf)?;
+        // Only fails once the session's counter is exhausted: then nothing
+        // is sent at all.
+        let len = self
+            .sealer
+            .seal(buf, MsgType::Keepalive, len - HEADER_LEN)
+            .ok()?;
+        inc(&self.counters.keepalive_pings_tx);
+        Some((to, len))
+    }
+
+    /// Each peer endpoint's liveness and smoothed RTT as of `now`, for the API.
+    pub fn peer_health(&self, now: Instant) -> impl Iterator<Item = PeerHealthView> + '_ {
+        self.peers.views(now, self.config.peer_timeout)
+    }
+
+    /// True when misses wait to be drained (a cheap check for every batch).
+    pub fn has_misses(&self) -> bool {
+        !self.misses.is_empty()
+    }
+
+    /// Hands each recorded miss (a ServiceIP-range destination without a
+    /// table entry, deduplicated, at most [`super::miss::MISS_RING`]) to
+    /// `f` and forgets them.
+    pub fn drain_misses(&mut self, f: impl FnMut(IpAddr)) {
+        self.misses.drain(f);
+    }
+
+    /// When [`Dataplane::handle_timeout`] should next be called (`None`:
+    /// nothing to expire).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Expires idle and closed flows and reply entries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        let cfg = &self.config;
+        let mut next = None;
+        self.flows.retain(|f| match f.activity.deadline(cfg) {
+            Some(d) if d <= now => false,
+            d => {
+                next = min_opt(next, d);
+                true
+            }
+        });
+        next = min_opt(next, self.replies.expire(now, cfg));
+        let earliest = now.checked_add(SWEEP_GRANULARITY).unwrap_or(now);
+        self.next_sweep = next.map(|n| n.max(earliest));
+    }
+
+    fn arm(&mut self, at: Option<Instant>) {
+        if at.is_some() {
+            self.next_sweep = min_opt(self.next_sweep, at);
+        }
+    }
+
+    /// Handles a packet read from the TUN; see [`TunVerdict`].
+    pub fn handle_tun(&mut self, pkt: &mut [u8], now: Instant) -> TunVerdict {
+        inc(&self.counters.tun_rx);
+        // The rewrite changes no length, so the length read is the length written.
+        let len = pkt.len();
+        add_len(&self.counters.tun_rx_bytes, len);
+        match self.tun_input(pkt, now) {
+            Ok(None) => {
+                inc(&self.counters.tun_tx_tun);
+                add_len(&self.counters.tun_tx_tun_bytes, len);
+                TunVerdict::Tun
+            }
+            Ok(Some(peer)) => {
+                inc(&self.counters.tun_tx_peer);
+                add_len(&self.counters.tun_tx_peer_bytes, len);
+                TunVerdict::Peer(peer)
+            }
+            Err(reason) => {
+                self.counters.count_drop(reason);
+                TunVerdict::Drop(reason)
+            }
+        }
+    }
+
+    /// Handles a datagram from peer endpoint `from`; see [`NetVerdict`].
+    pub fn handle_tunnel(
+        &mut self,
+        from: SocketAddr,
+        dgram: &mut [u8],
+        now: Instant,
+    ) -> NetVerdict {
+        inc(&self.counters.tunnel_rx);
+        add_len(&self.counters.tunnel_rx_bytes, dgram.len());
+        // Order matters: header, membership (before any crypto, so strangers
+        // cost nothing), protection, tag and replay window, then dispatch.
+        let result = tunnel::parse(dgram)
+            .map_err(DropReason::from)
+            .and_then(|h| {
+                if !self.table.is_peer(from.ip()) {
+                    return Err(DropReason::NotMember);
+                }
+                match self.opener.open(from.ip(), dgram, &h) {
+                    Ok(n) => Ok((h.msg, n)),
+                    Err(e) => {
+                        if let OpenError::ProtectionMismatch(theirs) = e {
+                            tracing::debug!(
+                                peer = %from,
+                                theirs = theirs.name(),
+                                ours = self.opener.protection().name(),
+                                "tunnel datagram of another protection mode dropped"
+                            );
+                        }
+                        Err(e.into())
+                    }
+                }
+            })
+            .and_then(|(msg, n)| match msg {
+                MsgType::Data => {
+                    let pkt = dgram
+                        .get_mut(HEADER_LEN..HEADER_LEN + n)
+                        .ok_or(DropReason::TunnelTooShort)?;
+                    self.tunnel_input(from, pkt, now)
+                        .map(|()| NetVerdict::Tun(n))
+                }
+                MsgType::Keepalive => self.keepalive_input(from, dgram, n, now),
+            });
+        match result {
+            Ok(v) => {
+                match v {
+                    NetVerdict::Tun(n) => {
+                        inc(&self.counters.tun_tx_tun);
+                        add_len(&self.counters.tun_tx_tun_bytes, n);
+                    }
+                    NetVerdict::Reply(_) => inc(&self.counters.keepalive_pings_rx),
+                    NetVerdict::Done => inc(&self.counters.keepalive_pongs_rx),
+                    NetVerdict::Drop(_) => {}
+                }
+                v
+            }
+            Err(reason) => {
+                self.counters.count_drop(reason);
+                NetVerdict::Drop(reason)
+            }
+        }
+    }
+}
+
+/// Parses a packet from either input and refuses what no flow can carry
+/// (ICMP other than echo): the first step both inputs share.
+fn parse_supported(pkt: &[u8]) -> Result<(PacketInfo, FlowKey), DropReason> {
+    let info = packet::parse(pkt)?;
+    if matches!(
+        info.l4,
+        L4::Icmp {
+            kind: IcmpKind::Other
+        }
+    ) {
+        return Err(DropReason::IcmpUnsupported);
+    }
+    let key = FlowKey::of(&info);
+    Ok((info, key))
+}

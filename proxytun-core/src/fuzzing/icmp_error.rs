@@ -1,0 +1,239 @@
+//! Target `icmp_error`: translating ICMP errors alone and through the
+//! dataplane, with every checksum verified by full recomputation.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
+    TransportHeader,
+};
+
+use crate::checksum::pseudo_header_sum;
+use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
+use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
+use crate::icmp_error;
+use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
+use crate::seal::{ClusterKey, Sealer};
+use crate::table::{Location, Table, TableBuilder};
+use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
+use super::{assert_checksums, fix_checksums, naive_sum, pick_addrs, pseudo, split_selector, tcp_flags, verifies, l4_checksum};
+use super::fixture::{fixture_flows, fixture_now, fixture_remote_client, fixture_table, wrap, B, STRANGER};
+
+/// The bytes a checksum covers and the pseudo-header sum it starts from.
+type Covered = (std::ops::Range<usize>, u32);
+
+/// Quoted checksum of a parsed error: where it sits, and, when the quote
+/// holds the whole quoted packet, the range and pseudo-header sum to verify.
+fn quoted_l4_checksum(buf: &[u8], err: &packet::IcmpError) -> Option<(usize, Option<Covered>)> {
+    let q = err.quoted;
+    let quote = &buf[q.ip_offset..q.end];
+    let full = packet::parse(quote).ok().filter(|p| p.len == quote.len());
+    let at = match q.proto {
+        Proto::Tcp if q.l4_offset + 18 <= q.end => q.l4_offset + 16,
+        Proto::Udp if !q.udp_checksum_zero => q.l4_offset + 6,
+        Proto::Icmp if err.outer.src.is_ipv6() => q.l4_offset + 2,
+        _ => return None,
+    };
+    let verify = full.and_then(|p| {
+        let (_, range, init) = l4_checksum(quote, &p)?;
+        Some((q.ip_offset + range.start..q.ip_offset + range.end, init))
+    });
+    Some((at, verify))
+}
+
+/// Gives a parsed ICMP error correct checksums (outer IPv4 header, quoted
+/// IPv4 header, the quoted transport checksum when the quote is whole, and
+/// the ICMP checksum last, over all of it).
+pub(super) fn fix_error_checksums(buf: &mut [u8], err: &packet::IcmpError) {
+    let q = err.quoted;
+    if err.outer.src.is_ipv4() {
+        buf[10..12].fill(0);
+        let c = !naive_sum(0, &buf[..err.outer.l4_offset]);
+        buf[10..12].copy_from_slice(&c.to_be_bytes());
+        let qh = q.ip_offset..q.l4_offset;
+        buf[q.ip_offset + 10..q.ip_offset + 12].fill(0);
+        let c = !naive_sum(0, &buf[qh]);
+        buf[q.ip_offset + 10..q.ip_offset + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    if let Some((at, verify)) = quoted_l4_checksum(buf, err) {
+        match verify {
+            Some((range, init)) => {
+                buf[at..at + 2].fill(0);
+                let mut c = !naive_sum(init, &buf[range]);
+                if c == 0 && q.proto == Proto::Udp {
+                    c = 0xffff;
+                }
+                buf[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            }
+            // A partial quote keeps its checksum, but not 0xffff for TCP
+            // and ICMPv6: a checksum routine never yields that twin of zero,
+            // and the incremental update may canonicalise it (RFC 1624).
+            None if q.proto != Proto::Udp && buf[at..at + 2] == [0xff, 0xff] => {
+                buf[at..at + 2].fill(0)
+            }
+            None => {}
+        }
+    }
+    let icmp = err.outer.l4_offset;
+    buf[icmp + 2..icmp + 4].fill(0);
+    let init = if err.outer.src.is_ipv6() {
+        pseudo(buf, packet::IPPROTO_ICMPV6, err.outer.len - icmp)
+    } else {
+        0
+    };
+    let c = !naive_sum(init, &buf[icmp..err.outer.len]);
+    buf[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+}
+
+fn assert_error_checksums(buf: &[u8], err: &packet::IcmpError, what: &str) {
+    let q = err.quoted;
+    let icmp = err.outer.l4_offset;
+    if err.outer.src.is_ipv4() {
+        assert!(
+            verifies(0, &buf[..icmp]),
+            "{what}: outer IPv4 header checksum"
+        );
+        assert!(
+            verifies(0, &buf[q.ip_offset..q.l4_offset]),
+            "{what}: quoted IPv4 header checksum"
+        );
+        assert!(
+            verifies(0, &buf[icmp..err.outer.len]),
+            "{what}: ICMP checksum"
+        );
+    } else {
+        let init = pseudo(buf, packet::IPPROTO_ICMPV6, err.outer.len - icmp);
+        assert!(
+            verifies(init, &buf[icmp..err.outer.len]),
+            "{what}: ICMPv6 checksum"
+        );
+    }
+    if let Some((_, Some((range, init)))) = quoted_l4_checksum(buf, err) {
+        assert!(
+            verifies(init, &buf[range]),
+            "{what}: quoted transport checksum"
+        );
+    }
+}
+
+/// Target `icmp_error`, two parts on the same bytes.
+///
+/// 1. [`icmp_error::translate`] alone: the first 32 bytes choose the new
+///    outer addresses, the rest is a packet; if it parses as an error, it is
+///    given valid checksums, translated, and then every checksum verifies
+///    by full recomputation, etherparse sees the new outer addresses, the
+///    quote carries them swapped with its ports unchanged, and translating
+///    back restores the bytes.
+/// 2. The whole dataplane of node A with a local and a remote flow and a
+///    reply entry: the packet goes in from the TUN and from member B. An
+///    error never changes the number of flows or reply entries; one that
+///    is forwarded keeps valid checksums and, as sent, belongs to a flow.
+pub fn icmp_error(data: &[u8]) {
+    let Some((sel, pkt)) = split_selector(data) else {
+        return;
+    };
+    let mut buf = pkt.to_vec();
+    if let Ok(err) = packet::parse_icmp_error(&buf) {
+        fix_error_checksums(&mut buf, &err);
+        assert_error_checksums(&buf, &err, "fixed input");
+        let original = buf.clone();
+        let (src, dst) = pick_addrs(&sel, err.outer.src);
+        assert!(icmp_error::translate(&mut buf, &err, src, dst));
+        let after = match packet::parse_icmp_error(&buf) {
+            Ok(a) => a,
+            Err(e) => panic!("translated error no longer parses: {e:?}"),
+        };
+        assert_eq!((after.outer.src, after.outer.dst), (src, dst));
+        assert_eq!((after.quoted.src, after.quoted.dst), (dst, src));
+        let (q0, q1) = (err.quoted, after.quoted);
+        assert_eq!(
+            (q0.sport, q0.dport, q0.proto),
+            (q1.sport, q1.dport, q1.proto)
+        );
+        assert_error_checksums(&buf, &after, "translated");
+        check_quote(&buf, &after);
+        // Translating back restores the bytes when the input was a
+        // consistent error (its quote is the mirror of its outer header,
+        // the only kind the dataplane translates); otherwise the quote
+        // takes the mirror of the outer addresses, by design.
+        assert!(icmp_error::translate(
+            &mut buf,
+            &after,
+            err.outer.src,
+            err.outer.dst
+        ));
+        if (err.outer.src, err.outer.dst) == (err.quoted.dst, err.quoted.src) {
+            assert_eq!(buf, original, "translating back did not restore the error");
+        }
+    }
+    icmp_error_dataplane(pkt);
+}
+
+fn icmp_error_dataplane(pkt: &[u8]) {
+    let now = fixture_now();
+    let mut dp = Dataplane::new(CoreConfig::default(), fixture_table());
+    for p in fixture_flows() {
+        let mut p = p.clone();
+        dp.handle_tun(&mut p, now);
+    }
+    let mut d = wrap(&fixture_remote_client());
+    assert!(matches!(
+        dp.handle_tunnel(B, &mut d, now),
+        NetVerdict::Tun(_)
+    ));
+    let flows = dp.flows_active();
+    let replies = dp.replies_active();
+    assert_eq!((flows, replies), (2, 1), "fixture flows");
+    let is_error = packet::looks_like_icmp_error(pkt);
+    let valid_before = packet::parse_icmp_error(pkt).is_ok_and(|e| {
+        let mut b = pkt.to_vec();
+        fix_error_checksums(&mut b, &e);
+        b == pkt
+    });
+
+    let mut b = pkt.to_vec();
+    let v = dp.handle_tun(&mut b, now);
+    if is_error {
+        assert_eq!((dp.flows_active(), dp.replies_active()), (flows, replies));
+        if !matches!(v, TunVerdict::Drop(_)) {
+            check_forwarded_error(&dp, &b, valid_before, now);
+        }
+    }
+    let mut d = wrap(pkt);
+    let v = dp.handle_tunnel(B, &mut d, now);
+    if is_error {
+        assert_eq!((dp.flows_active(), dp.replies_active()), (flows, replies));
+        if let NetVerdict::Tun(n) = v {
+            check_forwarded_error(&dp, &d[HEADER_LEN..HEADER_LEN + n], valid_before, now);
+        }
+    }
+}
+
+/// A forwarded error is still one, with valid checksums if it had them, and
+/// its key (reversed quote) is a key of a flow or reply entry as it travels.
+fn check_forwarded_error(dp: &Dataplane, out: &[u8], valid_before: bool, now: Instant) {
+    let err = match packet::parse_icmp_error(out) {
+        Ok(e) => e,
+        Err(e) => panic!("forwarded error does not parse: {e:?}"),
+    };
+    if valid_before {
+        assert_error_checksums(out, &err, "forwarded");
+    }
+    let k = icmp_error::flow_key(&err);
+    let sa = |a, p| SocketAddr::new(a, p);
+    let known = dp.flows(now).any(|f| {
+        // Client side: VIP -> client; instance side: client iip -> instance.
+        (sa(k.src, k.sport) == f.vip && sa(k.dst, k.dport) == f.client)
+            || (sa(k.src, k.sport) == sa(f.client_iip, f.client.port())
+                && sa(k.dst, k.dport) == f.instance_addr)
+    }) || dp
+        .replies(now)
+        .any(|r| sa(k.src, k.sport) == r.instance_addr && sa(k.dst, k.dport) == r.client_iip)
+        || dp
+            .replies(now)
+            .any(|r| sa(k.dst, k.dport) == r.instance_addr && sa(k.src, k.sport) == r.client_iip);
+    assert!(known, "forwarded error {k:?} belongs to no flow");
+}

@@ -1,0 +1,52 @@
+//! The sans-IO packet core of the dataplane.
+//!
+//! Everything a packet goes through between the TUN and the tunnel socket
+//! lives here as plain functions and one state machine, [`Dataplane`]:
+//! parsing ([`packet`]), address rewriting with incremental checksums
+//! ([`checksum`]), the flow table and its timers ([`flow`]), the server-side
+//! reply cache ([`reply`]), load balancing ([`policy`]), the forwarding view
+//! of the cluster ([`table`]), the tunnel header ([`tunnel`]), keepalives
+//! and peer health ([`keepalive`], [`health`]), the record of unknown
+//! ServiceIPs ([`miss`]) and the counters ([`counters`]).
+//!
+//! Invariants: nothing here does I/O, reads a clock or spawns; time comes in
+//! as `now`. Nothing on the hit path allocates; only installing a flow or a
+//! reply entry may. No packet, however malformed, panics: every index is
+//! checked by [`packet::parse`] first.
+
+pub mod access;
+pub mod checksum;
+pub mod config;
+pub mod counters;
+pub mod dataplane;
+pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod health;
+pub mod icmp_error;
+pub mod keepalive;
+pub mod map;
+pub mod miss;
+pub mod offload;
+pub mod packet;
+pub mod policy;
+pub mod reply;
+pub mod seal;
+pub mod table;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
+pub mod time;
+pub mod tunnel;
+
+#[cfg(test)]
+mod tests;
+
+pub use counters::{Counters, CountersSnapshot, DropReason};
+pub use dataplane::{Dataplane, NetVerdict, TunVerdict};
+pub use config::CoreConfig;
+pub use flow::FlowView;
+pub use health::PeerHealthView;
+pub use reply::ReplyView;
+pub use table::{Location, Table, TableBuilder, TableError};
+pub use tunnel::{write_header, HEADER_LEN};

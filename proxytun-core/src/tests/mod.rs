@@ -1,0 +1,16 @@
+//! Rule-by-rule tests of the packet core. Packets are built and checked
+//! with `etherparse`, an independent implementation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod drops;
+mod flows;
+mod fuzz;
+mod icmp;
+mod isolation;
+mod keepalive;
+mod offload;
+mod pair;
+mod policy;
+mod prop;
+mod rewrite;
