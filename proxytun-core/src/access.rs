@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::map::FastMap;
-use super::time::serialize_ms;
 use super::packet::{PacketInfo, Proto, L4};
+use super::time::serialize_ms;
 
 /// An app (tenant) interned by its table: services of the same app share it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::counters::DropReason;
-use super::map::FastMap;
 use super::keepalive::{self, Keepalive, Kind};
+use super::map::FastMap;
 use super::table::Location;
 
 /// A pong echoing a send time older than this is no fair RTT sample (a

@@ -42,9 +42,9 @@ pub mod tunnel;
 #[cfg(test)]
 mod tests;
 
+pub use config::CoreConfig;
 pub use counters::{Counters, CountersSnapshot, DropReason};
 pub use dataplane::{Dataplane, NetVerdict, TunVerdict};
-pub use config::CoreConfig;
 pub use flow::FlowView;
 pub use health::PeerHealthView;
 pub use reply::ReplyView;

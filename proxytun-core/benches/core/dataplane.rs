@@ -1,37 +1,13 @@
 //! Whole `Dataplane` calls, as the shell makes them.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
-use proxytun_core::packet::{self, Proto};
-use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
-use proxytun_core::{
-    CoreConfig, Dataplane, Location, NetVerdict, Table, TableBuilder, TunVerdict,
-};
 use crate::fixture::*;
-
-/// The flow `CLI1:sport -> web/2 instance IP:80` as the dataplane installs it.
-fn flow_for(f: Fam, sport: u16, now: Instant) -> Flow {
-    Flow {
-        key: FlowKey {
-            proto: Proto::Tcp,
-            src: CLI1.ns(f),
-            dst: WEB2.iip(f),
-            sport,
-            dport: SERVICE_PORT,
-        },
-        client_iip: CLI1.iip(f),
-        instance: Arc::from(WEB2.name),
-        instance_ns: WEB2.ns(f),
-        location: Location::Remote(B),
-        activity: Activity::new(Proto::Tcp, now),
-    }
-}
+use criterion::{BenchmarkId, Criterion, Throughput};
+use proxytun_core::tunnel::HEADER_LEN;
+use proxytun_core::{CoreConfig, Dataplane, NetVerdict, TunVerdict};
 
 /// Runs `handle` on a copy of `template` each iteration; only the header
 /// bytes are restored (the core never touches the payload), so the copy
@@ -188,4 +164,3 @@ pub fn dataplane(c: &mut Criterion) {
     }
     g.finish();
 }
-

@@ -1,19 +1,15 @@
 //! The benches' cluster: two nodes, a client and two web instances, and
 //! full-size packets built by etherparse.
 
-use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
-use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
-use proxytun_core::packet::{self, Proto};
-use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
-use proxytun_core::{
-    CoreConfig, Dataplane, Location, NetVerdict, Table, TableBuilder, TunVerdict,
-};
+use proxytun_core::flow::{Activity, Flow, FlowKey};
+use proxytun_core::packet::Proto;
+use proxytun_core::tunnel::{write_header, HEADER_LEN};
+use proxytun_core::{Location, Table, TableBuilder};
 
 /// Node A's tunnel endpoint (hosts the client and web/1).
 pub const A: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 50103);
@@ -30,9 +26,9 @@ pub const SERVICE_PORT: u16 = 80;
 /// One instance: namespace and instance addresses of both families.
 #[derive(Clone, Copy)]
 pub struct Inst {
-    name: &'static str,
-    node: SocketAddr,
-    host: u8,
+    pub name: &'static str,
+    pub node: SocketAddr,
+    pub host: u8,
 }
 
 pub const CLI1: Inst = Inst {
@@ -173,4 +169,22 @@ pub fn wrap(pkt: &[u8]) -> Vec<u8> {
     d[HEADER_LEN..].copy_from_slice(pkt);
     write_header(&mut d);
     d
+}
+
+/// The flow `CLI1:sport -> web/2 instance IP:80` as the dataplane installs it.
+pub fn flow_for(f: Fam, sport: u16, now: Instant) -> Flow {
+    Flow {
+        key: FlowKey {
+            proto: Proto::Tcp,
+            src: CLI1.ns(f),
+            dst: WEB2.iip(f),
+            sport,
+            dport: SERVICE_PORT,
+        },
+        client_iip: CLI1.iip(f),
+        instance: Arc::from(WEB2.name),
+        instance_ns: WEB2.ns(f),
+        location: Location::Remote(B),
+        activity: Activity::new(Proto::Tcp, now),
+    }
 }

@@ -1,19 +1,15 @@
 //! The flow table alone: lookups against its size, and installing flows.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
-use proxytun_core::packet::{self, Proto};
-use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
-use proxytun_core::{
-    CoreConfig, Dataplane, Location, NetVerdict, Table, TableBuilder, TunVerdict,
-};
 use crate::fixture::*;
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
+use proxytun_core::packet::Proto;
+use proxytun_core::Location;
 
 /// A small, fast, deterministic PRNG (splitmix64) for picking keys.
 struct SplitMix(u64);
@@ -144,4 +140,3 @@ pub fn flow_insert(c: &mut Criterion) {
     }
     g.finish();
 }
-

@@ -1,19 +1,10 @@
 //! Tunnel security per datagram: seal and open in each protection mode.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
-use proxytun_core::packet::{self, Proto};
-use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
-use proxytun_core::{
-    CoreConfig, Dataplane, Location, NetVerdict, Table, TableBuilder, TunVerdict,
-};
-use crate::fixture::*;
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use proxytun_core::tunnel::HEADER_LEN;
 
 /// Tunnel security per datagram: seal (sender: one atomic add + AEAD) and
 /// open (receiver: window check, AEAD verify/decrypt, window update), for
@@ -58,4 +49,3 @@ pub fn seal_open(c: &mut Criterion) {
     }
     g.finish();
 }
-

@@ -1,19 +1,13 @@
 //! The per-packet steps on their own: parse, rewrite, header.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use proxytun_core::flow::{Activity, Flow, FlowKey, FlowTable};
-use proxytun_core::packet::{self, Proto};
-use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
-use proxytun_core::{
-    CoreConfig, Dataplane, Location, NetVerdict, Table, TableBuilder, TunVerdict,
-};
 use crate::fixture::*;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use proxytun_core::flow::{FlowKey, FlowTable};
+use proxytun_core::packet::{self};
+use proxytun_core::tunnel::{parse_header, write_header, HEADER_LEN};
 
 /// The per-packet steps on their own.
 pub fn steps(c: &mut Criterion) {

@@ -2,6 +2,7 @@
 //! rewrite) and the slow path that chooses an instance and installs a flow.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{opens, parse_supported, Dataplane};
@@ -10,7 +11,7 @@ use crate::counters::{inc, DropReason};
 use crate::flow::{Activity, Dir, Flow, FlowKey};
 use crate::icmp_error;
 use crate::packet::{self, PacketInfo};
-use crate::table::{Location, Vip};
+use crate::table::{Location, Table, Vip};
 
 impl Dataplane {
     /// `Ok(None)`: to the TUN; `Ok(Some(peer))`: to that peer.

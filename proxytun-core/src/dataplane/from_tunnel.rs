@@ -3,12 +3,14 @@
 //! reply entry.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{opens, parse_supported, Dataplane, NetVerdict};
 use crate::access::{policy_port, Side};
-use crate::counters::{inc, DropReason};
+use crate::counters::DropReason;
 use crate::flow::{Activity, Dir};
+use crate::icmp_error;
 use crate::keepalive::{self, Kind};
 use crate::packet;
 use crate::reply::ReplyEntry;

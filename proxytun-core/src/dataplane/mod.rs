@@ -12,20 +12,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::access::{policy_port, DenialView, Denials, Side};
-use crate::counters::{add_len, inc, Counters, DropReason};
+use crate::access::{DenialView, Denials};
 use crate::config::CoreConfig;
-use crate::flow::{Activity, Dir, Flow, FlowKey, FlowTable, FlowView};
-use crate::flow::{FlowRecord, FlowRecords, ImportReport, ReplyRecord};
+use crate::counters::{add_len, inc, Counters, DropReason};
+use crate::flow::{FlowKey, FlowTable, FlowView};
 use crate::health::{PeerHealthView, Peers};
-use crate::icmp_error;
-use crate::keepalive::{self, Kind};
+use crate::keepalive::{self};
 use crate::miss::Misses;
 use crate::packet::{self, IcmpKind, PacketInfo, L4};
 use crate::policy::Balancer;
-use crate::reply::{ReplyCache, ReplyEntry, ReplyView};
+use crate::reply::{ReplyCache, ReplyView};
 use crate::seal::{OpenError, Opener, Sealer};
-use crate::table::{Location, Table, Vip};
+use crate::table::{Table, Vip};
 use crate::time::min_opt;
 use crate::tunnel::{self, MsgType, HEADER_LEN};
 

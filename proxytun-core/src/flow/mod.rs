@@ -22,11 +22,11 @@ use crate::map::FastMap;
 use crate::table::Location;
 use crate::time::serialize_ms;
 
-pub use activity::{Activity, ActivityRecord};
 /// Re-exported from [`crate::config`], where the limits moved.
 pub use crate::config::CoreConfig;
 /// Re-exported from [`crate::time`], where it moved.
 pub use crate::time::min_opt;
+pub use activity::{Activity, ActivityRecord};
 pub use key::{Dir, FlowKey};
 pub use record::{FlowRecord, FlowRecords, ImportReport, KeyRecord, ReplyRecord};
 

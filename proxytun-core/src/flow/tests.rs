@@ -2,7 +2,7 @@
 //! and its two keys, records through JSON.
 
 use super::*;
-use crate::packet::{PacketInfo, Proto, L4, TCP_ACK, TCP_SYN};
+use crate::packet::{PacketInfo, Proto, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 fn tcp(flags: u8) -> PacketInfo {
     PacketInfo {
@@ -116,8 +116,7 @@ fn key_hash_agrees_with_eq() {
         dst: "::a1e:1".parse().unwrap(),
         ..base
     });
-    let hashes: std::collections::HashSet<u64> =
-        variants.iter().map(|k| st.hash_one(k)).collect();
+    let hashes: std::collections::HashSet<u64> = variants.iter().map(|k| st.hash_one(k)).collect();
     assert_eq!(hashes.len(), variants.len());
 }
 

@@ -1,26 +1,13 @@
 //! Target `decap`: tunnel input from members and strangers, plain,
 //! sealed, altered and replayed.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
-    TransportHeader,
-};
-
-use crate::checksum::pseudo_header_sum;
-use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
-use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
-use crate::icmp_error;
-use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
+use super::fixture::{fixture_now, fixture_table, wrap, B, STRANGER};
+use crate::dataplane::{Dataplane, NetVerdict};
+use crate::flow::CoreConfig;
 use crate::seal::{ClusterKey, Sealer};
-use crate::table::{Location, Table, TableBuilder};
-use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
-use super::{assert_checksums, fix_checksums, naive_sum, pick_addrs, pseudo, split_selector, tcp_flags, verifies, l4_checksum};
-use super::fixture::{fixture_flows, fixture_now, fixture_remote_client, fixture_table, wrap, B, STRANGER};
+use crate::tunnel::{MsgType, Protection, HEADER_LEN};
 
 /// Target `decap`: [`Dataplane::handle_tunnel`] of node A on a sequence of
 /// datagrams (each: one control byte, a length byte, that many bytes).

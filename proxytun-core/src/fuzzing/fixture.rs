@@ -1,31 +1,21 @@
 //! The fixtures the targets share (a small two-node cluster seen from
 //! node A, its packets) and the corpus seeds built from them.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
-    TransportHeader,
-};
-
-use crate::checksum::pseudo_header_sum;
-use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
-use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
-use crate::icmp_error;
-use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
-use crate::seal::{ClusterKey, Sealer};
+use super::fix_checksums;
+use super::icmp_error::fix_error_checksums;
+use crate::packet::{self};
 use crate::table::{Location, Table, TableBuilder};
 use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
-use super::{assert_checksums, fix_checksums, naive_sum, pick_addrs, pseudo, split_selector, tcp_flags, verifies, l4_checksum};
-use super::icmp_error::fix_error_checksums;
 
 /// Node B's tunnel endpoint (a member).
 pub(super) const B: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 50103);
 /// Not a member.
-pub(super) const STRANGER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 50103);
+pub(super) const STRANGER: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 50103);
 
 pub(super) fn fixture_now() -> Instant {
     static NOW: OnceLock<Instant> = OnceLock::new();
@@ -214,4 +204,3 @@ fn icmp4_unreachable(src: [u8; 4], dst: [u8; 4], quote: &[u8]) -> Vec<u8> {
     }
     p
 }
-

@@ -23,23 +23,10 @@ pub use icmp_error::icmp_error;
 pub use parse::parse;
 pub use rewrite::rewrite;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
-    TransportHeader,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::checksum::pseudo_header_sum;
-use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
-use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
-use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
-use crate::seal::{ClusterKey, Sealer};
-use crate::table::{Location, Table, TableBuilder};
-use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
+use crate::packet::{self, PacketInfo, L4};
 
 /// The reference checksum: RFC 1071 by byte pairs, nothing clever; returns
 /// the folded, uncomplemented sum. Also the property tests' reference.

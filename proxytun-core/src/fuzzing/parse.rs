@@ -1,25 +1,14 @@
 //! Target `parse`: the packet parser against etherparse.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
 
 use etherparse::{
     Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
     TransportHeader,
 };
 
-use crate::checksum::pseudo_header_sum;
-use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
-use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
-use crate::icmp_error;
+use super::tcp_flags;
 use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
-use crate::seal::{ClusterKey, Sealer};
-use crate::table::{Location, Table, TableBuilder};
-use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
-use super::{assert_checksums, fix_checksums, naive_sum, pick_addrs, pseudo, split_selector, tcp_flags, verifies, l4_checksum};
-use super::fixture::{fixture_flows, fixture_now, fixture_remote_client, fixture_table, wrap, B, STRANGER};
 
 /// Target `parse`: whenever [`packet::parse`] accepts, etherparse decodes
 /// the same addresses, protocol, ports, flags and lengths; whenever
@@ -119,7 +108,7 @@ fn check_icmp(kind: IcmpKind, expect: Option<(IcmpKind, u16)>, info: &PacketInfo
 }
 
 /// The quote of a parsed error, read by etherparse: same addresses, protocol.
-fn check_quote(data: &[u8], err: &packet::IcmpError) {
+pub(super) fn check_quote(data: &[u8], err: &packet::IcmpError) {
     let q = err.quoted;
     assert!(q.ip_offset < q.l4_offset && q.l4_offset + 8 <= q.end && q.end <= data.len());
     let quote = &data[q.ip_offset..q.end];

@@ -1,26 +1,12 @@
 //! Target `rewrite`: address rewriting keeps every checksum valid and
 //! is undone by rewriting back.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, NetHeaders, PacketHeaders,
-    TransportHeader,
-};
+use etherparse::{NetHeaders, PacketHeaders};
 
-use crate::checksum::pseudo_header_sum;
-use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
-use crate::flow::{Activity, CoreConfig, Dir, Flow, FlowKey, FlowTable};
-use crate::icmp_error;
-use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
-use crate::seal::{ClusterKey, Sealer};
-use crate::table::{Location, Table, TableBuilder};
-use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
-use super::{assert_checksums, fix_checksums, naive_sum, pick_addrs, pseudo, split_selector, tcp_flags, verifies, l4_checksum};
-use super::fixture::{fixture_flows, fixture_now, fixture_remote_client, fixture_table, wrap, B, STRANGER};
+use super::{assert_checksums, fix_checksums, pick_addrs, split_selector};
+use crate::packet::{self};
 
 /// Target `rewrite`: the first 32 bytes choose new addresses, the rest is
 /// a packet. After giving it correct checksums, [`packet::rewrite`] keeps

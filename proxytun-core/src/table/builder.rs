@@ -5,6 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use ipnet::{Ipv4Net, Ipv6Net};
+
 use super::index::{encode, range_size, VipIndex, ID_MASK};
 use super::{
     InstanceEntry, InstanceId, Location, Member, ServiceEntry, ServiceHot, ServiceId, Table, Vip,

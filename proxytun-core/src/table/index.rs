@@ -27,7 +27,7 @@ pub(super) fn encode(vip: Vip) -> Option<u32> {
 }
 
 /// The inverse of [`encode`].
-fn decode(slot: u32) -> Option<Vip> {
+pub(super) fn decode(slot: u32) -> Option<Vip> {
     let id = (slot & ID_MASK) as usize;
     match slot & !ID_MASK {
         TAG_RR => Some(Vip::RoundRobin(ServiceId(id))),

@@ -27,8 +27,8 @@ use index::VipIndex;
 
 pub use builder::{TableBuilder, TableError};
 pub(crate) use entry::Member;
-use entry::{ServiceHot, INLINE_MEMBERS};
 pub use entry::{InstanceEntry, InstanceId, Location, ServiceEntry, ServiceId, Vip};
+use entry::{ServiceHot, INLINE_MEMBERS};
 
 /// Source of [`Table`] generations.
 static GENERATION: AtomicU64 = AtomicU64::new(1);

@@ -1,6 +1,9 @@
 //! Unit tests of the forwarding table: lookups, collisions, the index
 //! layouts.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::index::{decode, encode, ID_MASK};
 use super::*;
 
 fn nets() -> (Ipv4Net, Ipv6Net) {

@@ -216,10 +216,7 @@ pub fn test_key() -> crate::seal::ClusterKey {
 }
 
 /// A sealer of `protection` with [`test_key`] and `session`.
-pub fn sealer(
-    protection: crate::tunnel::Protection,
-    session: u64,
-) -> Arc<crate::seal::Sealer> {
+pub fn sealer(protection: crate::tunnel::Protection, session: u64) -> Arc<crate::seal::Sealer> {
     Arc::new(crate::seal::Sealer::new(protection, Some(&test_key()), session).unwrap())
 }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, TcpHeader};
 
-use super::{CLI1, WEB2, Fam};
+use super::{Fam, CLI1, WEB2};
 use crate::offload::{layout, CsumAt, Gso};
 use crate::packet;
 

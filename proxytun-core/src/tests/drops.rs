@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::testkit::*;
 use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::flow::CoreConfig;
 use crate::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN};
+use crate::testkit::*;
 use crate::tunnel::{Protection, HEADER_LEN};
 use crate::DropReason;
 

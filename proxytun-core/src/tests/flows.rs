@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::testkit::*;
 use crate::dataplane::{Dataplane, TunVerdict, SWEEP_GRANULARITY};
 use crate::flow::CoreConfig;
+use crate::testkit::*;
 use crate::DropReason;
 
 /// Opens a UDP flow from the client and returns (verdict, instance ns seen).

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::testkit::*;
 use crate::dataplane::Dataplane;
+use crate::testkit::*;
 use crate::tunnel::{write_header, HEADER_LEN};
 
 /// xorshift64*: deterministic, no dependency.

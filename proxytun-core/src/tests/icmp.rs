@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, PacketBuilder};
 
-use crate::testkit::*;
 use crate::counters::DropReason;
 use crate::dataplane::{NetVerdict, TunVerdict};
+use crate::testkit::*;
 
 /// A port unreachable from `src` to `dst` quoting `quote` (whole, as Linux
 /// quotes as much as fits in 576 / 1280 bytes).

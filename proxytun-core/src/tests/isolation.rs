@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::testkit::*;
 use crate::access::{Rule, Side};
 use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::flow::CoreConfig;
 use crate::table::Table;
+use crate::testkit::*;
 use crate::DropReason;
 
 /// Services: shop/web at 10.30.0.40, bank/api at .50, bank/db at .60.

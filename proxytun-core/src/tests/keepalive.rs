@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::testkit::*;
 use crate::dataplane::{Dataplane, NetVerdict};
 use crate::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN, KEEPALIVE_MAX};
+use crate::testkit::*;
 use crate::tunnel::{Protection, HEADER_LEN};
 use crate::{DropReason, PeerHealthView};
 

@@ -4,7 +4,10 @@
 //! in the daemon crate's `tests/offload_vs_tun_rs.rs`: the core does not
 //! depend on tun-rs.)
 
-use crate::offload::{finish_checksum, plan, seed_partial_checksum, segment, CsumAt, Gso, Offload, OffloadError, Segments};
+use crate::offload::{
+    finish_checksum, plan, seed_partial_checksum, segment, CsumAt, Gso, Offload, OffloadError,
+    Segments,
+};
 use crate::testkit::superpacket::*;
 use crate::testkit::*;
 

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::testkit::*;
 use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::flow::CoreConfig;
+use crate::testkit::*;
 use crate::tunnel::{write_header, HEADER_LEN};
 
 /// Nodes A and B with the same cluster, each with its own locality.

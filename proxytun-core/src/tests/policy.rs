@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::testkit::{build, check, A, B, C, L};
 use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::keepalive;
 use crate::table::{Location, Table, TableBuilder};
+use crate::testkit::{build, check, A, B, C, L};
 use crate::{CoreConfig, DropReason};
 
 const CLIENT_NS: Ipv4Addr = Ipv4Addr::new(10, 18, 1, 5);

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use crate::testkit::*;
 use crate::checksum::Delta;
 use crate::dataplane::TunVerdict;
 use crate::packet::{self, L4};
+use crate::testkit::*;
 use crate::DropReason;
 
 /// (family, with IPv4 options) combinations.
