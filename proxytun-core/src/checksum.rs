@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(ones_sum(sum6, &[]), reference(0, &m6));
     }
 
-    /// Timing against the reference: `cargo test --release -p proxytun
+    /// Timing against the reference: `cargo test --release -p proxytun-core
     /// checksum_timing -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing, run by hand with --release"]

@@ -9,6 +9,13 @@
 //! and peer health ([`keepalive`], [`health`]), the record of unknown
 //! ServiceIPs ([`miss`]) and the counters ([`counters`]).
 //!
+//! A crate of its own (the daemon crate `proxytun` re-exports it as
+//! `proxytun::core`) so that its `Cargo.toml` shows the rule: it depends on
+//! no I/O crate. The leaf modules [`config`], [`map`] and [`time`] hold what
+//! the tables share, so imports point one way: `table` uses `access`,
+//! `flow` uses `table`, `reply` uses `flow`, and `dataplane` uses them all. `fuzzing` holds the bodies of the
+//! fuzz targets; `testkit` the test fixtures (feature `testkit`).
+//!
 //! Invariants: nothing here does I/O, reads a clock or spawns; time comes in
 //! as `now`. Nothing on the hit path allocates; only installing a flow or a
 //! reply entry may. No packet, however malformed, panics: every index is

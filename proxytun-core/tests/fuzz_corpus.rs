@@ -83,7 +83,7 @@ fn every_corpus_directory_exists() {
 
 /// Writes the hand-made seeds (`proxytun_core::fuzzing::seeds`) into the corpus
 /// directories; run once before a campaign:
-/// `cargo test -p proxytun --test fuzz_corpus -- --ignored write_seeds`.
+/// `cargo test -p proxytun-core --test fuzz_corpus -- --ignored write_seeds`.
 #[test]
 #[ignore]
 fn write_seeds() {

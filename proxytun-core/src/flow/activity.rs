@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::Dir;
+use super::key::Dir;
 use crate::config::CoreConfig;
 use crate::packet::{PacketInfo, Proto, TCP_FIN, TCP_RST};
 use crate::time::min_opt;

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::fix_checksums;
-use super::icmp_error::fix_error_checksums;
-use crate::packet::{self};
+use super::fix_error_checksums;
+use crate::packet;
 use crate::table::{Location, Table, TableBuilder};
 use crate::tunnel::{self, MsgType, Protection, HEADER_LEN};
 

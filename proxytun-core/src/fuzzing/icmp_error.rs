@@ -6,109 +6,12 @@ use std::time::Instant;
 
 use super::fixture::{fixture_flows, fixture_now, fixture_remote_client, fixture_table, wrap, B};
 use super::parse::check_quote;
-use super::{l4_checksum, naive_sum, pick_addrs, pseudo, split_selector, verifies};
+use super::{assert_error_checksums, fix_error_checksums, pick_addrs, split_selector};
 use crate::dataplane::{Dataplane, NetVerdict, TunVerdict};
 use crate::flow::CoreConfig;
 use crate::icmp_error;
-use crate::packet::{self, Proto};
+use crate::packet;
 use crate::tunnel::HEADER_LEN;
-
-/// The bytes a checksum covers and the pseudo-header sum it starts from.
-type Covered = (std::ops::Range<usize>, u32);
-
-/// Quoted checksum of a parsed error: where it sits, and, when the quote
-/// holds the whole quoted packet, the range and pseudo-header sum to verify.
-fn quoted_l4_checksum(buf: &[u8], err: &packet::IcmpError) -> Option<(usize, Option<Covered>)> {
-    let q = err.quoted;
-    let quote = &buf[q.ip_offset..q.end];
-    let full = packet::parse(quote).ok().filter(|p| p.len == quote.len());
-    let at = match q.proto {
-        Proto::Tcp if q.l4_offset + 18 <= q.end => q.l4_offset + 16,
-        Proto::Udp if !q.udp_checksum_zero => q.l4_offset + 6,
-        Proto::Icmp if err.outer.src.is_ipv6() => q.l4_offset + 2,
-        _ => return None,
-    };
-    let verify = full.and_then(|p| {
-        let (_, range, init) = l4_checksum(quote, &p)?;
-        Some((q.ip_offset + range.start..q.ip_offset + range.end, init))
-    });
-    Some((at, verify))
-}
-
-/// Gives a parsed ICMP error correct checksums (outer IPv4 header, quoted
-/// IPv4 header, the quoted transport checksum when the quote is whole, and
-/// the ICMP checksum last, over all of it).
-pub(super) fn fix_error_checksums(buf: &mut [u8], err: &packet::IcmpError) {
-    let q = err.quoted;
-    if err.outer.src.is_ipv4() {
-        buf[10..12].fill(0);
-        let c = !naive_sum(0, &buf[..err.outer.l4_offset]);
-        buf[10..12].copy_from_slice(&c.to_be_bytes());
-        let qh = q.ip_offset..q.l4_offset;
-        buf[q.ip_offset + 10..q.ip_offset + 12].fill(0);
-        let c = !naive_sum(0, &buf[qh]);
-        buf[q.ip_offset + 10..q.ip_offset + 12].copy_from_slice(&c.to_be_bytes());
-    }
-    if let Some((at, verify)) = quoted_l4_checksum(buf, err) {
-        match verify {
-            Some((range, init)) => {
-                buf[at..at + 2].fill(0);
-                let mut c = !naive_sum(init, &buf[range]);
-                if c == 0 && q.proto == Proto::Udp {
-                    c = 0xffff;
-                }
-                buf[at..at + 2].copy_from_slice(&c.to_be_bytes());
-            }
-            // A partial quote keeps its checksum, but not 0xffff for TCP
-            // and ICMPv6: a checksum routine never yields that twin of zero,
-            // and the incremental update may canonicalise it (RFC 1624).
-            None if q.proto != Proto::Udp && buf[at..at + 2] == [0xff, 0xff] => {
-                buf[at..at + 2].fill(0)
-            }
-            None => {}
-        }
-    }
-    let icmp = err.outer.l4_offset;
-    buf[icmp + 2..icmp + 4].fill(0);
-    let init = if err.outer.src.is_ipv6() {
-        pseudo(buf, packet::IPPROTO_ICMPV6, err.outer.len - icmp)
-    } else {
-        0
-    };
-    let c = !naive_sum(init, &buf[icmp..err.outer.len]);
-    buf[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
-}
-
-fn assert_error_checksums(buf: &[u8], err: &packet::IcmpError, what: &str) {
-    let q = err.quoted;
-    let icmp = err.outer.l4_offset;
-    if err.outer.src.is_ipv4() {
-        assert!(
-            verifies(0, &buf[..icmp]),
-            "{what}: outer IPv4 header checksum"
-        );
-        assert!(
-            verifies(0, &buf[q.ip_offset..q.l4_offset]),
-            "{what}: quoted IPv4 header checksum"
-        );
-        assert!(
-            verifies(0, &buf[icmp..err.outer.len]),
-            "{what}: ICMP checksum"
-        );
-    } else {
-        let init = pseudo(buf, packet::IPPROTO_ICMPV6, err.outer.len - icmp);
-        assert!(
-            verifies(init, &buf[icmp..err.outer.len]),
-            "{what}: ICMPv6 checksum"
-        );
-    }
-    if let Some((_, Some((range, init)))) = quoted_l4_checksum(buf, err) {
-        assert!(
-            verifies(init, &buf[range]),
-            "{what}: quoted transport checksum"
-        );
-    }
-}
 
 /// Target `icmp_error`, two parts on the same bytes.
 ///

@@ -3,7 +3,7 @@
 //! or densely used and in a compact hash otherwise, each slot a packed
 //! [`Vip`].
 
-use super::{InstanceId, ServiceId, Vip};
+use super::entry::{InstanceId, ServiceId, Vip};
 use crate::map::FastMap;
 
 /// Tag of a round-robin ServiceIP in a [`VipIndex`] slot.
