@@ -5,7 +5,7 @@
 //! and the instance's replies) that both point at one slot of a slab, so a
 //! hit costs one hash lookup and no allocation.
 //!
-//! The maps of the packet core hash with [`FastMap`](crate::map::FastMap)'s foldhash, not std's
+//! The maps of the packet core hash with [`FastMap`]'s foldhash, not std's
 //! SipHash; see there for why that is safe enough and what it buys.
 
 mod activity;

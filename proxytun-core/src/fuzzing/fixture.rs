@@ -23,8 +23,8 @@ pub(super) fn fixture_now() -> Instant {
 }
 
 /// Services web (10.30.0.10, one instance on A and one on B) and cli (its
-/// instance on A). Addresses follow the plan: ns 10.18.<node>.<n>, instance
-/// IP 10.30.<node>.<n + 100>, and their IPv6 mirrors.
+/// instance on A). Addresses follow the plan: ns `10.18.<node>.<n>`, instance
+/// IP `10.30.<node>.<n + 100>`, and their IPv6 mirrors.
 pub(super) fn fixture_table() -> Arc<Table> {
     static TABLE: OnceLock<Arc<Table>> = OnceLock::new();
     Arc::clone(TABLE.get_or_init(|| {

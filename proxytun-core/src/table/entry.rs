@@ -23,11 +23,11 @@ impl Location {
     }
 }
 
-/// Index of a service in its [`Table`] (only meaningful for that table).
+/// Index of a service in its [`Table`](super::Table) (only meaningful for that table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ServiceId(pub(super) usize);
 
-/// Index of an instance in its [`Table`] (only meaningful for that table).
+/// Index of an instance in its [`Table`](super::Table) (only meaningful for that table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceId(pub(super) usize);
 
