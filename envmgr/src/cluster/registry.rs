@@ -10,8 +10,9 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 
+use super::error::ClusterError;
 use super::keys::{self, InstanceRecord, VipKind, VipRecord};
-use super::{ClusterError, Inner};
+use super::session::Inner;
 use crate::alloc;
 use crate::error::{Error, Result};
 use crate::model::{DualAddr, InstanceKey, Policy, Service, ServiceName};

@@ -20,9 +20,11 @@ use etcd_client::{
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
+use super::error::ClusterError;
 use super::keys::{self, InstanceRecord, NodeRecord, ParsedKey, VipKind, VipRecord};
+use super::member::ensure_member;
 use super::registry::{corrupt, unavailable, withdraw};
-use super::{Backoff, Inner, Session};
+use super::session::{Backoff, Inner, Session};
 use crate::error::{Error, Result};
 use crate::model::{
     Instance, InstanceKey, NodeInfo, Peer, Placement, Policy, Service, ServiceName, Snapshot,
@@ -175,10 +177,10 @@ impl Round<'_> {
         }
         let index = self.inner.status().node_index;
         if let Some(index) = index {
-            let ensure = super::ensure_member(self.inner, &mut self.client, index);
+            let ensure = ensure_member(self.inner, &mut self.client, index);
             match tokio::time::timeout(t, ensure).await {
                 Ok(Ok(())) => {}
-                Ok(Err(super::ClusterError::Unavailable(e))) => return Err(Error::Unavailable(e)),
+                Ok(Err(ClusterError::Unavailable(e))) => return Err(Error::Unavailable(e)),
                 Err(_) => {
                     return Err(Error::Unavailable(format!(
                         "etcd did not answer within {t:?}"
