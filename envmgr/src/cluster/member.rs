@@ -6,6 +6,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use super::error::{unavailable, ClusterError};
 use super::keys::{self, NodeRecord};
 use super::session::Inner;
+use super::txn::read_pair;
 use crate::plan::AddressPlan;
 
 /// The index leasing of [`EtcdCluster::join`], without the timeout.
@@ -145,14 +146,9 @@ pub(crate) async fn ensure_member(
         endpoint: inner.endpoint,
     };
     for _ in 0..8 {
-        let read =
-            Txn::new().and_then([TxnOp::get(nk.as_str(), None), TxnOp::get(sk.as_str(), None)]);
-        let resp = client.txn(read).await.map_err(unavailable)?;
-        let mut got = resp.op_responses().into_iter().map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        });
-        let (node, subnet) = (got.next().flatten(), got.next().flatten());
+        let (node, subnet) = read_pair(client, nk.as_str(), sk.as_str())
+            .await
+            .map_err(unavailable)?;
         if let Some(s) = &subnet {
             if s.value() != inner.node.as_bytes() {
                 return Err(ClusterError::Conflict(format!(

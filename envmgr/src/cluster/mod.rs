@@ -29,6 +29,7 @@ mod error;
 mod member;
 mod session;
 mod settings;
+mod txn;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -14,11 +14,7 @@ impl<K: Kernel> Manager<K> {
     /// (and its service's ServiceIP when it was the last instance).
     pub async fn detach(&self, key: &InstanceKey) -> Result<Instance> {
         let mut table = self.table.lock().await;
-        let inst = table
-            .instances
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no instance {key}")))?;
+        let inst = table.instance(key)?;
         let Some(spec) = veth_spec(&self.settings, &inst) else {
             let node = match &inst.placement {
                 Placement::Remote { node } => node.as_str(),

@@ -100,11 +100,7 @@ impl<K: Kernel> Manager<K> {
     pub async fn remove_remote(&self, key: &InstanceKey) -> Result<Instance> {
         self.refuse_when_clustered("remote instances")?;
         let mut table = self.table.lock().await;
-        let inst = table
-            .instances
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no instance {key}")))?;
+        let inst = table.instance(key)?;
         if inst.is_local() {
             return Err(Error::Conflict(format!(
                 "instance {key} is attached on this node; detach it instead"

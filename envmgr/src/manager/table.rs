@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::settings::Settings;
+use crate::error::{Error, Result};
 use crate::model::{
     Instance, InstanceKey, NodeInfo, Peer, Placement, Policy, Service, ServiceName, Snapshot,
 };
@@ -137,6 +138,14 @@ impl Table {
                 Placement::Remote { .. } => None,
             })
             .collect()
+    }
+
+    /// A copy of instance `key`, or a 404 naming it.
+    pub(super) fn instance(&self, key: &InstanceKey) -> Result<Instance> {
+        self.instances
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no instance {key}")))
     }
 
     /// Removes an instance, and its service when it was the last one.

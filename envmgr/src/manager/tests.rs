@@ -266,10 +266,7 @@ impl H {
 
     async fn peer(&self, name: &str, endpoint: &str) {
         self.m
-            .put_peer(PeerRequest {
-                name: name.into(),
-                endpoint: endpoint.into(),
-            })
+            .put_peer(peer_req(name, endpoint))
             .await
             .expect("peer");
     }
@@ -305,6 +302,14 @@ fn remote(app_service: &str, n: u32, node: &str, ns_addr: &str, ip: &str) -> Rem
     }
 }
 
+/// A peer request.
+fn peer_req(name: &str, endpoint: &str) -> PeerRequest {
+    PeerRequest {
+        name: name.into(),
+        endpoint: endpoint.into(),
+    }
+}
+
 fn key(s: &str, n: u32) -> InstanceKey {
     InstanceKey {
         name: s.parse().expect("name"),
@@ -327,10 +332,7 @@ fn manager_futures_are_send() {
         send(&m.add_remote(remote("a/b", 0, "n", "10.18.2.2", "10.30.2.2")));
         send(&m.remove_remote(&key("a/b", 0)));
         send(&m.remove_peer("n"));
-        send(&m.put_peer(PeerRequest {
-            name: "n".into(),
-            endpoint: "192.0.2.1".into(),
-        }));
+        send(&m.put_peer(peer_req("n", "192.0.2.1")));
     }
     let _ = check;
 }

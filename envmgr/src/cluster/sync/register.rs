@@ -9,6 +9,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use crate::cluster::keys::{self, InstanceRecord, VipKind, VipRecord};
 use crate::cluster::registry::{corrupt, unavailable};
 use crate::cluster::session::Inner;
+use crate::cluster::txn::read_pair;
 use crate::error::{Error, Result};
 use crate::model::InstanceKey;
 
@@ -30,14 +31,9 @@ pub(super) async fn register(
         owner: key.to_string(),
     });
     for _ in 0..8 {
-        let read =
-            Txn::new().and_then([TxnOp::get(ik.as_str(), None), TxnOp::get(vk.as_str(), None)]);
-        let resp = client.txn(read).await.map_err(unavailable)?;
-        let mut got = resp.op_responses().into_iter().map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        });
-        let (cur_i, cur_v) = (got.next().flatten(), got.next().flatten());
+        let (cur_i, cur_v) = read_pair(client, ik.as_str(), vk.as_str())
+            .await
+            .map_err(unavailable)?;
         let mut when = Vec::new();
         let mut ops = Vec::new();
         match &cur_i {

@@ -90,21 +90,12 @@ pub(super) async fn ensure_addresses(
     subnet: Ipv4Net,
     subnet6: Ipv6Net,
 ) -> Result<bool, KernelError> {
-    let v4 = ensure_address(
-        handle,
-        index,
-        ifname,
-        IpAddr::V4(addr.v4),
-        subnet.prefix_len(),
-    )
-    .await?;
-    let v6 = ensure_address(
-        handle,
-        index,
-        ifname,
-        IpAddr::V6(addr.v6),
-        subnet6.prefix_len(),
-    )
-    .await?;
-    Ok(v4 || v6)
+    let mut changed = false;
+    for (ip, prefix) in [
+        (IpAddr::V4(addr.v4), subnet.prefix_len()),
+        (IpAddr::V6(addr.v6), subnet6.prefix_len()),
+    ] {
+        changed |= ensure_address(handle, index, ifname, ip, prefix).await?;
+    }
+    Ok(changed)
 }

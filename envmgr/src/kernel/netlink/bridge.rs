@@ -5,7 +5,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use super::addresses::ensure_addresses;
 use super::error::{errno, kerr, nl};
-use super::links::{ensure_mtu_up, link_by_name, validate_ifname};
+use super::links::{ensure_mtu_up, link_by_name, set_link, validate_ifname};
 use crate::kernel::{BridgeSpec, KernelError};
 
 /// [`crate::kernel::Kernel::setup_bridge`]: enables forwarding, creates
@@ -50,12 +50,8 @@ pub(super) async fn setup(handle: &Handle, spec: &BridgeSpec) -> Result<(), Kern
     let msg = LinkUnspec::new_with_index(bridge.index)
         .address(mac.to_vec())
         .build();
-    handle
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("set the MAC address of bridge {}", spec.name)))?;
+    let action = format!("set the MAC address of bridge {}", spec.name);
+    set_link(handle, msg, action).await?;
     ensure_addresses(
         handle,
         bridge.index,

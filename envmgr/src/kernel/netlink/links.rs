@@ -4,7 +4,7 @@
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec};
+use rtnetlink::{Handle, LinkGetRequest, LinkUnspec};
 
 use super::error::{describe, errno, kerr, nl};
 use crate::kernel::KernelError;
@@ -82,13 +82,8 @@ impl Link {
 
 /// Looks a link up by name; `None` when there is no such link.
 pub(super) async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>, KernelError> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-        Err(e) => Err(kerr(format!("look up link {name}"), describe(&e))),
-    }
+    let req = handle.link().get().match_name(name.to_string());
+    first_link(req, || format!("look up link {name}")).await
 }
 
 /// Looks a link up by ifindex; `None` when there is no such link.
@@ -96,13 +91,32 @@ pub(super) async fn link_by_index(
     handle: &Handle,
     index: u32,
 ) -> Result<Option<Link>, KernelError> {
-    let mut links = handle.link().get().match_index(index).execute();
+    let req = handle.link().get().match_index(index);
+    first_link(req, || format!("look up link #{index}")).await
+}
+
+/// The link a lookup answers with; `None` when there is no such link
+/// (`ENODEV`). `action` words the step for any other error.
+async fn first_link(
+    req: LinkGetRequest,
+    action: impl FnOnce() -> String,
+) -> Result<Option<Link>, KernelError> {
+    let mut links = req.execute();
     match links.try_next().await {
         Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
         Ok(None) => Ok(None),
         Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-        Err(e) => Err(kerr(format!("look up link #{index}"), describe(&e))),
+        Err(e) => Err(kerr(action(), describe(&e))),
     }
+}
+
+/// Applies one link change (`RTM_SETLINK`); the error names `action`.
+pub(super) async fn set_link(
+    handle: &Handle,
+    msg: LinkMessage,
+    action: String,
+) -> Result<(), KernelError> {
+    handle.link().set(msg).execute().await.map_err(nl(action))
 }
 
 /// Sets MTU and brings the link up, each only if not already so. Returns
@@ -116,12 +130,12 @@ pub(super) async fn ensure_mtu_up(
         return Ok(false);
     }
     let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).up().build();
-    handle
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("set mtu {mtu} and up on {}", link.name)))?;
+    set_link(
+        handle,
+        msg,
+        format!("set mtu {mtu} and up on {}", link.name),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -131,12 +145,7 @@ pub(super) async fn ensure_up(handle: &Handle, link: &Link) -> Result<bool, Kern
         return Ok(false);
     }
     let msg = LinkUnspec::new_with_index(link.index).up().build();
-    handle
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("set {} up", link.name)))?;
+    set_link(handle, msg, format!("set {} up", link.name)).await?;
     Ok(true)
 }
 

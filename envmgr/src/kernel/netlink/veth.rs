@@ -15,7 +15,8 @@ use super::addresses::ensure_addresses;
 use super::bridge::bridge_index;
 use super::error::{kerr, nl};
 use super::links::{
-    delete_link, ensure_mtu_up, ensure_up, link_by_index, link_by_name, validate_ifname, Link,
+    delete_link, ensure_mtu_up, ensure_up, link_by_index, link_by_name, set_link, validate_ifname,
+    Link,
 };
 use super::netns::{in_netns, netns_id, open_netns};
 use super::routes::ensure_default_route;
@@ -93,10 +94,8 @@ async fn ensure_host_end(
         .controller(bridge)
         .up()
         .build();
-    handle.link().set(msg).execute().await.map_err(nl(format!(
-        "enslave {} to bridge #{bridge}, mtu {mtu}, up",
-        host.name
-    )))?;
+    let action = format!("enslave {} to bridge #{bridge}, mtu {mtu}, up", host.name);
+    set_link(handle, msg, action).await?;
     Ok(true)
 }
 
@@ -195,17 +194,13 @@ async fn ensure_container_end(
         let rename = format!("rename {} to {} in netns {ns}", link.name, spec.ifname);
         if link.up {
             let down = LinkUnspec::new_with_index(link.index).down().build();
-            h.link()
-                .set(down)
-                .execute()
-                .await
-                .map_err(nl(rename.clone()))?;
+            set_link(&h, down, rename.clone()).await?;
             link.up = false;
         }
         let msg = LinkUnspec::new_with_index(link.index)
             .name(spec.ifname.clone())
             .build();
-        h.link().set(msg).execute().await.map_err(nl(rename))?;
+        set_link(&h, msg, rename).await?;
         link.name = spec.ifname.clone();
         changed = true;
     }

@@ -156,10 +156,7 @@ async fn clustered_attach_uses_the_registry_and_detach_releases() {
 
     // Peers and remote instances come from the cluster store only.
     let e = m
-        .put_peer(PeerRequest {
-            name: "n2".into(),
-            endpoint: "192.0.2.2".into(),
-        })
+        .put_peer(peer_req("n2", "192.0.2.2"))
         .await
         .expect_err("refused");
     assert_eq!(e.status(), 409);

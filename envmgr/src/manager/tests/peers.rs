@@ -16,12 +16,9 @@ async fn subscribers_see_every_change_with_increasing_versions() {
     assert!(s1.instances.contains_key(&a.key));
 
     let (p, created) =
-        h.m.put_peer(PeerRequest {
-            name: "n2".into(),
-            endpoint: "192.0.2.2".into(),
-        })
-        .await
-        .expect("peer");
+        h.m.put_peer(peer_req("n2", "192.0.2.2"))
+            .await
+            .expect("peer");
     assert!(created);
     assert_eq!(p.endpoint, "192.0.2.2:50103".parse().expect("sa"));
     rx.changed().await.expect("changed");
@@ -29,23 +26,17 @@ async fn subscribers_see_every_change_with_increasing_versions() {
 
     // Same endpoint again: nothing to publish.
     let (_, created) =
-        h.m.put_peer(PeerRequest {
-            name: "n2".into(),
-            endpoint: "192.0.2.2:50103".into(),
-        })
-        .await
-        .expect("peer");
+        h.m.put_peer(peer_req("n2", "192.0.2.2:50103"))
+            .await
+            .expect("peer");
     assert!(!created);
     assert!(!rx.has_changed().expect("open"));
 
     // Moving it publishes.
     let (p, created) =
-        h.m.put_peer(PeerRequest {
-            name: "n2".into(),
-            endpoint: "[2001:db8::2]".into(),
-        })
-        .await
-        .expect("move");
+        h.m.put_peer(peer_req("n2", "[2001:db8::2]"))
+            .await
+            .expect("move");
     assert!(!created);
     assert_eq!(p.endpoint, "[2001:db8::2]:50103".parse().expect("sa"));
     rx.changed().await.expect("changed");

@@ -221,12 +221,9 @@ async fn rejected_requests_change_nothing() {
     for (status, text, name, endpoint) in peer_cases {
         let before = h.observe();
         let e =
-            h.m.put_peer(PeerRequest {
-                name: name.into(),
-                endpoint: endpoint.into(),
-            })
-            .await
-            .expect_err("must be refused");
+            h.m.put_peer(peer_req(name, endpoint))
+                .await
+                .expect_err("must be refused");
         assert_eq!(e.status(), status, "{name} {endpoint}: {e}");
         assert!(e.to_string().contains(text), "{e:?} lacks {text:?}");
         assert_eq!(h.observe(), before);
@@ -333,12 +330,9 @@ async fn store_failure_rolls_back_kernel_and_state() {
     // Peers and remote instances too.
     let before = h.observe();
     let e =
-        h.m.put_peer(PeerRequest {
-            name: "n2".into(),
-            endpoint: "192.0.2.2".into(),
-        })
-        .await
-        .expect_err("store");
+        h.m.put_peer(peer_req("n2", "192.0.2.2"))
+            .await
+            .expect_err("store");
     assert_eq!(e.status(), 500);
     assert_eq!(h.observe(), before);
 }
