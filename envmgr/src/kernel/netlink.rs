@@ -25,7 +25,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::Handle;
 
 use self::error::kerr;
-use super::{BridgeSpec, Kernel, KernelError, VethSpec};
+use super::spec::{BridgeSpec, Kernel, KernelError, VethSpec};
 
 pub use self::bridge::bridge_mac;
 pub use self::veth::AttachOutcome;

@@ -9,7 +9,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::Handle;
 
 use super::error::{describe, errno, kerr};
-use crate::kernel::KernelError;
+use crate::kernel::spec::KernelError;
 use crate::model::DualAddr;
 
 /// `EEXIST`: an address that is already there.

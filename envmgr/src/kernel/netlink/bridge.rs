@@ -6,7 +6,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use super::addresses::ensure_addresses;
 use super::error::{errno, kerr, nl};
 use super::links::{ensure_mtu_up, link_by_name, set_link, validate_ifname};
-use crate::kernel::{BridgeSpec, KernelError};
+use crate::kernel::spec::{BridgeSpec, KernelError};
 
 /// [`crate::kernel::Kernel::setup_bridge`]: enables forwarding, creates
 /// the bridge if missing, pins its MAC, sets its MTU and addresses, and

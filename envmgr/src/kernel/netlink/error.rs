@@ -1,7 +1,7 @@
 //! Kernel errors as the netlink steps report them: what was being done
 //! and the kernel's answer (the errno text when there is one).
 
-use crate::kernel::KernelError;
+use crate::kernel::spec::KernelError;
 
 /// Builds a [`KernelError`] from what was being done and the kernel's answer.
 pub(super) fn kerr(action: impl Into<String>, message: impl Into<String>) -> KernelError {

@@ -7,7 +7,7 @@ use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo
 use rtnetlink::{Handle, LinkGetRequest, LinkUnspec};
 
 use super::error::{describe, errno, kerr, nl};
-use crate::kernel::KernelError;
+use crate::kernel::spec::KernelError;
 
 /// `ENODEV`: the kernel's answer for "no such link".
 const ENODEV: i32 = libc::ENODEV;

@@ -13,7 +13,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::error::{describe, kerr, nl};
 use super::links::{ensure_up, link_by_name, validate_ifname};
-use crate::kernel::KernelError;
+use crate::kernel::spec::KernelError;
 
 /// True when `msg` is a main-table route to `dst/len` out of `oif`, via
 /// `gateway` if one is given.

@@ -20,7 +20,7 @@ use super::links::{
 };
 use super::netns::{in_netns, netns_id, open_netns};
 use super::routes::ensure_default_route;
-use crate::kernel::{KernelError, VethSpec};
+use crate::kernel::spec::{KernelError, VethSpec};
 
 /// What [`super::Netlink::ensure_attached`] had to do; lets callers log (and tests
 /// check) that a repeated attach really was a no-op.
