@@ -10,8 +10,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::netns::NsId;
-use super::netns::NsProblem;
+use super::netns::{NsId, NsProblem};
 use super::table::Table;
 use super::{describe_problem, kernel_error, service_name, veth_spec, write_resolv, Manager};
 use crate::alloc;

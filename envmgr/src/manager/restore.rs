@@ -71,6 +71,7 @@ impl<K: Kernel> Manager<K> {
         .await
     }
 
+    /// [`Self::open`] with a given store and netns probe (the tests' fakes).
     #[cfg(test)]
     pub(super) async fn open_inner(
         settings: Settings,
@@ -81,6 +82,8 @@ impl<K: Kernel> Manager<K> {
         Self::open_full(settings, kernel, store, probe, None).await
     }
 
+    /// Every `open` ends here: validate, set up the bridge, re-apply the
+    /// local attachments, write the state, publish the first snapshot.
     pub(super) async fn open_full(
         settings: Settings,
         kernel: K,

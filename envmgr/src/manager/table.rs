@@ -70,6 +70,7 @@ impl Table {
         Ok(t)
     }
 
+    /// The store's form of the table, for `settings`' node and plan.
     pub(super) fn to_state(&self, settings: &Settings) -> State {
         let mut s = State::empty(&settings.node_name, &settings.plan);
         s.version = self.version;
@@ -80,6 +81,7 @@ impl Table {
         s
     }
 
+    /// The readers' form of the table: what [`super::Manager`] publishes.
     pub(super) fn snapshot(&self, settings: &Settings) -> Snapshot {
         let plan = &settings.plan;
         Snapshot {

@@ -26,9 +26,7 @@ pub struct NameError {
 pub fn check_runtime_id(what: &'static str, value: &str) -> Result<(), NameError> {
     let ok = (1..=256).contains(&value.len())
         && value.as_bytes()[0].is_ascii_alphanumeric()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && safe_chars(value);
     if ok {
         Ok(())
     } else {
@@ -67,13 +65,14 @@ pub fn check_label(what: &'static str, value: &str) -> Result<(), NameError> {
 /// 1..=15 bytes of A-Z, a-z, 0-9, `_`, `.`, `-` (and not `.` or `..`).
 /// The manager and the CNM driver word their refusals themselves.
 pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    !name.is_empty() && name.len() <= 15 && name != "." && name != ".." && safe_chars(name)
+}
+
+/// Only A-Z, a-z, 0-9, `_`, `.` and `-`: what runtime ids and interface
+/// names may hold, so neither can smuggle a path or a shell word.
+fn safe_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `app/service`: the unit that owns a round-robin ServiceIP.
