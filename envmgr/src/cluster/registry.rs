@@ -4,14 +4,14 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 
+use super::error::ClusterError;
 use super::keys::{self, InstanceRecord, VipKind, VipRecord};
-use super::{ClusterError, Inner};
+use super::session::Inner;
+use super::txn::gets;
 use crate::alloc;
 use crate::error::{Error, Result};
 use crate::model::{DualAddr, InstanceKey, Policy, Service, ServiceName};
@@ -34,17 +34,6 @@ pub(crate) fn unavailable(e: etcd_client::Error) -> Error {
 
 pub(crate) fn corrupt(m: String) -> Error {
     ClusterError::Corrupt(m).into()
-}
-
-/// The values of the `Get` responses of a txn, in order (`None` = absent).
-fn gets(resp: &etcd_client::TxnResponse) -> Vec<Option<KeyValue>> {
-    resp.op_responses()
-        .into_iter()
-        .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
-            _ => None,
-        })
-        .collect()
 }
 
 impl EtcdRegistry {

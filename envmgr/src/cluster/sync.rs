@@ -7,28 +7,36 @@
 //! and its `instances/` prefix, all on one watch stream. A service becomes
 //! interesting when a local instance serves it or when the dataplane reports
 //! a miss on one of its addresses.
+//!
+//! This file holds the task and its connected rounds (reading, watching,
+//! following misses, reconciling); `state.rs` is what it knows (records in,
+//! view out, no I/O) and `register.rs` registers one local instance.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+mod register;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchRequestSender, WatchResponse,
+    Client, EventType, GetOptions, LeaseTimeToLiveOptions, Txn, TxnOp, WatchOptions,
+    WatchRequestSender, WatchResponse,
 };
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-use super::keys::{self, InstanceRecord, NodeRecord, ParsedKey, VipKind, VipRecord};
-use super::registry::{corrupt, unavailable, withdraw};
-use super::{Backoff, Inner, Session};
+use super::error::ClusterError;
+use super::keys::{self, InstanceRecord, ParsedKey, VipRecord};
+use super::member::ensure_member;
+use super::registry::{unavailable, withdraw};
+use super::session::{Backoff, Inner, Session};
 use crate::error::{Error, Result};
-use crate::model::{
-    Instance, InstanceKey, NodeInfo, Peer, Placement, Policy, Service, ServiceName, Snapshot,
-};
+use crate::model::{InstanceKey, NodeInfo, Policy, ServiceName, Snapshot};
 use crate::plan;
 use crate::registry::ClusterView;
+use state::State;
 
 /// How long an address that nobody claims is not looked up again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
@@ -50,34 +58,6 @@ enum Exit {
     SessionChanged,
     /// The manager or the cluster handle is gone.
     Closed,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Services watched.
-    interests: BTreeSet<ServiceName>,
-    nodes: BTreeMap<String, NodeRecord>,
-    services: BTreeMap<ServiceName, Service>,
-    /// Instances of the interesting services, on every node (ours too).
-    instances: BTreeMap<InstanceKey, InstanceRecord>,
-    /// The last revision seen.
-    revision: i64,
-    /// Unclaimed addresses, until when they are not looked up again.
-    negative: HashMap<Ipv4Addr, Instant>,
-    /// Misses that came while etcd was away.
-    pending: BTreeSet<IpAddr>,
-    /// Service names nobody registered, until when they are not looked up again.
-    negative_names: HashMap<ServiceName, Instant>,
-    /// Name misses that came while etcd was away.
-    pending_names: BTreeSet<ServiceName>,
-    /// What etcd was last made to hold for the local instances.
-    reconciled: BTreeMap<InstanceKey, InstanceRecord>,
-    /// Local instances whose key is held by another node.
-    conflicting: BTreeSet<InstanceKey>,
-    /// Local instances whose registration vanished (seen in a watch).
-    dirty: BTreeSet<InstanceKey>,
-    /// The cluster's policy, once read (absent key: the default).
-    policy: Option<Policy>,
 }
 
 /// The sync task's body; see the module doc. Ends when the manager's
@@ -175,10 +155,10 @@ impl Round<'_> {
         }
         let index = self.inner.status().node_index;
         if let Some(index) = index {
-            let ensure = super::ensure_member(self.inner, &mut self.client, index);
+            let ensure = ensure_member(self.inner, &mut self.client, index);
             match tokio::time::timeout(t, ensure).await {
                 Ok(Ok(())) => {}
-                Ok(Err(super::ClusterError::Unavailable(e))) => return Err(Error::Unavailable(e)),
+                Ok(Err(ClusterError::Unavailable(e))) => return Err(Error::Unavailable(e)),
                 Err(_) => {
                     return Err(Error::Unavailable(format!(
                         "etcd did not answer within {t:?}"
@@ -329,18 +309,7 @@ impl Round<'_> {
 
     /// What etcd should hold for the local instances.
     fn wanted(&self, snap: &Snapshot) -> BTreeMap<InstanceKey, InstanceRecord> {
-        snap.instances
-            .values()
-            .filter(|i| matches!(i.placement, Placement::Local { .. }))
-            .map(|i| {
-                let rec = InstanceRecord {
-                    node: self.inner.node.clone(),
-                    ns_addr: i.ns_addr,
-                    instance_ip: i.instance_ip,
-                };
-                (i.key.clone(), rec)
-            })
-            .collect()
+        state::wanted(&self.inner.node, snap)
     }
 
     /// Reads one service's record and instances; returns the revision to
@@ -418,64 +387,7 @@ impl Round<'_> {
     /// Applies a key's new value (`None`: deleted) to the state. A record
     /// that does not parse is skipped with a warning.
     fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let st = &mut *self.st;
-        match self.inner.keys.parse(key) {
-            Some(ParsedKey::Node(name)) => match value {
-                Some(v) => match keys::decode::<NodeRecord>(key, v) {
-                    Ok(rec) => {
-                        st.nodes.insert(name, rec);
-                    }
-                    Err(e) => tracing::warn!("cluster sync: {e}"),
-                },
-                None => {
-                    st.nodes.remove(&name);
-                }
-            },
-            Some(ParsedKey::Service(name)) if st.interests.contains(&name) => match value {
-                Some(v) => match keys::decode::<Service>(key, v) {
-                    Ok(svc) if svc.name == name => {
-                        st.services.insert(name, svc);
-                    }
-                    Ok(_) => {
-                        tracing::warn!(service = %name, "cluster sync: record names another service; skipped")
-                    }
-                    Err(e) => tracing::warn!("cluster sync: {e}"),
-                },
-                None => {
-                    st.services.remove(&name);
-                }
-            },
-            Some(ParsedKey::Instance(ik)) if st.interests.contains(&ik.name) => match value {
-                Some(v) => match keys::decode::<InstanceRecord>(key, v) {
-                    Ok(rec) => {
-                        st.instances.insert(ik, rec);
-                    }
-                    Err(e) => tracing::warn!("cluster sync: {e}"),
-                },
-                None => {
-                    if st.reconciled.contains_key(&ik) {
-                        // Ours and still attached: register it again.
-                        st.dirty.insert(ik.clone());
-                    }
-                    st.instances.remove(&ik);
-                }
-            },
-            Some(ParsedKey::Policy) => match value {
-                Some(v) => match keys::decode::<Policy>(key, v) {
-                    Ok(p) => match p.validate() {
-                        Ok(()) => st.policy = Some(p),
-                        Err(e) => {
-                            tracing::warn!(
-                                "cluster sync: policy refused, keeping the last one: {e}"
-                            )
-                        }
-                    },
-                    Err(e) => tracing::warn!("cluster sync: {e}"),
-                },
-                None => st.policy = Some(Policy::default()),
-            },
-            _ => {}
-        }
+        self.st.apply(&self.inner.keys, key, value);
     }
 
     /// Looks up the owner of a missed address; returns a new interest (with
@@ -609,7 +521,15 @@ impl Round<'_> {
         gone.retain(|k| !want.contains_key(k));
         for k in &check {
             if let Some(rec) = want.get(k) {
-                timed_r(t, self.register(k, rec)).await?;
+                let reg = register::register(
+                    self.inner,
+                    &mut self.client,
+                    self.session.lease,
+                    &mut self.st.conflicting,
+                    k,
+                    rec,
+                );
+                timed_r(t, reg).await?;
             }
         }
         for k in &gone {
@@ -622,147 +542,10 @@ impl Round<'_> {
         Ok(())
     }
 
-    /// Registers one local instance under the current lease unless etcd
-    /// already holds exactly that. Never takes a key another node holds.
-    async fn register(&mut self, key: &InstanceKey, rec: &InstanceRecord) -> Result<()> {
-        let keys = &self.inner.keys;
-        let lease = self.session.lease;
-        let (ik, vk) = (keys.instance(key), keys.vip(rec.instance_ip.v4));
-        let value = keys::encode(rec);
-        let vip = keys::encode(&VipRecord {
-            kind: VipKind::Instance,
-            owner: key.to_string(),
-        });
-        for _ in 0..8 {
-            let read =
-                Txn::new().and_then([TxnOp::get(ik.as_str(), None), TxnOp::get(vk.as_str(), None)]);
-            let resp = self.client.txn(read).await.map_err(unavailable)?;
-            let mut got = resp.op_responses().into_iter().map(|r| match r {
-                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-                _ => None,
-            });
-            let (cur_i, cur_v) = (got.next().flatten(), got.next().flatten());
-            let mut when = Vec::new();
-            let mut ops = Vec::new();
-            match &cur_i {
-                None => when.push(Compare::create_revision(ik.as_str(), CompareOp::Equal, 0)),
-                Some(kv) => {
-                    let held: InstanceRecord =
-                        keys::decode(kv.key(), kv.value()).map_err(corrupt)?;
-                    if held.node != self.inner.node {
-                        if self.st.conflicting.insert(key.clone()) {
-                            tracing::error!(instance = %key, node = %held.node, "cluster: a local instance's key is held by another node; not taking it over (detach one of them)");
-                        }
-                        return Ok(());
-                    }
-                    if kv.value() == value.as_slice() && kv.lease() == lease {
-                        // Already right.
-                    } else {
-                        when.push(Compare::mod_revision(
-                            ik.as_str(),
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        ));
-                    }
-                }
-            }
-            if when.is_empty() && cur_i.is_some() {
-                // Instance key fine; fall through to the claim.
-            } else {
-                ops.push(TxnOp::put(
-                    ik.as_str(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                ));
-            }
-            match &cur_v {
-                None => {
-                    when.push(Compare::create_revision(vk.as_str(), CompareOp::Equal, 0));
-                    ops.push(TxnOp::put(
-                        vk.as_str(),
-                        vip.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    ));
-                }
-                Some(kv) if kv.value() == vip.as_slice() => {
-                    if kv.lease() != lease {
-                        when.push(Compare::mod_revision(
-                            vk.as_str(),
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        ));
-                        ops.push(TxnOp::put(
-                            vk.as_str(),
-                            vip.clone(),
-                            Some(PutOptions::new().with_lease(lease)),
-                        ));
-                    }
-                }
-                Some(kv) => {
-                    if self.st.conflicting.insert(key.clone()) {
-                        tracing::error!(instance = %key, ip = %rec.instance_ip.v4, holder = %String::from_utf8_lossy(kv.value()), "cluster: a local instance's IP is claimed by someone else; not taking it over");
-                    }
-                }
-            }
-            if ops.is_empty() {
-                self.st.conflicting.remove(key);
-                return Ok(());
-            }
-            if self
-                .client
-                .txn(Txn::new().when(when).and_then(ops))
-                .await
-                .map_err(unavailable)?
-                .succeeded()
-            {
-                tracing::info!(instance = %key, lease, "cluster: local instance registered");
-                return Ok(());
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "register {key}: the record keeps changing"
-        )))
-    }
-
     /// Publishes the view if it differs from the last one.
     fn publish(&mut self) {
-        let me = &self.inner.node;
+        let view = self.st.view(&self.inner.node);
         let st = &*self.st;
-        let view = ClusterView {
-            revision: st.revision,
-            peers: st
-                .nodes
-                .values()
-                .filter(|n| &n.name != me)
-                .map(|n| {
-                    (
-                        n.name.clone(),
-                        Peer {
-                            name: n.name.clone(),
-                            endpoint: n.endpoint,
-                        },
-                    )
-                })
-                .collect(),
-            services: st.services.clone(),
-            instances: st
-                .instances
-                .iter()
-                .filter(|(_, r)| &r.node != me)
-                .map(|(k, r)| {
-                    let inst = Instance {
-                        key: k.clone(),
-                        ns_addr: r.ns_addr,
-                        instance_ip: r.instance_ip,
-                        placement: Placement::Remote {
-                            node: r.node.clone(),
-                        },
-                    };
-                    (k.clone(), inst)
-                })
-                .collect(),
-            policy: st.policy.clone(),
-        };
         {
             let mut s = self.inner.status();
             s.revision = st.revision;

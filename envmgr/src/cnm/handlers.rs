@@ -19,7 +19,7 @@ use super::protocol::{
 };
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{check_label, Instance, Placement};
+use crate::model::{check_label, valid_ifname, Instance, Placement};
 use crate::requests::AttachRequest;
 
 /// The interface name inside containers when the network sets none.
@@ -535,14 +535,7 @@ fn network_from_options(
         .get("ifname")
         .cloned()
         .unwrap_or_else(|| DEFAULT_IFNAME.to_owned());
-    let ifname_ok = !ifname.is_empty()
-        && ifname.len() <= 15
-        && ifname != "."
-        && ifname != ".."
-        && ifname
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !ifname_ok {
+    if !valid_ifname(&ifname) {
         return Err(fail(format!(
             "-o ifname={ifname:?} must be 1 to 15 characters of A-Z, a-z, 0-9, '_', '.', '-'"
         )));

@@ -12,7 +12,6 @@
 //! - [`handlers`]: what each method does ([`Driver::handle`]).
 
 use std::future::Future;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,11 +90,7 @@ pub async fn serve_on<K: Kernel>(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    if let Err(e) = std::fs::remove_file(socket) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(socket = %socket.display(), "removing the CNM socket: {e}");
-        }
-    }
+    crate::api::server::remove_socket(socket, "CNM");
     result.with_context(|| format!("serving the CNM driver on {}", socket.display()))
 }
 

@@ -5,18 +5,26 @@
 //! each job gets a dedicated OS thread that enters the namespace, builds a
 //! current-thread runtime, opens its own rtnetlink connection there, runs the
 //! job and exits; the caller awaits the result without blocking.
+//!
+//! Also: opening a namespace file (checked to be a network namespace) and
+//! the id the daemon's namespace gives another one, which tells whether a
+//! veth's peer lives where it should.
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
-use super::ops::kerr;
-use crate::kernel::KernelError;
+use super::error::{kerr, nl};
+use crate::kernel::spec::KernelError;
 
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
@@ -103,4 +111,37 @@ where
         conn.abort();
         result
     })
+}
+
+/// The id the current namespace gives the namespace `fd`, if one is
+/// assigned (the kernel assigns one as soon as a veth peer lives there and
+/// the link is dumped).
+pub(super) async fn netns_id(
+    handle: &Handle,
+    fd: BorrowedFd<'_>,
+) -> Result<Option<i32>, KernelError> {
+    let mut msg = NsidMessage::default();
+    // The fd is a small non-negative number; the attribute is a u32.
+    let raw = u32::try_from(fd.as_raw_fd()).map_err(|_| kerr("get netns id", "negative fd"))?;
+    msg.attributes = vec![NsidAttribute::Fd(raw)];
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut handle = handle.clone();
+    let mut resp = handle.request(req).map_err(nl("get netns id"))?;
+    while let Some(m) = resp.next().await {
+        match m.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(kerr("get netns id", e.to_io().to_string()));
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                for a in m.attributes {
+                    if let NsidAttribute::Id(id) = a {
+                        return Ok((id >= 0).then_some(id));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
