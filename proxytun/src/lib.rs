@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod log_settings;
 pub mod logging;
 pub mod notify;
 pub mod shell;
