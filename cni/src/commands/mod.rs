@@ -9,8 +9,8 @@
 //! | STATUS | `GET /v1/status` |
 //! | GC | `GET /v1/instances`, then DELETE for each stale one |
 //!
-//! One file per command ([`add`], [`check`], [`del`] with GC, [`version`]);
-//! [`daemon`] holds the API calls and error mapping they share. STATUS,
+//! One file per command (`add`, `check`, `del` with GC, `version`);
+//! `daemon` holds the API calls and error mapping they share. STATUS,
 //! a few lines, stays here with the dispatch.
 
 mod add;

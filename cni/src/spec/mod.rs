@@ -7,7 +7,7 @@
 //! `SPEC.md`); the `args` and `CNI_ARGS` conventions: `CONVENTIONS.md`.
 //!
 //! One file per part of the contract: [`error`] (codes and the error
-//! object), [`env`] (the `CNI_*` variables and `CNI_ARGS`), [`netconf`]
+//! object), [`env`](mod@env) (the `CNI_*` variables and `CNI_ARGS`), [`netconf`]
 //! (stdin), [`result`] (what ADD prints), [`version`] (the versions we
 //! speak). This module only names them; the parts never import it.
 

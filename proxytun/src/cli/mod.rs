@@ -4,10 +4,10 @@
 //! the state and does the checking, the CLI only builds requests and prints
 //! answers, as aligned tables by default or as the raw JSON with `--json`.
 //!
-//! One file per command group: [`status`] (status, peers, counters),
-//! [`instances`] (services, instances, attach, detach, remote), [`flows`],
-//! [`policy`], [`log_level`], [`keygen`]; [`api`] is the client and its
-//! error mapping, [`render`] the tables. This module holds the command
+//! One file per command group: `status` (status, peers, counters),
+//! `instances` (services, instances, attach, detach, remote), `flows`,
+//! `policy`, `log_level`, `keygen`; `api` is the client and its
+//! error mapping, `render` the tables. This module holds the command
 //! line and the dispatch; the groups never import it.
 
 mod api;

@@ -2,9 +2,9 @@
 //! the packet core, and writing its output inline, with no channel between
 //! them.
 //!
-//! - egress ([`super::egress`]): TUN → core → tunnel socket (or back to the
+//! - egress (`super::egress`): TUN → core → tunnel socket (or back to the
 //!   TUN for a local instance);
-//! - ingress ([`super::ingress`]): tunnel socket → core → TUN.
+//! - ingress (`super::ingress`): tunnel socket → core → TUN.
 //!
 //! Both directions share one [`Dataplane`] (the flow table and reply cache
 //! see both directions of every flow). It sits behind a mutex that each

@@ -2,7 +2,7 @@
 //! mutex, the I/O counters and their readings, the stop signal, the TUN,
 //! the tunnel socket and the sealer.
 //!
-//! It sits below both threads ([`super::egress`], [`super::ingress`]) and
+//! It sits below both threads (`super::egress`, `super::ingress`) and
 //! the loop that starts them ([`super::io_loop`]), so the dependencies read
 //! one way: `io_loop` -> `egress`/`ingress` -> `shared`.
 

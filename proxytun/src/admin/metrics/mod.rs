@@ -9,9 +9,9 @@
 //! ([`Readings::encode`]) so the text can be checked for known numbers
 //! without a running dataplane.
 //!
-//! One file per family of series, written in this order: [`traffic`]
-//! (packets, bytes, drops, I/O errors, flows), [`table`], [`peers`]
-//! (health and keepalives), [`dns`], [`store`]; [`encode`] holds the
+//! One file per family of series, written in this order: `traffic`
+//! (packets, bytes, drops, I/O errors, flows), `table`, `peers`
+//! (health and keepalives), `dns`, `store`; `encode` holds the
 //! writers they share.
 
 mod dns;
