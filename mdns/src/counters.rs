@@ -1,11 +1,42 @@
 //! The resolver's counters: relaxed atomics, bumped on the query path
-//! without a lock and copied into a [`DnsStats`] for `status`.
+//! without a lock and copied into a [`DnsStats`] for `status`. Both shapes
+//! live here, side by side, so a new counter is added in one file.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hickory_proto::op::ResponseCode;
+use serde::Serialize;
 
-use crate::DnsStats;
+/// Counters of what the resolver did, for `status` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DnsStats {
+    /// Queries received over UDP.
+    pub queries_udp: u64,
+    /// Queries received over TCP.
+    pub queries_tcp: u64,
+    /// Answers by response code.
+    pub noerror: u64,
+    /// Answers by response code.
+    pub nxdomain: u64,
+    /// Answers by response code.
+    pub servfail: u64,
+    /// Answers by response code (malformed queries we could answer).
+    pub formerr: u64,
+    /// Answers by response code.
+    pub refused: u64,
+    /// Answers by response code (opcodes other than QUERY).
+    pub notimp: u64,
+    /// Queries sent on to an upstream.
+    pub forwarded: u64,
+    /// Forwarded queries no upstream answered in time (answered SERVFAIL).
+    pub forward_failed: u64,
+    /// Forwarded queries refused because `max_forwards` were in flight.
+    pub forward_rejected: u64,
+    /// UDP answers cut short with TC set.
+    pub truncated: u64,
+    /// Unknown service names reported to the cluster store.
+    pub name_misses: u64,
+}
 
 /// One atomic per [`DnsStats`] field.
 #[derive(Debug, Default)]

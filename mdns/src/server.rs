@@ -29,8 +29,8 @@ use tracing::{debug, error, warn};
 use crate::answer::{self, Decision, Reply};
 use crate::counters::{bump, Counters};
 use crate::forward::{Forwarded, Forwarder};
+use crate::settings::{DnsError, DnsSettings};
 use crate::zone::Zone;
-use crate::{DnsError, DnsSettings};
 
 /// The largest UDP answer we send to an EDNS client, whatever it offers:
 /// 1232 bytes fits any path without IP fragmentation (DNS flag day 2020).

@@ -40,10 +40,11 @@ use crate::dns::{self, DnsStatus};
 use crate::logging::{self, LogHandle};
 use crate::notify;
 use crate::shell::device::{open_tun, TunnelSocket};
-use crate::shell::io_loop::{self, Control, IoCounters};
+use crate::shell::io_loop::{self, Control};
 use crate::shell::persist;
+use crate::shell::shared::IoCounters;
 use crate::shell::table;
-use crate::shell::view::ShellView;
+use crate::shell::view::{ShellView, ViewSources};
 use envmgr::model::ServiceName;
 use mdns::DnsServer;
 
@@ -302,15 +303,15 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     };
 
     let view = Arc::new(
-        ShellView::new(
-            config.tun.name.clone(),
-            config.tun.mtu,
-            bind,
-            handle.path().to_owned(),
+        ShellView::new(ViewSources {
+            tun: config.tun.name.clone(),
+            mtu: config.tun.mtu,
+            tunnel: bind,
+            path: handle.path().to_owned(),
             counters,
             io,
-            handle.sender(),
-        )
+            ctrl: handle.sender(),
+        })
         .with_dns(dns.clone())
         .with_log(log),
     );

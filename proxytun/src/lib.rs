@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod log_settings;
 pub mod logging;
 pub mod notify;
 pub mod shell;

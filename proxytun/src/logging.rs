@@ -20,22 +20,13 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::LogFormat;
-
-/// Directives that come before the operator's filter.
-pub const DEFAULT_DIRECTIVES: &str =
-    "hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn";
-
-/// The names a bare directive (one without `=`) may have: the levels.
-const LEVELS: &[&str] = &[
-    "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
-];
+use crate::log_settings::{operator_filter, LogFormat};
 
 /// Changes the log filter of the running daemon; cheap to clone.
 #[derive(Clone)]
 pub struct LogHandle {
     reload: reload::Handle<EnvFilter, Registry>,
-    /// The filter as the operator wrote it (without [`DEFAULT_DIRECTIVES`]).
+    /// The filter as the operator wrote it (without [`crate::log_settings::DEFAULT_DIRECTIVES`]).
     current: Arc<Mutex<String>>,
 }
 
@@ -70,65 +61,6 @@ impl LogHandle {
         *current = filter.to_owned();
         Ok(())
     }
-}
-
-/// Checks an operator's filter the way [`LogHandle::set`] does, e.g. for
-/// the config's `log.level`: a list of `LEVEL` or `TARGET[span{field}]=LEVEL`
-/// directives separated by commas. A bare word that is not a level (say a
-/// misspelt `debg`) is refused: `tracing` would read it as a target to log
-/// at trace, which is never what was meant.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    operator_filter(filter.trim()).map(|_| ())
-}
-
-/// The `EnvFilter` for an operator's filter, [`DEFAULT_DIRECTIVES`] first.
-fn operator_filter(filter: &str) -> Result<EnvFilter, String> {
-    if filter.is_empty() {
-        return Err(format!(
-            "the log filter is empty; give a level ({}) or TARGET=LEVEL directives",
-            LEVELS[..6].join(", ")
-        ));
-    }
-    for d in directives(filter) {
-        let d = d.trim();
-        if d.is_empty() {
-            return Err(format!(
-                "{filter:?} has an empty directive (two commas in a row?)"
-            ));
-        }
-        if !d.contains('=')
-            && !d.contains('[')
-            && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
-        {
-            return Err(format!(
-                "{d:?} in {filter:?} is not a level ({}); name a target as TARGET=LEVEL, e.g. proxytun=debug",
-                LEVELS[..6].join(", ")
-            ));
-        }
-    }
-    EnvFilter::builder()
-        .parse(format!("{DEFAULT_DIRECTIVES},{filter}"))
-        .map_err(|e| format!("{filter:?} is not a valid log filter: {e}"))
-}
-
-/// Splits on the commas outside `[...]` and `{...}` (span field filters
-/// may hold commas).
-fn directives(filter: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, ch) in filter.char_indices() {
-        match ch {
-            '[' | '{' => depth += 1,
-            ']' | '}' => depth -= 1,
-            ',' if depth <= 0 => {
-                out.push(&filter[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&filter[start..]);
-    out
 }
 
 /// The filter to start with: `RUST_LOG` when set and not empty (as
@@ -340,7 +272,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.current(), "warn");
-        assert!(check_filter("info,proxytun::shell[span{a=1}]=trace").is_ok());
-        assert!(check_filter("INFO").is_ok());
     }
 }

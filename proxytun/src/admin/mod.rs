@@ -3,67 +3,25 @@
 //! default) so scraping never touches the management socket.
 //!
 //! - [`metrics`]: the collector that reads [`MetricsSources`] at each scrape;
-//! - [`server`]: the HTTP routes and the bounded TCP listener.
+//! - [`server`]: the HTTP routes and the bounded TCP listener;
+//! - [`sources`]: what both read ([`MetricsSources`], [`Readiness`]).
 //!
 //! The metric names, labels and endpoints are listed in `docs/metrics.md`.
 
 pub mod metrics;
 pub mod server;
+pub mod sources;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use envmgr::model::Snapshot;
 use prometheus_client::registry::Registry;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::core::Counters;
-use crate::dns::DnsStatus;
-use crate::shell::io_loop::{ControlSender, IoCounters};
-
-/// Where the metrics come from: read at scrape time, never copied per packet.
-#[derive(Clone)]
-pub struct MetricsSources {
-    /// The dataplane's packet counters and drops by reason.
-    pub counters: Arc<Counters>,
-    /// The I/O shell's counters and gauges (flows active, tunnel sends…).
-    pub io: Arc<IoCounters>,
-    /// Peer health (RTT, liveness) from the keepalives.
-    pub ctrl: ControlSender,
-    /// The manager's latest snapshot: table sizes, peer names.
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// The resolver, when it runs.
-    pub dns: Option<Arc<DnsStatus>>,
-    /// The store's state (`Manager::store_status()`), e.g. whether etcd is reachable.
-    pub store: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
-}
-
-impl std::fmt::Debug for MetricsSources {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsSources").finish_non_exhaustive()
-    }
-}
-
-/// Whether the node is ready: set once the whole stack is up, cleared when
-/// shutdown starts, so `/ready` turns 503 before the API goes away.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    /// Sets the flag `/ready` reports.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-
-    /// The flag.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use sources::{MetricsSources, Readiness};
 
 /// How long [`AdminServer::stop`] waits for open connections to finish.
 const STOP_GRACE: Duration = Duration::from_secs(2);

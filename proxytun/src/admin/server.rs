@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use super::metrics::{self, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use super::Readiness;
+use super::sources::Readiness;
 use crate::shell::io_loop::ControlSender;
 
 /// Connections served at once; a scraper and a probe or two need far fewer.

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
-use super::io_loop::{IoCounters, Shared, MAX_SLEEP};
+use super::shared::{IoCounters, Shared, MAX_SLEEP};
 use crate::core::flow::min_opt;
 use crate::core::keepalive::KEEPALIVE_MAX;
 use crate::core::miss::MISS_RING;

@@ -25,7 +25,7 @@ use std::time::Instant;
 use quinn_udp::RecvMeta;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::io_loop::{IoCounters, Shared, MAX_SLEEP};
+use super::shared::{IoCounters, Shared, MAX_SLEEP};
 use crate::core::tunnel::HEADER_LEN;
 use crate::core::NetVerdict;
 

@@ -2,9 +2,9 @@
 //! the packet core, and writing its output inline, with no channel between
 //! them.
 //!
-//! - egress ([`super::egress`]): TUN → core → tunnel socket (or back to the
+//! - egress (`super::egress`): TUN → core → tunnel socket (or back to the
 //!   TUN for a local instance);
-//! - ingress ([`super::ingress`]): tunnel socket → core → TUN.
+//! - ingress (`super::ingress`): tunnel socket → core → TUN.
 //!
 //! Both directions share one [`Dataplane`] (the flow table and reply cache
 //! see both directions of every flow). It sits behind a mutex that each
@@ -23,26 +23,24 @@
 //!
 //! Stopping: an eventfd that both threads poll next to their input; writing
 //! it once wakes both, and they leave at their next turn.
+//!
+//! What both threads share (the core's mutex, the counters, the eventfd)
+//! lives in [`super::shared`], below this module and both threads.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use std::os::fd::{AsFd, BorrowedFd};
 use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
+use super::shared::{IoCounters, Shared};
+use super::{egress, ingress};
 use crate::core::seal::Sealer;
 use crate::core::{Dataplane, PeerHealthView, Table};
-
-/// The longest a thread sleeps: it bounds how late an expired flow is
-/// noticed when nothing else wakes the egress thread.
-pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Messages from the control plane, applied between batches.
 #[derive(Debug)]
@@ -53,165 +51,6 @@ pub enum Control {
     DumpFlows(tokio::sync::oneshot::Sender<serde_json::Value>),
     /// Stop both threads.
     Stop,
-}
-
-/// Failures of the I/O itself (not drops by the core), for `counters`.
-#[derive(Debug, Default)]
-pub struct IoCounters {
-    /// Writes to the TUN that failed.
-    pub tun_write_errors: AtomicU64,
-    /// Reads from the TUN that failed (other than "would block").
-    pub tun_read_errors: AtomicU64,
-    /// Super-packets from the TUN whose offload metadata was unusable.
-    pub offload_errors: AtomicU64,
-    /// Datagrams the socket refused to send (buffer full, no route).
-    pub send_errors: AtomicU64,
-    /// Receives from the socket that failed.
-    pub recv_errors: AtomicU64,
-    /// Datagrams sent to peers.
-    pub tunnel_tx: AtomicU64,
-    /// Send system calls that carried more than one datagram (GSO).
-    pub gso_sends: AtomicU64,
-    /// Flows in the table, published once per batch (a gauge).
-    pub flows_active: AtomicU64,
-    /// Reply-cache entries, published once per batch (a gauge).
-    pub replies_active: AtomicU64,
-    /// Keepalive pings and pongs sent to peers.
-    pub keepalive_tx: AtomicU64,
-    /// Misses lost because the control plane's channel was full or closed.
-    pub misses_lost: AtomicU64,
-}
-
-impl IoCounters {
-    /// Adds `n` to `counter`.
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// The I/O shell's numbers, copied out of [`IoCounters`] for the API's
-/// counters and the metrics (the field names are the API's keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IoReadings {
-    /// Datagrams sent to peers (after segmenting super-packets).
-    pub tunnel_tx: u64,
-    /// Send system calls that carried several datagrams (UDP GSO).
-    #[serde(rename = "tunnel_gso_sends")]
-    pub gso_sends: u64,
-    /// Keepalive pings and pongs sent.
-    pub keepalive_tx: u64,
-    /// Misses the control plane's channel could not take.
-    pub misses_lost: u64,
-    /// Flows in the table (gauge).
-    pub flows_active: u64,
-    /// Reply-cache entries (gauge).
-    pub replies_active: u64,
-    /// Failed TUN reads.
-    pub tun_read_errors: u64,
-    /// Failed TUN writes.
-    pub tun_write_errors: u64,
-    /// Refused tunnel sends.
-    #[serde(rename = "tunnel_send_errors")]
-    pub send_errors: u64,
-    /// Failed tunnel receives.
-    #[serde(rename = "tunnel_recv_errors")]
-    pub recv_errors: u64,
-    /// Unusable offload metadata.
-    pub offload_errors: u64,
-}
-
-impl IoReadings {
-    /// Relaxed loads of every I/O counter.
-    pub fn read(io: &IoCounters) -> Self {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        Self {
-            tunnel_tx: get(&io.tunnel_tx),
-            gso_sends: get(&io.gso_sends),
-            keepalive_tx: get(&io.keepalive_tx),
-            misses_lost: get(&io.misses_lost),
-            flows_active: get(&io.flows_active),
-            replies_active: get(&io.replies_active),
-            tun_read_errors: get(&io.tun_read_errors),
-            tun_write_errors: get(&io.tun_write_errors),
-            send_errors: get(&io.send_errors),
-            recv_errors: get(&io.recv_errors),
-            offload_errors: get(&io.offload_errors),
-        }
-    }
-}
-
-/// What both direction threads share.
-pub(super) struct Shared {
-    core: Mutex<Dataplane>,
-    pub(super) io: Arc<IoCounters>,
-    pub(super) stop: EventFd,
-    pub(super) tun: SyncDevice,
-    pub(super) offload: TunOffload,
-    pub(super) socket: TunnelSocket,
-    pub(super) misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
-    /// Seals the egress thread's data datagrams outside the core's lock
-    /// (the core holds the same one for keepalives).
-    pub(super) sealer: Arc<Sealer>,
-    /// Packet threads still running: each holds a [`Running`] guard that
-    /// counts down when its thread returns or panics.
-    running: AtomicUsize,
-}
-
-/// Counts a packet thread out of [`Shared::running`] when it ends, however it ends.
-struct Running(Arc<Shared>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Shared {
-    /// The core, for one batch. A poisoned lock (a panic in the other
-    /// thread) still holds a consistent core: every core call either
-    /// finishes or changes nothing, so go on with it.
-    pub(super) fn core(&self) -> MutexGuard<'_, Dataplane> {
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Publishes the table sizes for `status`.
-    pub(super) fn publish_gauges(&self, dp: &Dataplane) {
-        self.io
-            .flows_active
-            .store(dp.flows_active() as u64, Ordering::Relaxed);
-        self.io
-            .replies_active
-            .store(dp.replies_active() as u64, Ordering::Relaxed);
-    }
-
-    /// Sleeps until `input` is readable, a stop is asked for, or `sleep`
-    /// passes. Returns false when the thread must stop.
-    pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration) -> bool {
-        // Rounded up: waking a little early would only spin until the
-        // deadline really passes.
-        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-        let mut fds = [
-            PollFd::new(input, PollFlags::POLLIN),
-            PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "poll failed; dataplane stops");
-                return false;
-            }
-        }
-        fds[1].revents().is_none_or(|r| r.is_empty())
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("offload", &self.offload)
-            .field("socket", &self.socket)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The control plane's handle on the running dataplane threads.
@@ -255,7 +94,7 @@ impl ControlSender {
     /// Whether both packet threads still run: what `/live` reports, since a
     /// daemon whose packet thread died forwards nothing.
     pub fn threads_alive(&self) -> bool {
-        self.shared.running.load(Ordering::SeqCst) == 2
+        self.shared.threads_running() == 2
     }
 
     /// Each peer endpoint's keepalive health, read under the core's lock
@@ -351,31 +190,21 @@ pub fn spawn(
     let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .context("create the dataplane's eventfd")?;
     let path = describe(offload, &socket);
-    let shared = Arc::new(Shared {
-        core: Mutex::new(dp),
-        io,
-        stop,
-        tun,
-        offload,
-        socket,
-        misses,
-        sealer,
-        running: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(
+        dp, io, stop, tun, offload, socket, misses, sealer,
+    ));
     let mut threads = Vec::new();
-    shared.running.fetch_add(1, Ordering::SeqCst);
-    let guard = Running(shared.clone());
+    let guard = shared.enter();
     threads.push(
         std::thread::Builder::new()
             .name("egress".into())
-            .spawn(move || super::egress::run(&guard.0))
+            .spawn(move || egress::run(guard.shared()))
             .context("spawn the egress thread")?,
     );
-    shared.running.fetch_add(1, Ordering::SeqCst);
-    let guard = Running(shared.clone());
+    let guard = shared.enter();
     let ingress = std::thread::Builder::new()
         .name("ingress".into())
-        .spawn(move || super::ingress::run(&guard.0));
+        .spawn(move || ingress::run(guard.shared()));
     let ctrl = ControlSender { shared };
     match ingress {
         Ok(t) => threads.push(t),

@@ -10,5 +10,6 @@ mod egress;
 mod ingress;
 pub mod io_loop;
 pub mod persist;
+pub mod shared;
 pub mod table;
 pub mod view;

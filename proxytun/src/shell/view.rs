@@ -17,42 +17,42 @@ use serde_json::{json, Value};
 use crate::core::{Counters, DropReason};
 use crate::dns::DnsStatus;
 use crate::logging::LogHandle;
-use crate::shell::io_loop::{Control, ControlSender, IoCounters, IoReadings};
+use crate::shell::io_loop::{Control, ControlSender};
+use crate::shell::shared::{IoCounters, IoReadings};
+
+/// What the view reads, given by the daemon once the dataplane runs.
+#[derive(Debug)]
+pub struct ViewSources {
+    /// The TUN device's name.
+    pub tun: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// The tunnel socket's bound address.
+    pub tunnel: SocketAddr,
+    /// Which packet path is in use, in words, so operators know what they
+    /// are measuring ([`super::io_loop::LoopHandle::path`]).
+    pub path: String,
+    /// The packet core's counters.
+    pub counters: Arc<Counters>,
+    /// The I/O shell's counters and gauges.
+    pub io: Arc<IoCounters>,
+    /// The dataplane threads' control channel (flow dumps, peer health).
+    pub ctrl: ControlSender,
+}
 
 /// The API's window onto the dataplane.
 #[derive(Debug)]
 pub struct ShellView {
-    tun: String,
-    mtu: u32,
-    tunnel: SocketAddr,
-    path: String,
-    counters: Arc<Counters>,
-    io: Arc<IoCounters>,
-    ctrl: ControlSender,
+    src: ViewSources,
     dns: Option<Arc<DnsStatus>>,
     log: Option<LogHandle>,
 }
 
 impl ShellView {
-    /// Gathers what the view reports. `path` says which packet path is in
-    /// use, so operators know what they are measuring.
-    pub fn new(
-        tun: String,
-        mtu: u32,
-        tunnel: SocketAddr,
-        path: String,
-        counters: Arc<Counters>,
-        io: Arc<IoCounters>,
-        ctrl: ControlSender,
-    ) -> Self {
+    /// A view of `src`, without a resolver or a log handle yet.
+    pub fn new(src: ViewSources) -> Self {
         Self {
-            tun,
-            mtu,
-            tunnel,
-            path,
-            counters,
-            io,
-            ctrl,
+            src,
             dns: None,
             log: None,
         }
@@ -88,14 +88,15 @@ impl DataplaneView for ShellView {
     }
 
     fn status(&self) -> Value {
-        let c = self.counters.snapshot();
+        let src = &self.src;
+        let c = src.counters.snapshot();
         json!({
-            "tun": self.tun,
-            "mtu": self.mtu,
-            "tunnel": self.tunnel.to_string(),
-            "path": self.path,
-            "flows_active": self.io.flows_active.load(Ordering::Relaxed),
-            "replies_active": self.io.replies_active.load(Ordering::Relaxed),
+            "tun": src.tun,
+            "mtu": src.mtu,
+            "tunnel": src.tunnel.to_string(),
+            "path": src.path,
+            "flows_active": src.io.flows_active.load(Ordering::Relaxed),
+            "replies_active": src.io.replies_active.load(Ordering::Relaxed),
             "drops_total": c.drops.values().sum::<u64>(),
             "policy_denied": c.drops.get(DropReason::PolicyDenied.name()).copied().unwrap_or(0),
             "flows_cut_by_policy": c.flows_cut_by_policy,
@@ -103,10 +104,10 @@ impl DataplaneView for ShellView {
     }
 
     fn counters(&self) -> Value {
-        let mut v = serde_json::to_value(self.counters.snapshot())
+        let mut v = serde_json::to_value(self.src.counters.snapshot())
             .unwrap_or_else(|e| json!({ "error": e.to_string() }));
         if let (Value::Object(map), Ok(Value::Object(io))) =
-            (&mut v, serde_json::to_value(IoReadings::read(&self.io)))
+            (&mut v, serde_json::to_value(IoReadings::read(&self.src.io)))
         {
             map.extend(io);
         }
@@ -114,12 +115,12 @@ impl DataplaneView for ShellView {
     }
 
     fn peers(&self) -> Value {
-        serde_json::to_value(self.ctrl.peers())
+        serde_json::to_value(self.src.ctrl.peers())
             .unwrap_or_else(|e| json!({ "error": e.to_string() }))
     }
 
     fn flows(&self) -> BoxFuture<'static, Value> {
-        let ctrl = self.ctrl.clone();
+        let ctrl = self.src.ctrl.clone();
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if let Err(e) = ctrl.send(Control::DumpFlows(tx)) {

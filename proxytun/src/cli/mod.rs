@@ -1,0 +1,141 @@
+//! The people-facing subcommands (`proxytun status`, `attach`, …).
+//!
+//! Each one is a thin call to the management API socket: the daemon holds
+//! the state and does the checking, the CLI only builds requests and prints
+//! answers, as aligned tables by default or as the raw JSON with `--json`.
+//!
+//! One file per command group: `status` (status, peers, counters),
+//! `instances` (services, instances, attach, detach, remote), `flows`,
+//! `policy`, `log_level`, `keygen`; `api` is the client and its
+//! error mapping, `render` the tables. This module holds the command
+//! line and the dispatch; the groups never import it.
+
+mod api;
+mod flows;
+mod instances;
+mod keygen;
+mod log_level;
+mod policy;
+mod render;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use envmgr::api::Client;
+use envmgr::model::InstanceKey;
+
+use api::Api;
+pub use api::ApiFailure;
+use instances::parse_instance_key;
+pub use instances::{AttachArgs, RemoteCommand};
+pub use keygen::keygen;
+pub use policy::PolicyCommand;
+use render::show;
+pub use render::Output;
+pub use status::PeerCommand;
+
+/// The commands that talk to a running daemon.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show this node, its peers with RTT and liveness, the packet path and
+    /// the main counters (like `wg show`).
+    Status(Output),
+    /// List services with their round-robin ServiceIP and instances.
+    Services(Output),
+    /// List instances, local and remote, with their addresses.
+    Instances(Output),
+    /// List active flows and the reply-address cache.
+    Flows(Output),
+    /// List peer nodes and their tunnel endpoints.
+    Peers(Output),
+    /// Generate a new cluster key (32 random bytes as hex) for
+    /// `tunnel.key_file`; needs no daemon. Copy the file to every node.
+    Keygen {
+        /// Write the key to this new file (mode 0600; an existing file is
+        /// never overwritten) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show the dataplane's packet counters.
+    Counters(Output),
+    /// Show the cluster's isolation policy, or change it (see docs/isolation.md).
+    Policy {
+        /// What to change; without one, the policy is shown.
+        #[command(subcommand)]
+        action: Option<PolicyCommand>,
+        /// Output options for showing the policy.
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Attach a container (a network namespace) as an instance of APP/SERVICE.
+    Attach(AttachArgs),
+    /// Detach a local instance: removes its veth and its table entry.
+    Detach {
+        /// The instance, written APP/SERVICE/N.
+        #[arg(value_name = "APP/SERVICE/N", value_parser = parse_instance_key)]
+        instance: InstanceKey,
+    },
+    /// Add, move or remove a peer node.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Register or remove an instance that runs on a peer node.
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+    /// Show the daemon's log filter, or change it without a restart.
+    LogLevel {
+        /// A `tracing` filter: `debug`, `info,proxytun=trace`, …
+        level: Option<String>,
+    },
+}
+
+/// Runs one client command against the daemon's socket and prints the
+/// answer on stdout. An API error comes back as an [`ApiFailure`] whose
+/// message is the server's; the caller prints it as `error: <message>`
+/// and exits non-zero.
+pub async fn run(cmd: ClientCommand, socket: &Path) -> anyhow::Result<()> {
+    let out = execute(cmd, socket).await?;
+    print!("{out}");
+    Ok(())
+}
+
+/// [`run`] without the printing: the text it would print.
+pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String> {
+    let api = Api(Client::new(socket));
+    let out = match cmd {
+        ClientCommand::Keygen { out } => keygen(out.as_deref())?,
+        ClientCommand::Status(o) => status::status(&api, o).await?,
+        ClientCommand::LogLevel { level } => log_level::log_level(&api, level).await?,
+        ClientCommand::Services(o) => show(
+            api.get("/v1/services").await?,
+            o,
+            instances::format_services,
+        )?,
+        ClientCommand::Instances(o) => show(
+            api.get("/v1/instances").await?,
+            o,
+            instances::format_instances,
+        )?,
+        ClientCommand::Flows(o) => show(api.get("/v1/flows").await?, o, |v| {
+            Ok(flows::format_flows(v))
+        })?,
+        ClientCommand::Policy { action: None, out } => {
+            show(api.get("/v1/policy").await?, out, policy::format_policy)?
+        }
+        ClientCommand::Policy {
+            action: Some(action),
+            out,
+        } => policy::policy(&api, action, out).await?,
+        ClientCommand::Peers(o) => show(api.get("/v1/peers").await?, o, status::format_peers)?,
+        ClientCommand::Counters(o) => {
+            show(api.get("/v1/counters").await?, o, status::format_counters)?
+        }
+        ClientCommand::Attach(a) => instances::attach(&api, a).await?,
+        ClientCommand::Detach { instance } => instances::detach(&api, &instance).await?,
+        ClientCommand::Peer(cmd) => status::peer(&api, cmd).await?,
+        ClientCommand::Remote(cmd) => instances::remote(&api, cmd).await?,
+    };
+    Ok(out)
+}

@@ -1,0 +1,241 @@
+//! The config as a file: what loads, the defaults, and that every error
+//! names its key.
+
+use std::net::SocketAddr;
+
+use super::*;
+
+#[test]
+fn the_shipped_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/proxytun.toml");
+    let c = Config::load(&path).expect("dist/proxytun.toml");
+    assert_eq!(c.node.name, "edge-1");
+    assert!(c.admin.enable && !c.cnm.enable);
+    assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn admin_log_and_cnm_keys_are_checked() {
+    let base = "[node]\nname = \"a\"\nindex = 1\n";
+    let err = |extra: &str| {
+        Config::parse(&format!("{base}{extra}"), Path::new("t.toml"))
+            .expect_err(extra)
+            .to_string()
+    };
+    assert!(err("[log]\nformat = \"yaml\"\n").contains("log.format"));
+    assert!(err("[admin]\nlisten = \"127.0.0.1\"\n").contains("admin.listen"));
+    assert!(err("[admin]\nlisten = \"127.0.0.1:0\"\n").contains("admin.listen"));
+    assert!(err("[cnm]\nenable = true\nsocket = \"rel.sock\"\n").contains("cnm.socket"));
+    assert!(
+        err("[cnm]\nenable = true\nsocket = \"/run/proxytun/api.sock\"\n").contains("cnm.socket")
+    );
+    let ok = Config::parse(
+        &format!(
+            "{base}[log]\nformat = \"json\"\n[admin]\nenable = false\nlisten = \"127.0.0.1:0\"\n"
+        ),
+        Path::new("t.toml"),
+    )
+    .expect("json logs, admin off");
+    assert_eq!(ok.log.format, LogFormat::Json);
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+fn key_of(text: &str) -> String {
+    match parse(text) {
+        Err(ConfigError::Key { key, .. }) => key,
+        other => panic!("expected a key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse("[node]\nname = \"a\"\nindex = 1\n").expect("valid");
+    assert_eq!(c.tunnel.port, 50103);
+    assert_eq!(c.tun.name, "ptun0");
+    assert_eq!(c.plan().node_subnet().to_string(), "10.18.1.0/24");
+    assert!(c.dns.enable);
+    assert_eq!(c.dns.domain, "cluster.internal");
+    assert_eq!(c.dns.port, 53);
+    assert_eq!(c.dns.upstream, None);
+}
+
+#[test]
+fn dns_upstreams_take_ip_or_ip_port() {
+    let c = parse(
+        "[node]\nname = \"a\"\nindex = 1\n[dns]\nupstream = [\"192.0.2.53\", \"[2001:db8::1]:5353\"]\n",
+    )
+    .expect("valid");
+    let want: Vec<SocketAddr> = vec![
+        "192.0.2.53:53".parse().expect("addr"),
+        "[2001:db8::1]:5353".parse().expect("addr"),
+    ];
+    assert_eq!(c.dns.upstream, Some(want));
+    let none = parse("[node]\nname = \"a\"\nindex = 1\n[dns]\nupstream = []\n").expect("valid");
+    assert_eq!(none.dns.upstream, Some(vec![]));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let base = "[node]\nname = \"a\"\nindex = 1\n";
+    assert_eq!(
+        key_of(&format!("{base}[network]\nclustr = \"10.0.0.0/8\"\n")),
+        "network.clustr"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[network]\ncluster = \"10.18.0.0/33\"\n")),
+        "network.cluster"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nport = \"x\"\n")),
+        "tunnel.port"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nport = 70000\n")),
+        "tunnel.port"
+    );
+    assert_eq!(key_of(&format!("{base}[tun]\nmtu = 500\n")), "tun.mtu");
+    assert_eq!(key_of("[node]\nname = \"a\"\nindex = 300\n"), "node.index");
+    assert_eq!(key_of("[node]\nname = \"A_b\"\nindex = 1\n"), "node.name");
+    assert_eq!(
+        key_of(&format!(
+            "{base}[[peer]]\nname = \"b\"\nendpoint = \"nowhere\"\n"
+        )),
+        "peer.endpoint"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[flows]\nudp_idle_secs = 0\n")),
+        "flows.udp_idle_secs"
+    );
+    assert_eq!(key_of("[node]\nname = \"a\"\n"), "node.index");
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nkeepalive_ms = 10\n")),
+        "tunnel.keepalive_ms"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{base}[tunnel]\nkeepalive_ms = 1000\npeer_timeout_ms = 1500\n"
+        )),
+        "tunnel.peer_timeout_ms"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[store]\nbackend = \"zookeeper\"\n")),
+        "store.backend"
+    );
+    for (section, key) in [
+        ("domain = \"Cluster.Internal\"", "dns.domain"),
+        ("domain = \"cluster.internal.\"", "dns.domain"),
+        ("domain = \"\"", "dns.domain"),
+        ("port = 0", "dns.port"),
+        ("ttl_secs = 100000", "dns.ttl_secs"),
+        ("upstream = [\"8.8.8.8:x\"]", "dns.upstream"),
+        ("upstream = \"8.8.8.8\"", "dns.upstream"),
+        ("upstream_timeout_ms = 5", "dns.upstream_timeout_ms"),
+        ("max_forwards = 0", "dns.max_forwards"),
+        ("enabled = true", "dns.enabled"),
+    ] {
+        assert_eq!(
+            key_of(&format!("{base}[dns]\n{section}\n")),
+            key,
+            "{section}"
+        );
+    }
+}
+
+const ETCD: &str = "[node]\nname = \"a\"\n[tunnel]\nbind = \"192.0.2.1\"\n\
+                    [store]\nbackend = \"etcd\"\nendpoints = [\"http://192.0.2.254:2379\"]\n";
+
+#[test]
+fn etcd_store_config() {
+    let c = parse(ETCD).expect("valid");
+    assert_eq!(c.store.backend, Backend::Etcd);
+    assert_eq!(c.store.prefix, "/proxytun");
+    assert_eq!(c.store.lease_ttl_secs, 10);
+    assert_eq!(c.advertise_endpoint().to_string(), "192.0.2.1:50103");
+    assert_eq!(
+        c.plan_with_index(3).node_subnet().to_string(),
+        "10.18.3.0/24"
+    );
+    let c = parse(&format!("{ETCD}prefix = \"/x\"\nlease_ttl_secs = 3\n")).expect("valid");
+    assert_eq!((c.store.prefix.as_str(), c.store.lease_ttl_secs), ("/x", 3));
+    let advertised = ETCD.replace("bind = \"192.0.2.1\"", "advertise = \"192.0.2.7\"");
+    let c = parse(&advertised).expect("valid");
+    assert_eq!(c.advertise_endpoint().to_string(), "192.0.2.7:50103");
+}
+
+#[test]
+fn etcd_store_errors_name_the_key() {
+    let with_index = ETCD.replace("name = \"a\"\n", "name = \"a\"\nindex = 1\n");
+    assert_eq!(key_of(&with_index), "node.index");
+    assert_eq!(
+        key_of(&ETCD.replace("endpoints = [\"http://192.0.2.254:2379\"]\n", "")),
+        "store.endpoints"
+    );
+    assert_eq!(
+        key_of(&ETCD.replace("http://192.0.2.254:2379", "192.0.2.254:2379")),
+        "store.endpoints"
+    );
+    assert_eq!(
+        key_of(&format!("{ETCD}prefix = \"proxytun\"\n")),
+        "store.prefix"
+    );
+    assert_eq!(
+        key_of(&format!("{ETCD}lease_ttl_secs = 1\n")),
+        "store.lease_ttl_secs"
+    );
+    assert_eq!(
+        key_of(&format!("{ETCD}cert_file = \"/c.pem\"\n")),
+        "store.key_file"
+    );
+    assert_eq!(
+        key_of(&format!("{ETCD}ca_file = \"/ca.pem\"\n")),
+        "store.endpoints"
+    );
+    assert_eq!(
+        key_of(&format!("{ETCD}endpoint = \"x\"\n")),
+        "store.endpoint"
+    );
+    assert_eq!(
+        key_of(&ETCD.replace("bind = \"192.0.2.1\"\n", "")),
+        "tunnel.advertise"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{ETCD}[[peer]]\nname = \"b\"\nendpoint = \"192.0.2.2\"\n"
+        )),
+        "peer"
+    );
+}
+
+#[test]
+fn unknown_key_message_lists_the_valid_ones() {
+    let err = parse("[node]\nname = \"a\"\nindex = 1\nidx = 2\n").expect_err("unknown key");
+    let msg = err.to_string();
+    assert!(msg.contains("idx"), "{msg}");
+    assert!(msg.contains("index"), "{msg}");
+}
+
+#[test]
+fn syntax_errors_are_reported() {
+    assert!(matches!(parse("[node\n"), Err(ConfigError::Syntax { .. })));
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn tunnel_security_and_key_file_keys() {
+    let base = "[node]\nname = \"a\"\nindex = 1\n";
+    let c = Config::parse(base, Path::new("t.toml")).unwrap();
+    assert_eq!(c.tunnel.security, TunnelSecurity::Auth);
+    assert_eq!(c.tunnel.key_file, PathBuf::from(DEFAULT_KEY_FILE));
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nsecurity = \"none\"\n")),
+        "tunnel.security"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nkey_file = \"rel.key\"\n")),
+        "tunnel.key_file"
+    );
+}

@@ -1,0 +1,179 @@
+//! `[tunnel]`: the UDP tunnel between nodes, its keepalives and how its
+//! datagrams are protected, and reading the cluster key.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::core::seal::{ClusterKey, KeyError};
+use crate::core::tunnel::Protection;
+
+/// `[tunnel]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSection {
+    /// The underlay address to bind (and that peers send to).
+    pub bind: IpAddr,
+    /// The UDP port.
+    pub port: u16,
+    /// The address other nodes reach this one at, as registered in the
+    /// cluster store; `bind` when absent.
+    pub advertise: Option<IpAddr>,
+    /// How often a keepalive goes to each peer, in milliseconds; it measures
+    /// the round-trip time the closest policy uses.
+    pub keepalive_ms: u64,
+    /// A peer not heard from for this long (milliseconds) is down: new flows
+    /// avoid its instances until it answers again.
+    pub peer_timeout_ms: u64,
+    /// How datagrams between nodes are protected; every node of a cluster
+    /// must use the same (see `docs/security.md`).
+    pub security: TunnelSecurity,
+    /// The cluster secret (64 hex characters, mode 0600), shared by every
+    /// node; not read when `security = "plain"`.
+    pub key_file: PathBuf,
+}
+
+impl Default for TunnelSection {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 50103,
+            advertise: None,
+            keepalive_ms: 1000,
+            peer_timeout_ms: 3000,
+            security: TunnelSecurity::default(),
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
+        }
+    }
+}
+
+/// Where `tunnel.key_file` points unless configured.
+pub const DEFAULT_KEY_FILE: &str = "/etc/proxytun/cluster.key";
+
+/// `tunnel.security`: authenticated by default, so that a stranger on the
+/// underlay cannot inject packets unless the operator opts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelSecurity {
+    /// No authentication (trusted underlays and comparisons only).
+    Plain,
+    /// Every datagram carries an AES-256-GCM tag (GMAC); content readable.
+    #[default]
+    Auth,
+    /// Every datagram is encrypted and authenticated (AES-256-GCM).
+    Encrypt,
+}
+
+impl TunnelSecurity {
+    /// The packet core's name for this mode.
+    pub fn protection(self) -> Protection {
+        match self {
+            TunnelSecurity::Plain => Protection::Plain,
+            TunnelSecurity::Auth => Protection::Auth,
+            TunnelSecurity::Encrypt => Protection::Encrypt,
+        }
+    }
+}
+
+/// Why the cluster key could not be loaded; the message names
+/// `tunnel.key_file` and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Missing or unreadable.
+    #[error(
+        "tunnel.key_file: cannot read {path}: {reason}; create one with `proxytun keygen --out {path}` and copy it to every node, or set tunnel.security = \"plain\""
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why (in the message, so not a `source` that would print twice).
+        reason: std::io::Error,
+    },
+    /// Readable by group or others.
+    #[error(
+        "tunnel.key_file: {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not 64 hex characters.
+    #[error("tunnel.key_file: {path}: {reason}")]
+    Content {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: KeyError,
+    },
+}
+
+impl TunnelSection {
+    /// Reads the cluster key for `security`: `None` in plain mode (the file
+    /// is not touched), else the key, refusing a file that group or others
+    /// can read.
+    pub fn load_key(&self) -> Result<Option<ClusterKey>, KeyFileError> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.security == TunnelSecurity::Plain {
+            return Ok(None);
+        }
+        let path = &self.key_file;
+        let read = |reason| KeyFileError::Read {
+            path: path.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Permissions {
+                path: path.clone(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        ClusterKey::parse_hex(&text)
+            .map(Some)
+            .map_err(|reason| KeyFileError::Content {
+                path: path.clone(),
+                reason,
+            })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_key_checks_the_file_and_plain_never_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let mut t = TunnelSection {
+            key_file: path.clone(),
+            ..TunnelSection::default()
+        };
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.starts_with("tunnel.key_file: cannot read"), "{err}");
+        assert!(err.contains("proxytun keygen --out"), "{err}");
+        std::fs::write(&path, format!(" {}\n", "0f".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            t.load_key().unwrap(),
+            Some(ClusterKey::from_bytes([0x0f; 32]))
+        );
+        std::fs::write(&path, "abcd").unwrap();
+        let err = t.load_key().unwrap_err().to_string();
+        assert!(err.contains("64 hex characters"), "{err}");
+        // Plain never touches the file.
+        t.security = TunnelSecurity::Plain;
+        t.key_file = dir.path().join("missing");
+        assert_eq!(t.load_key().unwrap(), None);
+    }
+}
