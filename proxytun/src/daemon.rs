@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
-use crate::core::seal::{self, Sealer};
-use crate::core::tunnel;
-use crate::core::Dataplane;
+use proxytun_core::seal::{self, Sealer};
+use proxytun_core::tunnel;
+use proxytun_core::Dataplane;
 use crate::dns::{self, DnsStatus};
 use crate::logging::{self, LogHandle};
 use crate::notify;

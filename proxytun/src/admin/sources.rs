@@ -11,7 +11,7 @@ use std::sync::Arc;
 use envmgr::model::Snapshot;
 use tokio::sync::watch;
 
-use crate::core::Counters;
+use proxytun_core::Counters;
 use crate::dns::DnsStatus;
 use crate::shell::io_loop::ControlSender;
 use crate::shell::shared::IoCounters;

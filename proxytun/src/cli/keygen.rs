@@ -31,7 +31,7 @@ pub fn keygen(out: Option<&Path>) -> anyhow::Result<String> {
     ))
 }
 
-fn proxytun_key() -> anyhow::Result<crate::core::seal::ClusterKey> {
-    crate::core::seal::ClusterKey::generate(&ring::rand::SystemRandom::new())
+fn proxytun_key() -> anyhow::Result<proxytun_core::seal::ClusterKey> {
+    proxytun_core::seal::ClusterKey::generate(&ring::rand::SystemRandom::new())
         .context("generate a cluster key")
 }

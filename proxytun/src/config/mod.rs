@@ -29,7 +29,7 @@ use std::time::Duration;
 use envmgr::plan::AddressPlan;
 use serde::Deserialize;
 
-use crate::core::CoreConfig;
+use proxytun_core::CoreConfig;
 pub use crate::log_settings::{LogFormat, LogSection};
 pub use admin::{AdminSection, DEFAULT_ADMIN_LISTEN};
 pub use api::{ApiSection, CnmSection, DEFAULT_CNM_SOCKET, DEFAULT_SOCKET};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::core::seal::{ClusterKey, KeyError};
-use crate::core::tunnel::Protection;
+use proxytun_core::seal::{ClusterKey, KeyError};
+use proxytun_core::tunnel::Protection;
 
 /// `[tunnel]`
 #[derive(Debug, Clone, Deserialize)]

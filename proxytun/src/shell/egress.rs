@@ -12,7 +12,7 @@
 //! same lock and sends them with the batch's datagrams. It drains the
 //! core's misses into the control plane's channel the same way.
 //!
-//! Every datagram to a peer is sealed here ([`crate::core::seal`]), after
+//! Every datagram to a peer is sealed here ([`proxytun_core::seal`]), after
 //! segmenting and outside the core's lock: one atomic add and one AEAD pass
 //! per datagram, in place, no allocation.
 //!
@@ -30,12 +30,12 @@ use std::time::Instant;
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::shared::{IoCounters, Shared, MAX_SLEEP};
-use crate::core::flow::min_opt;
-use crate::core::keepalive::KEEPALIVE_MAX;
-use crate::core::miss::MISS_RING;
-use crate::core::offload::{self, CsumAt, Gso, Offload, Segments};
-use crate::core::tunnel::{MsgType, HEADER_LEN, TAG_LEN};
-use crate::core::{DropReason, TunVerdict};
+use proxytun_core::flow::min_opt;
+use proxytun_core::keepalive::KEEPALIVE_MAX;
+use proxytun_core::miss::MISS_RING;
+use proxytun_core::offload::{self, CsumAt, Gso, Offload, Segments};
+use proxytun_core::tunnel::{MsgType, HEADER_LEN, TAG_LEN};
+use proxytun_core::{DropReason, TunVerdict};
 
 /// Reads taken from the TUN before the core's lock is taken once for all.
 const READS: usize = 16;
@@ -103,7 +103,7 @@ impl Extra {
 
     /// Under the lock: takes the due pings (if any are due, or the schedule
     /// is unknown) and the misses.
-    fn collect(&mut self, dp: &mut crate::core::Dataplane, now: Instant) {
+    fn collect(&mut self, dp: &mut proxytun_core::Dataplane, now: Instant) {
         if dp.next_keepalive().is_none_or(|t| t <= now) {
             let mut buf = [0u8; KEEPALIVE_MAX];
             while self.pings.len() < MAX_PINGS {
@@ -396,7 +396,7 @@ fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
 
 /// Counts datagrams that could not be sealed (a session whose counter is
 /// exhausted: the daemon must restart) as send errors.
-fn seal_failed(sh: &Shared, e: &crate::core::seal::SealError, count: u64) {
+fn seal_failed(sh: &Shared, e: &proxytun_core::seal::SealError, count: u64) {
     IoCounters::add(&sh.io.send_errors, count);
     tracing::warn!(error = %e, "tunnel datagram not sealed, not sent");
 }

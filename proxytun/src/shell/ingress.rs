@@ -26,8 +26,8 @@ use quinn_udp::RecvMeta;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::shared::{IoCounters, Shared, MAX_SLEEP};
-use crate::core::tunnel::HEADER_LEN;
-use crate::core::NetVerdict;
+use proxytun_core::tunnel::HEADER_LEN;
+use proxytun_core::NetVerdict;
 
 /// Messages per `recvmmsg`.
 const MSGS: usize = quinn_udp::BATCH_SIZE;

@@ -39,8 +39,8 @@ use tun_rs::SyncDevice;
 use super::device::{TunOffload, TunnelSocket};
 use super::shared::{IoCounters, Shared};
 use super::{egress, ingress};
-use crate::core::seal::Sealer;
-use crate::core::{Dataplane, PeerHealthView, Table};
+use proxytun_core::seal::Sealer;
+use proxytun_core::{Dataplane, PeerHealthView, Table};
 
 /// Messages from the control plane, applied between batches.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! the two dataplane threads (one per direction), and the glue that turns
 //! envmgr snapshots into the core's lookup table.
 //!
-//! It owns no decisions: every packet goes to [`crate::core::Dataplane`] and
+//! It owns no decisions: every packet goes to [`proxytun_core::Dataplane`] and
 //! the shell only does what the verdict says.
 
 pub mod device;

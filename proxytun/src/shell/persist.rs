@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::io_loop::ControlSender;
-use crate::core::flow::{FlowRecords, ImportReport};
-use crate::core::{Counters, Dataplane};
+use proxytun_core::flow::{FlowRecords, ImportReport};
+use proxytun_core::{Counters, Dataplane};
 
 /// Name of the flow state file in the state directory.
 pub const FLOWS_FILE: &str = "flows.json";
@@ -303,16 +303,16 @@ fn run(ctrl: &ControlSender, counters: &Counters, path: &Path, stopped: &mpsc::R
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::flow::{ActivityRecord, FlowRecord, KeyRecord, ReplyRecord};
-    use crate::core::packet::Proto;
-    use crate::core::{CoreConfig, TableBuilder};
+    use proxytun_core::flow::{ActivityRecord, FlowRecord, KeyRecord, ReplyRecord};
+    use proxytun_core::packet::Proto;
+    use proxytun_core::{CoreConfig, TableBuilder};
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     const PEER: &str = "192.0.2.2:50103";
 
     /// A table with one local client (10.18.1.5 / iip 10.30.1.5), one local
     /// instance web/1 (10.18.1.9) and one remote web/2 on PEER.
-    fn table() -> crate::core::Table {
+    fn table() -> proxytun_core::Table {
         let mut b = TableBuilder::new(
             "10.30.0.0/16".parse().unwrap(),
             "fdff:30::/112".parse().unwrap(),
@@ -338,14 +338,14 @@ mod tests {
     fn instance(
         b: &mut TableBuilder,
         name: &str,
-        svc: crate::core::table::ServiceId,
+        svc: proxytun_core::table::ServiceId,
         host: u8,
         peer: Option<SocketAddr>,
     ) {
         let subnet = if peer.is_some() { 2 } else { 1 };
         let loc = match peer {
-            Some(p) => crate::core::Location::Remote(p),
-            None => crate::core::Location::Local,
+            Some(p) => proxytun_core::Location::Remote(p),
+            None => proxytun_core::Location::Local,
         };
         b.instance(
             svc,

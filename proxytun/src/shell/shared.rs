@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
-use crate::core::seal::Sealer;
-use crate::core::Dataplane;
+use proxytun_core::seal::Sealer;
+use proxytun_core::Dataplane;
 
 /// The longest a thread sleeps: it bounds how late an expired flow is
 /// noticed when nothing else wakes the egress thread.

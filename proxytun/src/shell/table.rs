@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use envmgr::model::{Placement, Snapshot};
 
-use crate::core::access::Rule;
-use crate::core::{Location, Table, TableBuilder, TableError};
+use proxytun_core::access::Rule;
+use proxytun_core::{Location, Table, TableBuilder, TableError};
 
 /// Builds the dataplane's table from a snapshot of the node's view.
 ///
@@ -77,8 +77,8 @@ mod tests {
     use envmgr::plan::AddressPlan;
 
     use super::build;
-    use crate::core::table::Vip;
-    use crate::core::Location;
+    use proxytun_core::table::Vip;
+    use proxytun_core::Location;
 
     fn plan() -> AddressPlan {
         AddressPlan::with_default_ranges(1)

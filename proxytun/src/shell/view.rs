@@ -14,7 +14,7 @@ use envmgr::api::DataplaneView;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
-use crate::core::{Counters, DropReason};
+use proxytun_core::{Counters, DropReason};
 use crate::dns::DnsStatus;
 use crate::logging::LogHandle;
 use crate::shell::io_loop::{Control, ControlSender};

@@ -29,7 +29,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use super::sources::MetricsSources;
-use crate::core::CountersSnapshot;
+use proxytun_core::CountersSnapshot;
 use crate::shell::shared::IoReadings;
 use encode::gauge_labelled;
 pub use peers::PeerReading;

@@ -7,7 +7,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::encode::{counter, counter_labelled, gauge_labelled};
-use crate::core::{CountersSnapshot, PeerHealthView};
+use proxytun_core::{CountersSnapshot, PeerHealthView};
 use crate::shell::shared::IoReadings;
 
 /// One peer endpoint's health with the node name the snapshot gives it.

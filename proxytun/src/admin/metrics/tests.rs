@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use super::*;
-use crate::core::{Counters, DropReason, PeerHealthView};
+use proxytun_core::{Counters, DropReason, PeerHealthView};
 use crate::shell::shared::IoCounters;
 use std::sync::atomic::Ordering;
 

@@ -4,7 +4,7 @@
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::encode::{counter, counter_labelled, gauge};
-use crate::core::CountersSnapshot;
+use proxytun_core::CountersSnapshot;
 use crate::shell::shared::IoReadings;
 
 /// Writes the traffic families from the core's and the shell's counters.
