@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd;
+use testbed::cmd;
 use crate::measure::{self, RunRecord};
 use crate::modes::{self, ModeEnv, ModeKind, Tools};
-use crate::netns;
+use testbed::netns;
 use crate::report;
 use crate::topo::Hosts;
 use crate::CompareArgs;
@@ -29,7 +29,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     if args.runs == 0 || args.secs == 0 {
         bail!("--runs and --secs must be at least 1");
     }
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let prefix = args
         .prefix
         .clone()
@@ -47,7 +47,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         bench: exe.clone(),
     };
 
-    netns::remove_stale(&prefix)?;
+    netns::remove_stale(&prefix, "bench")?;
     println!(
         "bench: namespaces {prefix}*, {} rounds of {} s per load",
         args.runs, args.secs

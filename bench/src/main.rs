@@ -8,13 +8,11 @@
 //! the local resolver's queries per second and latency (no root needed).
 
 mod chart;
-mod cmd;
 mod compare;
 mod control;
 mod dns;
 mod measure;
 mod modes;
-mod netns;
 mod report;
 mod soak;
 mod stats;
@@ -25,6 +23,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use testbed::cmd;
 
 use crate::modes::ModeKind;
 

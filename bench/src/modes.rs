@@ -18,12 +18,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::cmd::{self, Bg};
-use crate::netns::Netns;
+use testbed::cmd::{self, Bg};
+use testbed::netns::Netns;
 use crate::topo::{self, Hosts, HOST_A, HOST_B, UNDERLAY_IF};
 
 /// The port iperf3 listens on in every server container.
 pub const IPERF_PORT: u16 = 5201;
+/// How long a server or forwarder may take to end on SIGTERM before
+/// SIGKILL, when its mode is torn down.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 /// The port `bench rr-server` listens on in every server container.
 pub const RR_PORT: u16 = 7100;
 
@@ -416,7 +419,7 @@ fn setup_openvpn(env: &mut ModeEnv, hosts: &Hosts) -> Result<()> {
             "--verb",
             "3",
         ];
-        let p = host.spawn("openvpn", &args)?;
+        let p = host.spawn("openvpn", &args)?.with_grace(STOP_GRACE);
         env.forwarders.push(p);
         let far_net = format!("{far}/24");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -711,13 +714,16 @@ fn setup_proxytun(env: &mut ModeEnv, hosts: &Hosts, tools: &Tools, fl: &PtFlavou
 
 fn start_servers(env: &mut ModeEnv, tools: &Tools) -> Result<()> {
     let port = IPERF_PORT.to_string();
-    let iperf = env.server.spawn("iperf3", &["-s", "-p", &port])?;
+    let iperf = env.server.spawn("iperf3", &["-s", "-p", &port])?.with_grace(STOP_GRACE);
     env.servers.push(iperf);
     let rr_port = RR_PORT.to_string();
-    let mut rr = env.server.spawn(
-        &tools.bench.to_string_lossy(),
-        &["rr-server", "--port", &rr_port],
-    )?;
+    let mut rr = env
+        .server
+        .spawn(
+            &tools.bench.to_string_lossy(),
+            &["rr-server", "--port", &rr_port],
+        )?
+        .with_grace(STOP_GRACE);
     rr.wait_for("ready", Duration::from_secs(10))?;
     env.servers.push(rr);
     let deadline = Instant::now() + Duration::from_secs(10);

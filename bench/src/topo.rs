@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use crate::netns::Netns;
+use testbed::netns::Netns;
 
 /// Host A's underlay address.
 pub const HOST_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

@@ -15,7 +15,7 @@
 //! it by pid and removes its data, also on an error or Ctrl-C.
 
 pub mod alloc;
-mod etcd;
+mod metrics;
 mod layout;
 mod load;
 pub mod report;
@@ -31,7 +31,8 @@ use anyhow::{bail, Context, Result};
 use envmgr::cluster::keys::Keys;
 use envmgr::plan::AddressPlan;
 
-use crate::cmd;
+use testbed::cmd;
+use testbed::etcd::Etcd;
 use report::ControlReport;
 
 /// Options of `bench control`.
@@ -103,7 +104,7 @@ pub fn run(args: &ControlArgs) -> Result<()> {
     if args.runs == 0 || args.lookups == 0 {
         bail!("--runs and --lookups must be at least 1");
     }
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let layout = layout::Layout::new(
         args.nodes,
         args.per_node,
@@ -151,11 +152,11 @@ pub fn run(args: &ControlArgs) -> Result<()> {
 
     if !args.no_etcd {
         report.etcd = etcd_version(&args.etcd);
-        let server = etcd::Etcd::start(&args.etcd)?;
+        let server = start_etcd(&args.etcd)?;
         println!(
             "bench: etcd pid {} on {}",
             server.pid().unwrap_or(0),
-            server.client_url()
+            server.endpoint()
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -188,9 +189,9 @@ async fn cluster_part(
     args: &ControlArgs,
     layout: &layout::Layout,
     keys: &Keys,
-    server: &etcd::Etcd,
+    server: &Etcd,
 ) -> Result<(load::LoadReport, Option<report::WatchReport>)> {
-    let client = etcd_client::Client::connect([server.client_url()], None)
+    let client = etcd_client::Client::connect([server.endpoint()], None)
         .await
         .context("connecting to etcd")?;
     println!(
@@ -235,6 +236,24 @@ pub(crate) fn default_out() -> PathBuf {
         .ok()
         .and_then(|e| e.parent().and_then(Path::parent).map(|t| t.join("bench")))
         .unwrap_or_else(|| PathBuf::from("target/bench"))
+}
+
+/// A throwaway etcd for the run: loopback only, free ports, data in a
+/// temporary directory; stopped by pid (SIGTERM, then SIGKILL) and its data
+/// removed on Drop, also on an error or a Ctrl-C, which unwind through it.
+fn start_etcd(bin: &Path) -> Result<Etcd> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: install it with `apt-get install etcd-server` or pass --etcd",
+            bin.display()
+        );
+    }
+    Etcd::builder("bench")
+        .bin(bin)
+        .dir_prefix("ptbench-etcd.")
+        .log_level("warn")
+        .grace(Duration::from_millis(500))
+        .start()
 }
 
 fn etcd_version(bin: &Path) -> Option<String> {

@@ -322,7 +322,7 @@ pub fn lookup(
     let mut rows = Vec::new();
     let mut hot_rows = Vec::new();
     for _ in 0..runs {
-        crate::cmd::check_interrupt()?;
+        testbed::cmd::check_interrupt()?;
         rows.push(time_once(&table, &all)?);
         hot_rows.push(time_once(&table, &hot_ips)?);
     }

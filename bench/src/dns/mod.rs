@@ -19,8 +19,8 @@ mod cpu;
 mod dnsperf;
 mod echo;
 pub mod load;
+mod mmsg;
 pub mod report;
-mod wire;
 mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use mdns::{DnsServer, DnsSettings, DEFAULT_DOMAIN};
 
-use crate::cmd;
+use testbed::cmd;
+use testbed::dnswire as wire;
 use crate::control::{default_out, unix_now};
 use load::{Check, LoadSpec, Mode};
 use report::{DnsReport, Dnsperf, Phase};
@@ -71,7 +72,7 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Runs the DNS bench, prints the table and writes the JSON.
 pub fn run(args: &DnsArgs) -> Result<()> {
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let report = measure(args, |m| println!("bench: {m}"))?;
     println!();
     print!("{}", report::render(&report));

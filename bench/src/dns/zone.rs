@@ -16,7 +16,7 @@ use envmgr::model::{
 };
 use envmgr::plan::AddressPlan;
 
-use super::wire::{self, Query, QTYPE_A, QTYPE_AAAA};
+use testbed::dnswire::{self as wire, Query, TYPE_A, TYPE_AAAA};
 use crate::control::tables::SplitMix;
 
 /// Instances per service (spread over [`PEERS`] peers): enough for SRV and
@@ -215,8 +215,8 @@ impl Zone {
         for s in 0..self.services {
             for kind in Kind::ALL {
                 let qtype = match kind.type_name() {
-                    "A" => QTYPE_A,
-                    _ => QTYPE_AAAA,
+                    "A" => TYPE_A,
+                    _ => TYPE_AAAA,
                 };
                 out.push(wire::Query::new(
                     &self.qname(s, kind),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cmd;
+use testbed::cmd;
 use crate::modes::{ModeEnv, Tools, RR_PORT};
 use iperf::Load;
 

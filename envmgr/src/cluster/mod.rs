@@ -15,8 +15,6 @@
 pub mod keys;
 mod registry;
 mod sync;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 #[cfg(test)]
 mod tests;
 

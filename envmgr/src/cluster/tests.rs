@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::testing::EtcdProcess;
+use testbed::etcd::{self as testing, Etcd as EtcdProcess};
 use super::*;
 use crate::model::{Instance, InstanceKey, NodeInfo, Placement, ServiceName, Snapshot};
 use crate::registry::{Claim, ClusterView};

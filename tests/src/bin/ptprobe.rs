@@ -43,7 +43,7 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ::tests::dnswire;
+use testbed::dnswire;
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 

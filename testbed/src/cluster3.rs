@@ -96,7 +96,7 @@ impl Cluster3 {
         let etcd_host = plug_host(&switch, &format!("{prefix}e"), "pe", ETCD_IP)?;
         let etcd = Etcd::start_in(etcd_host, ETCD_IP, &format!("{prefix}etcd"))?;
         let store = EtcdStore {
-            endpoints: vec![etcd.client_url()],
+            endpoints: vec![etcd.endpoint()],
             prefix: None,
             lease_ttl_secs: u32::try_from(LEASE_TTL.as_secs()).unwrap_or(3),
         };

@@ -1,6 +1,11 @@
-//! Testbed for proxytun's end-to-end tests: network namespaces as hosts and
-//! containers, the real `proxytun` daemon in each host, and `ptprobe` as the
-//! application in each container.
+//! The testbed proxytun's end-to-end tests, the bench harness and the demo
+//! share: network namespaces as hosts and containers, the real `proxytun`
+//! daemon in each host, `ptprobe` as the application in each container, a
+//! real etcd, commands with deadlines and interrupt handling, and a DNS wire
+//! codec independent of the resolver's.
+//!
+//! It depends on neither `proxytun` nor `envmgr` (it drives the daemon as a
+//! program), so both can use it as a dev-dependency.
 //!
 //! Everything is cleaned up by Drop (daemons stopped by pid, servers killed,
 //! namespaces deleted), which also runs while a failing test unwinds. No
@@ -9,7 +14,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! let c = tests::Cluster::two_nodes("example")?;
+//! let c = testbed::Cluster::two_nodes("example")?;
 //! let mut web = c.container("web")?;
 //! web.serve("web1")?;
 //! let client = c.container("cli")?;
