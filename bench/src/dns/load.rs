@@ -445,7 +445,7 @@ pub fn run(spec: &LoadSpec, queries: &[Query], order: &[u32]) -> Result<LoadResu
 #[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
 mod tests {
     use super::*;
-    use std::net::IpAddr;
+    use std::net::{IpAddr, UdpSocket};
 
     #[test]
     fn latency_percentiles_nearest_rank() {
