@@ -12,13 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use testbed::cmd;
 use crate::measure::{self, RunRecord};
 use crate::modes::{self, ModeEnv, ModeKind, Tools};
-use testbed::netns;
 use crate::report;
 use crate::topo::Hosts;
 use crate::CompareArgs;
+use testbed::cmd;
+use testbed::netns;
 
 /// Runs the comparison.
 pub fn run(args: &CompareArgs) -> Result<()> {

@@ -216,9 +216,7 @@ impl Cluster {
 /// veth `port` (switch side) / `ul0` (host side) and gives it `ip/24`.
 pub(crate) fn plug_host(switch: &Netns, name: &str, port: &str, ip: Ipv4Addr) -> Result<Netns> {
     let host = Netns::create(name)?;
-    switch.ip(&[
-        "link", "add", port, "type", "veth", "peer", "name", "ul0", "netns", name,
-    ])?;
+    switch.add_veth(port, &host, "ul0", None)?;
     switch.ip(&["link", "set", port, "master", "br0", "up"])?;
     host.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
     host.ip(&["link", "set", "ul0", "up"])?;

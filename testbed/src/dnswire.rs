@@ -270,7 +270,9 @@ impl Query {
         // ID 0, recursion desired (as stub resolvers, glibc and musl, send
         // it); the root name is no service's.
         let Some(p) = query(0, bare, qtype, true).filter(|_| !bare.is_empty()) else {
-            bail!("bad DNS name {name:?}: an empty label, a label over 63 bytes or over 255 in all");
+            bail!(
+                "bad DNS name {name:?}: an empty label, a label over 63 bytes or over 255 in all"
+            );
         };
         let mut e = [0u8; 16];
         let expect_len = match (qtype, expect) {
@@ -556,7 +558,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(check_answer(&ok, &other), Verdict::Malformed);
-
     }
 
     #[test]

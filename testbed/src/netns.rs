@@ -82,6 +82,29 @@ impl Netns {
             .with_context(|| format!("ip {} (in netns {})", args.join(" "), self.name))
     }
 
+    /// Creates a veth pair: `name` here, `peer_name` in `peer`, both ends
+    /// with `mtu` when given (the kernel's default otherwise). How hosts are
+    /// cabled to a switch or to each other, and containers to their host.
+    pub fn add_veth(
+        &self,
+        name: &str,
+        peer: &Netns,
+        peer_name: &str,
+        mtu: Option<u32>,
+    ) -> Result<Out> {
+        let mtu = mtu.map(|m| m.to_string());
+        let mut args = vec!["link", "add", name];
+        if let Some(m) = &mtu {
+            args.extend(["mtu", m]);
+        }
+        args.extend(["type", "veth", "peer", "name", peer_name]);
+        if let Some(m) = &mtu {
+            args.extend(["mtu", m]);
+        }
+        args.extend(["netns", peer.name()]);
+        self.ip(&args)
+    }
+
     /// `/etc/netns/<name>`, where the container's `resolv.conf` goes.
     pub fn etc_dir(&self) -> PathBuf {
         etc_dir(&self.name)

@@ -184,8 +184,11 @@ fn forged_datagram_from_non_member_is_dropped() {
 
     // Control: the very same bytes from a registered peer are delivered, so
     // the drop above is the membership check and not a malformed packet.
-    c.a.peer_add("evil", SocketAddr::new(evil_ip.into(), testbed::TUNNEL_PORT))
-        .expect("peer add");
+    c.a.peer_add(
+        "evil",
+        SocketAddr::new(evil_ip.into(), testbed::TUNNEL_PORT),
+    )
+    .expect("peer add");
     let out = evil
         .exec(
             &probe,
@@ -269,8 +272,11 @@ fn forged_replayed_and_foreign_mode_datagrams_never_reach_the_instance() {
     // A member that the test speaks for: registered as a peer of a.
     let member_ip = Ipv4Addr::new(192, 0, 2, 98);
     let member = c.outsider("mbr", member_ip).expect("member host");
-    c.a.peer_add("mbr", SocketAddr::new(member_ip.into(), testbed::TUNNEL_PORT))
-        .expect("peer add");
+    c.a.peer_add(
+        "mbr",
+        SocketAddr::new(member_ip.into(), testbed::TUNNEL_PORT),
+    )
+    .expect("peer add");
     let stranger_ip = Ipv4Addr::new(192, 0, 2, 99);
     let stranger = c.outsider("str", stranger_ip).expect("stranger host");
     let src = Ipv4Addr::new(10, 30, 2, 77);

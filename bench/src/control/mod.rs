@@ -15,9 +15,9 @@
 //! it by pid and removes its data, also on an error or Ctrl-C.
 
 pub mod alloc;
-mod metrics;
 mod layout;
 mod load;
+mod metrics;
 pub mod report;
 pub(crate) mod tables;
 mod watch;
@@ -31,9 +31,9 @@ use anyhow::{bail, Context, Result};
 use envmgr::cluster::keys::Keys;
 use envmgr::plan::AddressPlan;
 
+use report::ControlReport;
 use testbed::cmd;
 use testbed::etcd::Etcd;
-use report::ControlReport;
 
 /// Options of `bench control`.
 #[derive(Debug, Clone, clap::Args)]

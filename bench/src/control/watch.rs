@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, watch};
 
 use testbed::etcd::Etcd;
 
-use super::metrics::metric_sum;
 use super::layout::{Layout, SimInstance, SPARE_PER_NODE};
 use super::load::{create_txn, instance_puts, Leases};
+use super::metrics::metric_sum;
 use super::report::{percentiles, WatchReport};
 use super::tables::SplitMix;
 use super::ControlArgs;

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use mdns::{DnsServer, DnsSettings, DEFAULT_DOMAIN};
 
-use testbed::cmd;
-use testbed::dnswire as wire;
 use crate::control::{default_out, unix_now};
 use load::{Check, LoadSpec, Mode};
 use report::{DnsReport, Dnsperf, Phase};
+use testbed::cmd;
+use testbed::dnswire as wire;
 
 /// Options of `bench dns`.
 #[derive(Debug, Clone, clap::Args)]

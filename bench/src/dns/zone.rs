@@ -16,8 +16,8 @@ use envmgr::model::{
 };
 use envmgr::plan::AddressPlan;
 
-use testbed::dnswire::{self as wire, Query, TYPE_A, TYPE_AAAA};
 use crate::control::tables::SplitMix;
+use testbed::dnswire::{self as wire, Query, TYPE_A, TYPE_AAAA};
 
 /// Instances per service (spread over [`PEERS`] peers): enough for SRV and
 /// instance names to exist, the resolver's hot path does not read them.

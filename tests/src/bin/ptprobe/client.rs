@@ -160,7 +160,12 @@ pub(crate) fn tcp_send(target: SocketAddr, bytes: u64, timeout: Duration) -> Res
     Ok(())
 }
 
-pub(crate) fn send_udp(target: SocketAddr, payload: &[u8], bind: Option<SocketAddr>, listen: f64) -> Res<()> {
+pub(crate) fn send_udp(
+    target: SocketAddr,
+    payload: &[u8],
+    bind: Option<SocketAddr>,
+    listen: f64,
+) -> Res<()> {
     let bind = bind.unwrap_or_else(|| {
         if target.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()

@@ -243,7 +243,6 @@ fn run(args: &[String]) -> Res<()> {
     }
 }
 
-
 /// The bytes of `--hex`, with the position of a bad digit in the error.
 fn unhex(s: &str) -> Res<Vec<u8>> {
     s.as_bytes()
