@@ -62,20 +62,7 @@ fn table(node: &Node) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
             )
         })
         .collect();
-    let instances = node
-        .instances()?
-        .into_iter()
-        .map(|i| {
-            format!(
-                "{} ns={:?} iip={:?} {} {:?}",
-                i.key(),
-                i.ns_addr,
-                i.instance_ip,
-                i.kind,
-                i.node
-            )
-        })
-        .collect();
+    let instances = node.instances()?.into_iter().map(|i| i.summary()).collect();
     Ok((services, instances))
 }
 

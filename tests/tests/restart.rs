@@ -15,16 +15,7 @@ fn state(node: &Node) -> (BTreeSet<String>, BTreeSet<String>, Value) {
     let instances = instances_from_json(&node.cli_json(&["instances"]).expect("instances"))
         .expect("instances JSON")
         .into_iter()
-        .map(|i| {
-            format!(
-                "{} ns={:?} iip={:?} {} {:?}",
-                i.key(),
-                i.ns_addr,
-                i.instance_ip,
-                i.kind,
-                i.node
-            )
-        })
+        .map(|i| i.summary())
         .collect();
     let services =
         testbed::model::services_from_json(&node.cli_json(&["services"]).expect("services"))
