@@ -16,6 +16,7 @@ mod modes;
 mod report;
 mod soak;
 mod stats;
+mod synth;
 mod topo;
 
 use std::net::SocketAddr;

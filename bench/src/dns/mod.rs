@@ -106,7 +106,7 @@ pub fn measure(args: &DnsArgs, say: impl Fn(&str)) -> Result<DnsReport> {
     }
     let z = zone::Zone::new(args.services, DEFAULT_DOMAIN)?;
     let queries = z.templates()?;
-    let order = zone::order(z.services(), ORDER_LEN, args.seed);
+    let order = zone::order(z.services, ORDER_LEN, args.seed);
     let dur = Duration::from_secs_f64(args.duration_secs);
 
     // The resolver, fed like the daemon feeds it; its threads are the ones
@@ -133,7 +133,7 @@ pub fn measure(args: &DnsArgs, say: impl Fn(&str)) -> Result<DnsReport> {
         .ok_or_else(|| anyhow!("the resolver reports no IPv4 address"))?;
     say(&format!(
         "resolver on {addr} ({} services, {} names, {} thread(s))",
-        z.services(),
+        z.services,
         queries.len(),
         resolver_tids.len()
     ));
