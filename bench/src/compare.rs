@@ -16,9 +16,31 @@ use crate::measure::{self, RunRecord};
 use crate::modes::{self, ModeEnv, ModeKind, Tools};
 use crate::report;
 use crate::topo::Hosts;
-use crate::CompareArgs;
 use testbed::cmd;
 use testbed::netns;
+
+/// Options of `bench compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// How many interleaved rounds (A B C A B C ...).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Seconds per load.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Which modes, comma-separated (default: all available).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Option<Vec<ModeKind>>,
+    /// Namespace-name prefix (default `ptb<pid % 1000>-`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Where the JSON and SVG go (default `target/bench/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// apt-get install openvpn if it is missing.
+    #[arg(long)]
+    pub install: bool,
+}
 
 /// Runs the comparison.
 pub fn run(args: &CompareArgs) -> Result<()> {

@@ -63,7 +63,7 @@ impl Cluster {
     /// [`Cluster::two_nodes`], with `tweak` applied to each node's config
     /// before it is written (e.g. a `[dns]` section).
     pub fn two_nodes_with(test: &str, tweak: impl Fn(&mut NodeConfig)) -> Result<Cluster> {
-        crate::require_root()?;
+        crate::support::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -78,7 +78,10 @@ impl Cluster {
             name: "a".into(),
             index: 1,
             underlay: ip_a,
-            peers: vec![("b".into(), SocketAddr::new(ip_b.into(), crate::TUNNEL_PORT))],
+            peers: vec![(
+                "b".into(),
+                SocketAddr::new(ip_b.into(), crate::node::TUNNEL_PORT),
+            )],
             store: None,
             keepalive: None,
             dns: None,
@@ -299,7 +302,7 @@ impl Container {
     /// Starts `ptprobe serve --name NAME` on [`TCP_PORT`] and [`UDP_PORT`]
     /// and waits until it listens.
     pub fn serve(&mut self, name: &str) -> Result<()> {
-        let probe = crate::ptprobe_bin()?;
+        let probe = crate::support::ptprobe_bin()?;
         let probe = probe.to_string_lossy();
         let mut bg = self.ns.spawn(
             &probe,
@@ -326,7 +329,7 @@ impl Container {
 
     /// Runs `ptprobe args..` inside the container.
     pub fn probe(&self, args: &[&str], timeout: Duration) -> Result<Out> {
-        let probe = crate::ptprobe_bin()?;
+        let probe = crate::support::ptprobe_bin()?;
         self.ns.exec(&probe.to_string_lossy(), args, timeout)
     }
 

@@ -88,7 +88,7 @@ impl Cluster3 {
         delayable: &[&str],
         tweak: impl Fn(&mut NodeConfig),
     ) -> Result<Cluster3> {
-        crate::require_root()?;
+        crate::support::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -254,7 +254,7 @@ impl Cluster3 {
     /// the API reports liveness, as alive).
     pub fn wait_mesh(&self, timeout: Duration) -> Result<()> {
         for n in self.nodes() {
-            crate::eventually(timeout, || {
+            crate::support::eventually(timeout, || {
                 let peers = n.peers()?;
                 for other in self.nodes() {
                     if other.name == n.name {

@@ -23,12 +23,12 @@ use tokio::sync::{mpsc, watch};
 
 use testbed::etcd::Etcd;
 
+use super::args::ControlArgs;
 use super::layout::{Layout, SimInstance, SPARE_PER_NODE};
 use super::load::{create_txn, instance_puts, Leases};
 use super::metrics::metric_sum;
 use super::report::{percentiles, WatchReport};
 use super::tables::SplitMix;
-use super::ControlArgs;
 
 /// How long one change may take to show before it counts as missed.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);

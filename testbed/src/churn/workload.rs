@@ -353,7 +353,7 @@ pub fn soak(test: &str, cfg: &SoakConfig) -> Result<SoakReport> {
     let (clb, _) = c.client(&c.b, "clb", 2)?;
     // The stable clients can reach the service before anything is measured.
     for cl in [&cla, &clb] {
-        crate::eventually(Duration::from_secs(10), || little_traffic(&cl.path(), rr))?;
+        crate::support::eventually(Duration::from_secs(10), || little_traffic(&cl.path(), rr))?;
     }
     let before_churn = inventory(&c)?;
 

@@ -90,7 +90,7 @@ impl TestKey {
             .tempdir()
             .context("creating the key's temporary directory")?;
         let path = dir.path().join("cluster.key");
-        let out = std::process::Command::new(crate::proxytun_bin()?)
+        let out = std::process::Command::new(crate::support::proxytun_bin()?)
             .arg("keygen")
             .arg("--out")
             .arg(&path)

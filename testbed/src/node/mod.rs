@@ -105,7 +105,7 @@ impl Node {
             name: cfg.name.clone(),
             index: cfg.index,
             underlay: cfg.underlay,
-            bin: crate::proxytun_bin()?,
+            bin: crate::support::proxytun_bin()?,
             socket: dir.path().join("api.sock"),
             log: dir.path().join("daemon.log"),
             config,
