@@ -53,7 +53,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
         printf '\n\033[1;31mFAIL: %s (exit %s)\033[0m\n' "$STEP" "$rc" >&2
-        show_log_tails 25 etcd "${NODES[@]}"
+        show_log_tails 25 "" etcd "${NODES[@]}"
     fi
     # Servers and daemons first, etcd (the first pid) once they are gone,
     # so the daemons do not see their store vanish while stopping.

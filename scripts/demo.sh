@@ -36,7 +36,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
         printf '\n\033[1;31mFAILED during: %s (exit %s)\033[0m\n' "$STEP" "$rc" >&2
-        show_log_tails 20 a b
+        show_log_tails 20 "node " a b
     fi
     teardown
     [ -n "$WORK" ] && rm -rf "$WORK"

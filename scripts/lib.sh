@@ -186,15 +186,16 @@ stop_pids() {
     done
 }
 
-# show_log_tails N NAME...: the last N lines of each $WORK/NAME.log there is
-# (on stderr), for the failure report.
+# show_log_tails N WHAT NAME...: the last N lines of each $WORK/NAME.log
+# there is (on stderr, headed "last lines of WHAT NAME's log"), for the
+# failure report.
 show_log_tails() {
-    local lines=$1 name
-    shift
+    local lines=$1 what=$2 name
+    shift 2
     [ -n "$WORK" ] || return 0
     for name in "$@"; do
         if [ -f "$WORK/$name.log" ]; then
-            echo "--- last lines of $name's log ---" >&2
+            echo "--- last lines of $what$name's log ---" >&2
             tail -n "$lines" "$WORK/$name.log" >&2 || true
         fi
     done
