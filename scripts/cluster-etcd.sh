@@ -48,62 +48,23 @@ declare -A NODE_PID=()
 STEP="start"
 PASSED=()
 
-# stop_pids PID...: SIGTERM, up to 5 s to exit, then SIGKILL; reaps them.
-stop_pids() {
-    local pid
-    for pid in "$@"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "$@"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
         printf '\n\033[1;31mFAIL: %s (exit %s)\033[0m\n' "$STEP" "$rc" >&2
-        if [ -n "$WORK" ]; then
-            for n in etcd "${NODES[@]}"; do
-                if [ -f "$WORK/$n.log" ]; then
-                    echo "--- last lines of $n's log ---" >&2
-                    tail -n 25 "$WORK/$n.log" >&2 || true
-                fi
-            done
-        fi
+        show_log_tails 25 "" etcd "${NODES[@]}"
     fi
-    heading "teardown"
-    local pid
     # Servers and daemons first, etcd (the first pid) once they are gone,
     # so the daemons do not see their store vanish while stopping.
-    if [ "${#PIDS[@]}" -gt 1 ]; then
-        stop_pids "${PIDS[@]:1}"
-    fi
-    if [ "${#PIDS[@]}" -gt 0 ]; then
-        stop_pids "${PIDS[0]}"
-    fi
-    local left=()
-    for pid in "${PIDS[@]}"; do
-        kill -0 "$pid" 2>/dev/null && left+=("$pid")
-    done
-    local ns
-    for ns in "${NAMESPACES[@]}"; do
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    teardown --first-last
     if [ -n "$WORK" ] && [ -n "${LOGS:-}" ]; then
         mkdir -p "$LOGS" && cp "$WORK"/*.log "$LOGS"/ 2>/dev/null || true
         note "logs copied to $LOGS"
     fi
     [ -n "$WORK" ] && rm -rf "$WORK"
-    note "stopped ${#PIDS[@]} processes, removed ${#NAMESPACES[@]} namespaces"
-    if [ "${#left[@]}" -gt 0 ]; then
-        printf '\033[1;31mFAIL: processes still running after teardown: %s\033[0m\n' "${left[*]}" >&2
+    if [ "${#LEFT_PIDS[@]}" -gt 0 ]; then
+        printf '\033[1;31mFAIL: processes still running after teardown: %s\033[0m\n' "${LEFT_PIDS[*]}" >&2
         [ "$rc" -ne 0 ] || rc=1
     fi
     if [ "${#PASSED[@]}" -gt 0 ]; then
@@ -163,32 +124,19 @@ PROBE=$ROOT/target/release/ptprobe
 note "etcd: $("$ETCD" --version | head -n1)"
 pass
 
-for ns in $(ip netns list | awk '{print $1}' | grep "^$P" || true); do
-    note "removing a stale namespace from an earlier run: $ns"
-    ip netns del "$ns"
-done
+remove_stale_namespaces "$P"
 WORK=$(mktemp -d /tmp/ptc.XXXXXX)
 
 step "underlay: etcd and three hosts on a bridge"
-newns "${P}sw"
-ip -n "${P}sw" link add br0 type bridge
-ip -n "${P}sw" link set br0 up
-# plug NS ADDR PORT: a veth from the switch into NS, address ADDR/24 on ul0.
-plug() {
-    local ns=$1 addr=$2 port=$3
-    ip -n "${P}sw" link add "$port" type veth peer name ul0 netns "$ns"
-    ip -n "${P}sw" link set "$port" master br0 up
-    ip -n "$ns" addr add "$addr/24" dev ul0
-    ip -n "$ns" link set ul0 up
-}
+make_switch "${P}sw"
 newns "${P}etcd"
-plug "${P}etcd" "$ETCD_IP" petcd
+plug_host "${P}sw" "${P}etcd" "$ETCD_IP" petcd
 note "host ${P}etcd: underlay $ETCD_IP"
 i=0
 for n in "${NODES[@]}"; do
     i=$((i + 1))
     newns "$P$n"
-    plug "$P$n" "10.77.0.$i" "p$n"
+    plug_host "${P}sw" "$P$n" "10.77.0.$i" "p$n"
     note "host $P$n: underlay 10.77.0.$i"
 done
 pass
@@ -255,12 +203,6 @@ start_node() {
     note "node $n: pid $!, config $WORK/$n.toml, log $WORK/$n.log"
 }
 
-pt() {
-    local n=$1
-    shift
-    "$BIN" --socket "$WORK/$n.sock" "$@"
-}
-
 # wait_api N: waits until node N answers on its API socket.
 wait_api() {
     local n=$1
@@ -303,11 +245,6 @@ pass
 
 # ------------------------------------------------------------- containers
 step "containers attached: shop/web on a, b, c; shop/db on c; the client on a"
-serve() {
-    local ns=$1 name=$2
-    ip netns exec "$ns" "$PROBE" serve --name "$name" --tcp "$TCP" --udp "$UDP" >"$WORK/$name.out" 2>&1 &
-    PIDS+=("$!")
-}
 for c in client weba webb webc dbc; do
     newns "$P$c"
 done

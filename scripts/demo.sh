@@ -36,37 +36,10 @@ cleanup() {
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
         printf '\n\033[1;31mFAILED during: %s (exit %s)\033[0m\n' "$STEP" "$rc" >&2
-        if [ -n "$WORK" ]; then
-            for n in a b; do
-                if [ -f "$WORK/$n.log" ]; then
-                    echo "--- last lines of node $n's log ---" >&2
-                    tail -n 20 "$WORK/$n.log" >&2 || true
-                fi
-            done
-        fi
+        show_log_tails 20 "node " a b
     fi
-    heading "teardown"
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    local ns
-    for ns in "${NAMESPACES[@]}"; do
-        ip netns del "$ns" 2>/dev/null || true
-        # The daemon writes containers' resolv.conf here (removed on detach;
-        # the demo stops the daemons without detaching).
-        rm -rf "/etc/netns/$ns"
-    done
+    teardown
     [ -n "$WORK" ] && rm -rf "$WORK"
-    note "stopped ${#PIDS[@]} processes, removed ${#NAMESPACES[@]} namespaces"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -87,25 +60,16 @@ PROBE=$ROOT/target/release/ptprobe
 [ -x "$BIN" ] || die "no $BIN after the build"
 [ -x "$PROBE" ] || die "no $PROBE after the build"
 
-for ns in $(ip netns list | awk '{print $1}' | grep "^$P" || true); do
-    note "removing a stale namespace from an earlier run: $ns"
-    ip netns del "$ns"
-done
-rm -rf /etc/netns/"$P"*
+remove_stale_namespaces "$P"
 WORK=$(mktemp -d /tmp/ptdemo.XXXXXX)
 
 step "building the underlay: two hosts on a bridge"
-newns "${P}sw"
-ip -n "${P}sw" link add br0 type bridge
-ip -n "${P}sw" link set br0 up
+make_switch "${P}sw"
 i=0
 for n in a b; do
     i=$((i + 1))
     newns "$P$n"
-    ip -n "${P}sw" link add "p$n" type veth peer name ul0 netns "$P$n"
-    ip -n "${P}sw" link set "p$n" master br0 up
-    ip -n "$P$n" addr add "192.0.2.$i/24" dev ul0
-    ip -n "$P$n" link set ul0 up
+    plug_host "${P}sw" "$P$n" "192.0.2.$i" "p$n"
     note "host $P$n: underlay 192.0.2.$i"
 done
 
@@ -152,12 +116,6 @@ done
 echo "--- config of node a ---"
 cat "$WORK/a.toml"
 
-pt() {
-    local n=$1
-    shift
-    "$BIN" --socket "$WORK/$n.sock" "$@"
-}
-
 for n in a b; do
     ok=""
     for _ in $(seq 100); do
@@ -177,11 +135,6 @@ show pt b peer add a "192.0.2.1:$PORT"
 show pt a peers
 
 step "starting containers and attaching them"
-serve() {
-    local ns=$1 name=$2
-    ip netns exec "$ns" "$PROBE" serve --name "$name" --tcp "$TCP" --udp "$UDP" >"$WORK/$name.out" 2>&1 &
-    PIDS+=("$!")
-}
 for c in client web1 web2 cache1 db1; do
     newns "$P$c"
 done

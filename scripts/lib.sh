@@ -1,4 +1,11 @@
-# Shared shell helpers of scripts/demo.sh and scripts/test.sh (sourced).
+# Shared shell helpers of scripts/demo.sh, scripts/cluster-etcd.sh and
+# scripts/test.sh (sourced): messages, dependencies, and the namespace
+# topology and teardown the two demos share.
+#
+# The topology helpers keep their state in the caller's globals, as the
+# scripts' EXIT traps need it: NAMESPACES (namespaces we created), PIDS
+# (processes we started, by pid), WORK (the temporary directory), and for
+# `serve` and `pt` PROBE, BIN, TCP and UDP.
 
 # Prints a heading.
 heading() {
@@ -102,4 +109,116 @@ in_ns() {
     local ns=$1
     shift
     ip netns exec "$ns" "$@"
+}
+
+# ---------------------------------------------------------------- topology
+
+# remove_namespaces NS...: deletes each namespace and its /etc/netns
+# directory (where the daemon writes containers' resolv.conf; removed on
+# detach, but a demo stops the daemons without detaching).
+remove_namespaces() {
+    local ns
+    for ns in "$@"; do
+        ip netns del "$ns" 2>/dev/null || true
+        rm -rf "/etc/netns/$ns"
+    done
+}
+
+# remove_stale_namespaces PREFIX: removes namespaces named PREFIX* that a
+# killed earlier run left behind.
+remove_stale_namespaces() {
+    local ns
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$1" || true); do
+        note "removing a stale namespace from an earlier run: $ns"
+        ip netns del "$ns"
+    done
+    rm -rf /etc/netns/"$1"*
+}
+
+# make_switch NS: a namespace with a bridge br0, the underlay the hosts
+# plug into.
+make_switch() {
+    newns "$1"
+    ip -n "$1" link add br0 type bridge
+    ip -n "$1" link set br0 up
+}
+
+# plug_host SWITCH NS ADDR PORT: a veth from SWITCH's bridge (port PORT)
+# into NS, address ADDR/24 on NS's end, ul0.
+plug_host() {
+    local sw=$1 ns=$2 addr=$3 port=$4
+    ip -n "$sw" link add "$port" type veth peer name ul0 netns "$ns"
+    ip -n "$sw" link set "$port" master br0 up
+    ip -n "$ns" addr add "$addr/24" dev ul0
+    ip -n "$ns" link set ul0 up
+}
+
+# serve NS NAME: starts `ptprobe serve` named NAME in NS (output in
+# $WORK/NAME.out) and records its pid.
+serve() {
+    local ns=$1 name=$2
+    ip netns exec "$ns" "$PROBE" serve --name "$name" --tcp "$TCP" --udp "$UDP" >"$WORK/$name.out" 2>&1 &
+    PIDS+=("$!")
+}
+
+# pt NODE ARGS...: the proxytun CLI against node NODE's API socket.
+pt() {
+    local n=$1
+    shift
+    "$BIN" --socket "$WORK/$n.sock" "$@"
+}
+
+# ---------------------------------------------------------------- teardown
+
+# stop_pids PID...: SIGTERM, up to 5 s to exit, then SIGKILL; reaps them.
+stop_pids() {
+    local pid
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "$@"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# show_log_tails N WHAT NAME...: the last N lines of each $WORK/NAME.log
+# there is (on stderr, headed "last lines of WHAT NAME's log"), for the
+# failure report.
+show_log_tails() {
+    local lines=$1 what=$2 name
+    shift 2
+    [ -n "$WORK" ] || return 0
+    for name in "$@"; do
+        if [ -f "$WORK/$name.log" ]; then
+            echo "--- last lines of $what$name's log ---" >&2
+            tail -n "$lines" "$WORK/$name.log" >&2 || true
+        fi
+    done
+}
+
+# teardown [--first-last]: stops every process in PIDS (with --first-last,
+# the first one, a store the others use, only once the rest are gone),
+# deletes every namespace in NAMESPACES and says what it did. The pids
+# still alive afterwards are left in LEFT_PIDS; removing WORK is the
+# caller's (it may want the logs first).
+teardown() {
+    heading "teardown"
+    if [ "${1:-}" = --first-last ] && [ "${#PIDS[@]}" -gt 1 ]; then
+        stop_pids "${PIDS[@]:1}"
+        stop_pids "${PIDS[0]}"
+    elif [ "${#PIDS[@]}" -gt 0 ]; then
+        stop_pids "${PIDS[@]}"
+    fi
+    LEFT_PIDS=()
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && LEFT_PIDS+=("$pid")
+    done
+    remove_namespaces "${NAMESPACES[@]}"
+    note "stopped ${#PIDS[@]} processes, removed ${#NAMESPACES[@]} namespaces"
 }

@@ -12,13 +12,35 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd;
 use crate::measure::{self, RunRecord};
 use crate::modes::{self, ModeEnv, ModeKind, Tools};
-use crate::netns;
 use crate::report;
 use crate::topo::Hosts;
-use crate::CompareArgs;
+use testbed::cmd;
+use testbed::netns;
+
+/// Options of `bench compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// How many interleaved rounds (A B C A B C ...).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Seconds per load.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Which modes, comma-separated (default: all available).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Option<Vec<ModeKind>>,
+    /// Namespace-name prefix (default `ptb<pid % 1000>-`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Where the JSON and SVG go (default `target/bench/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// apt-get install openvpn if it is missing.
+    #[arg(long)]
+    pub install: bool,
+}
 
 /// Runs the comparison.
 pub fn run(args: &CompareArgs) -> Result<()> {
@@ -29,7 +51,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     if args.runs == 0 || args.secs == 0 {
         bail!("--runs and --secs must be at least 1");
     }
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let prefix = args
         .prefix
         .clone()
@@ -47,7 +69,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         bench: exe.clone(),
     };
 
-    netns::remove_stale(&prefix)?;
+    netns::remove_stale(&prefix, "bench")?;
     println!(
         "bench: namespaces {prefix}*, {} rounds of {} s per load",
         args.runs, args.secs

@@ -8,25 +8,23 @@
 //! the local resolver's queries per second and latency (no root needed).
 
 mod chart;
-mod cmd;
 mod compare;
 mod control;
 mod dns;
 mod measure;
 mod modes;
-mod netns;
 mod report;
 mod soak;
 mod stats;
+mod synth;
 mod topo;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::modes::ModeKind;
+use testbed::cmd;
 
 /// Counts heap bytes per thread, for `bench control`'s memory figures.
 #[global_allocator]
@@ -44,7 +42,7 @@ struct Cli {
 enum Cmd {
     /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun,
     /// proxytun-plain; prints medians and ratios, writes JSON and an SVG.
-    Compare(CompareArgs),
+    Compare(compare::CompareArgs),
     /// The control plane at scale: a real etcd with simulated nodes, the
     /// change -> view latency of a watching node, heap per 10k table entries
     /// and lookup time from 1k to 100k services; prints and writes JSON.
@@ -87,29 +85,6 @@ enum Cmd {
         #[arg(long)]
         secs: f64,
     },
-}
-
-/// Options of `bench compare`.
-#[derive(Debug, clap::Args)]
-pub struct CompareArgs {
-    /// How many interleaved rounds (A B C A B C ...).
-    #[arg(long, default_value_t = 3)]
-    pub runs: u32,
-    /// Seconds per load.
-    #[arg(long, default_value_t = 5)]
-    pub secs: u64,
-    /// Which modes, comma-separated (default: all available).
-    #[arg(long, value_delimiter = ',')]
-    pub modes: Option<Vec<ModeKind>>,
-    /// Namespace-name prefix (default `ptb<pid % 1000>-`).
-    #[arg(long)]
-    pub prefix: Option<String>,
-    /// Where the JSON and SVG go (default `target/bench/`).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// apt-get install openvpn if it is missing.
-    #[arg(long)]
-    pub install: bool,
 }
 
 fn main() -> Result<()> {

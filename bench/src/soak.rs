@@ -1,7 +1,7 @@
 //! `bench soak`: the churn and soak workload of `tests/tests/soak.rs`, for
 //! ten minutes by default (issue 6, point 5; docs/crash-survival.md).
 //!
-//! The workload lives in the test crate (`tests::churn`), so the CI
+//! The workload lives in the testbed crate (`testbed::churn`), so the CI
 //! version and this one run the same code on the same cluster helpers.
 //! Prints the before/after figures, writes them as JSON, and fails when a
 //! check fails.
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tests::churn::{self, SoakConfig};
+use testbed::churn::{self, SoakConfig};
 
 /// Options of `bench soak`.
 #[derive(Debug, clap::Args)]
@@ -69,7 +69,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| tests::workspace_root().join("target/bench/soak.json"));
+        .unwrap_or_else(|| testbed::workspace_root().join("target/bench/soak.json"));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }

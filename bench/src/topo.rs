@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use crate::netns::Netns;
+use testbed::netns::Netns;
 
 /// Host A's underlay address.
 pub const HOST_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -42,24 +42,8 @@ impl Hosts {
     pub fn build(prefix: &str) -> Result<Hosts> {
         let a = Netns::create(&format!("{prefix}h-a"))?;
         let b = Netns::create(&format!("{prefix}h-b"))?;
-        let mtu = UNDERLAY_MTU.to_string();
-        a.ip(&[
-            "link",
-            "add",
-            UNDERLAY_IF,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            UNDERLAY_IF,
-            "mtu",
-            &mtu,
-            "netns",
-            b.name(),
-        ])
-        .context("creating the underlay veth")?;
+        a.add_veth(UNDERLAY_IF, &b, UNDERLAY_IF, Some(UNDERLAY_MTU))
+            .context("creating the underlay veth")?;
         for (ns, ip) in [(&a, HOST_A), (&b, HOST_B)] {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", UNDERLAY_IF])?;
             ns.ip(&["link", "set", UNDERLAY_IF, "up"])?;
@@ -85,23 +69,7 @@ pub fn plug_container(
     ctr_ip: Ipv4Addr,
     mtu: u32,
 ) -> Result<()> {
-    let mtu = mtu.to_string();
-    host.ip(&[
-        "link",
-        "add",
-        host_if,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        &mtu,
-        "netns",
-        container.name(),
-    ])?;
+    host.add_veth(host_if, container, "eth0", Some(mtu))?;
     host.ip(&["addr", "add", &format!("{host_ip}/24"), "dev", host_if])?;
     host.ip(&["link", "set", host_if, "up"])?;
     container.ip(&["addr", "add", &format!("{ctr_ip}/24"), "dev", "eth0"])?;

@@ -9,8 +9,7 @@
 //! and peer health ([`keepalive`], [`health`]), the record of unknown
 //! ServiceIPs ([`miss`]) and the counters ([`counters`]).
 //!
-//! A crate of its own (the daemon crate `proxytun` re-exports it as
-//! `proxytun::core`) so that its `Cargo.toml` shows the rule: it depends on
+//! A crate of its own (the daemon crate `proxytun` depends on it) so that its `Cargo.toml` shows the rule: it depends on
 //! no I/O crate. The leaf modules [`config`], [`map`] and [`time`] hold what
 //! the tables share, so imports point one way: `table` uses `access`,
 //! `flow` uses `table`, `reply` uses `flow`, and `dataplane` uses them all. `fuzzing` holds the bodies of the

@@ -33,9 +33,6 @@ use tokio::sync::mpsc;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
-use proxytun_core::seal::{self, Sealer};
-use proxytun_core::tunnel;
-use proxytun_core::Dataplane;
 use crate::dns::{self, DnsStatus};
 use crate::logging::{self, LogHandle};
 use crate::notify;
@@ -47,6 +44,9 @@ use crate::shell::table;
 use crate::shell::view::{ShellView, ViewSources};
 use envmgr::model::ServiceName;
 use mdns::DnsServer;
+use proxytun_core::seal::{self, Sealer};
+use proxytun_core::tunnel;
+use proxytun_core::Dataplane;
 
 /// How long a starting node waits for etcd to lease its subnet before it
 /// falls back to the subnet cached in its state directory.

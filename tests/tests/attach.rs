@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tests::{cmd::Bg, eventually, Cluster};
+use testbed::{cmd::Bg, eventually, Cluster};
 
 #[test]
 fn attach_by_pid_works_and_detach_cleans_up() {
@@ -13,13 +13,13 @@ fn attach_by_pid_works_and_detach_cleans_up() {
     // A process living in its own namespace, attached by its pid.
     let ns = c.container("pidns").expect("container");
     let mut sleeper: Bg = ns.ns().spawn("sleep", &["60"]).expect("sleep");
-    let pid = sleeper.pid().to_string();
+    let pid = sleeper.pid().expect("running").to_string();
     let d = c.deploy("shop/web", &[(&c.b, &web, 1)]).expect("deploy");
     let out =
         c.a.cli_ok(&["attach", "shop/client", "--pid", &pid, "--json"])
             .expect("attach --pid");
     let inst: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
-    let inst = tests::Instance::from_json(&inst).expect("instance");
+    let inst = testbed::Instance::from_json(&inst).expect("instance");
     assert_eq!(inst.kind, "local");
     let addrs = ns.ns().ip(&["-br", "addr", "show", "eth0"]).expect("eth0");
     assert!(

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tests::{api, cluster::prefix_for, cmd, Cluster, Netns, Node};
+use testbed::{api, cluster::prefix_for, cmd, Cluster, Netns, Node};
 
 /// Everything a rejected request must leave alone: the API's view and the
 /// kernel's (links in the host and in the spare container).
@@ -25,7 +25,7 @@ fn snapshot(node: &Node, spare: &Netns) -> (Value, Value, Value, String, String)
         node.get("/v1/instances").expect("instances"),
         node.get("/v1/services").expect("services"),
         // Only the registration: liveness and RTT are measurements that move.
-        tests::registered_peers(&node.get("/v1/peers").expect("peers")),
+        testbed::registered_peers(&node.get("/v1/peers").expect("peers")),
         links(node.host()),
         links(spare),
     )
@@ -581,11 +581,11 @@ fn bad_api_requests_are_refused_and_change_nothing() {
 
 #[test]
 fn bad_config_is_refused_naming_the_key() {
-    tests::require_root().expect("root");
+    testbed::require_root().expect("root");
     let prefix = prefix_for("badcfg");
     let ns = Netns::create(&format!("{prefix}h")).expect("netns");
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = tests::proxytun_bin().expect("proxytun binary");
+    let bin = testbed::proxytun_bin().expect("proxytun binary");
     let good = |extra_node: &str, rest: &str| {
         format!(
             "[node]\nname = \"a\"\nindex = 1\n{extra_node}\n[api]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n{rest}",
@@ -733,11 +733,11 @@ fn render(dir: &Path, change: &[&KeyCase]) -> String {
 /// the daemon refuses to start and its message names the key.
 #[test]
 fn every_config_key_refuses_bad_values() {
-    tests::require_root().expect("root");
+    testbed::require_root().expect("root");
     let prefix = prefix_for("cfgkeys");
     let ns = Netns::create(&format!("{prefix}h")).expect("netns");
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = tests::proxytun_bin().expect("proxytun binary");
+    let bin = testbed::proxytun_bin().expect("proxytun binary");
     let bin = bin.to_string_lossy();
     let etcd = |key: &'static str, value: &str, want: &'static str| {
         vec![
@@ -980,7 +980,7 @@ fn every_config_key_refuses_bad_values() {
 /// `proxytun status` as an unprivileged user (uid 65534) with the given
 /// supplementary groups.
 fn status_as_nobody(node: &Node, groups: &str) -> cmd::Out {
-    let bin = tests::proxytun_bin().expect("proxytun binary");
+    let bin = testbed::proxytun_bin().expect("proxytun binary");
     let mut c = std::process::Command::new("setpriv");
     c.args(["--reuid", "65534", "--regid", "65534"]);
     if groups.is_empty() {

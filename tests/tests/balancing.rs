@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tests::{eventually, Cluster, Container};
+use testbed::{eventually, Cluster, Container};
 
 /// `n` new TCP connections to `ip`; the names of the servers that answered.
 fn names(client: &Container, ip: IpAddr, n: usize) -> Vec<String> {

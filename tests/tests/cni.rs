@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use tests::podman::{cni_bin, Podman};
-use tests::{Cluster, DnsConfig, Instance, Node};
+use testbed::podman::{cni_bin, Podman};
+use testbed::{Cluster, DnsConfig, Instance, Node};
 
 /// One plugin run: exit status and stdout parsed as JSON (`Null` when empty).
 #[derive(Debug)]
@@ -335,7 +335,7 @@ fn cni_plugin_follows_the_spec_against_a_real_daemon() -> Result<()> {
 #[test]
 fn podman_runs_a_container_on_the_proxytun_network() -> Result<()> {
     let t0 = Instant::now();
-    tests::require_root()?;
+    testbed::require_root()?;
     if let Some(why) = Podman::missing() {
         eprintln!("SKIPPED: podman cannot run here: {why}");
         return Ok(());

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use tests::api::{request, Response};
-use tests::{eventually, Cluster};
+use testbed::api::{request, Response};
+use testbed::{eventually, Cluster};
 
 const NET: &str = "3f1e2d4c5b6a798812a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
 const OTHER_NET: &str = "77aa66bb55cc44dd33ee22ff1100998877665544332211000011223344556677";

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use tests::{eventually, Cluster, Container, Instance};
+use testbed::{eventually, Cluster, Container, Instance};
 
 /// Checks TCP, UDP and ping from `client` to `rr` (one family), expecting
 /// the server `expect` and the server to see the client's instance IP.
@@ -119,7 +119,7 @@ fn bulk_transfer_across_nodes_is_intact() {
         .as_u64()
         .unwrap_or(0);
     eprintln!("path: {path}; GSO sends on node a: {gso_sends}");
-    if tests::offload_wanted() {
+    if testbed::offload_wanted() {
         assert!(path.starts_with("offload:"), "status path: {status}");
         assert!(gso_sends > 0, "no GSO send during 100 MB: {status}");
     } else {

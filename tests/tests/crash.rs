@@ -15,8 +15,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tests::churn::{self, DownloadSpec};
-use tests::{eventually, Cluster, Node};
+use testbed::churn::{self, DownloadSpec};
+use testbed::{eventually, Cluster, Node};
 
 /// 64 MiB at 6 MiB/s: about 11 s.
 const BYTES: u64 = 64 << 20;
@@ -210,7 +210,7 @@ fn state_file_is_never_half_written() {
         };
         let socket = c.a.socket().to_owned();
         let req = std::thread::spawn(move || {
-            tests::api::request(&socket, method, &path, body.as_deref())
+            testbed::api::request(&socket, method, &path, body.as_deref())
         });
         // Attach and detach take some tens of milliseconds: kill anywhere
         // in them (or just before or after).

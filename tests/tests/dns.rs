@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use tests::cluster3::closest_ip;
-use tests::cmd::Bg;
-use tests::dig::{dig, Dig};
-use tests::dnswire::{self, Header};
-use tests::{
+use testbed::cluster3::closest_ip;
+use testbed::cmd::Bg;
+use testbed::dig::{dig, Dig};
+use testbed::dnswire::{self, Header};
+use testbed::{
     eventually, Cluster, Cluster3, Container, DnsConfig, Dual, Instance, Netns, Node, NodeConfig,
     TCP_PORT, UDP_PORT,
 };
@@ -462,7 +462,7 @@ struct Upstream {
 impl Upstream {
     fn start(c: &Cluster, short: &str, ip: Ipv4Addr, port: u16, silent: bool) -> Result<Self> {
         let host = c.outsider(short, ip)?;
-        let bin = tests::fakedns_bin()?;
+        let bin = testbed::fakedns_bin()?;
         let listen = format!("{ip}:{port}");
         let mut args = vec!["--listen", listen.as_str()];
         if silent {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
-use tests::cluster3::{closest_ip, paced_send, KEY_PREFIX, LEASE_TTL, PEER_TIMEOUT_MS};
-use tests::{eventually, Cluster3, Container, Dual, Node, TCP_PORT};
+use testbed::cluster3::{closest_ip, paced_send, KEY_PREFIX, LEASE_TTL, PEER_TIMEOUT_MS};
+use testbed::{eventually, Cluster3, Container, Dual, Node, TCP_PORT};
 
 /// How long a change may take to go through etcd to another node.
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -62,20 +62,7 @@ fn table(node: &Node) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
             )
         })
         .collect();
-    let instances = node
-        .instances()?
-        .into_iter()
-        .map(|i| {
-            format!(
-                "{} ns={:?} iip={:?} {} {:?}",
-                i.key(),
-                i.ns_addr,
-                i.instance_ip,
-                i.kind,
-                i.node
-            )
-        })
-        .collect();
+    let instances = node.instances()?.into_iter().map(|i| i.summary()).collect();
     Ok((services, instances))
 }
 
@@ -130,7 +117,7 @@ fn harness_etcd_in_namespace() {
     );
     let dir = c.etcd.dir().to_owned();
     drop(c);
-    let left = tests::cmd::run_ok("ip", &["netns", "list"], Duration::from_secs(10))
+    let left = testbed::cmd::run_ok("ip", &["netns", "list"], Duration::from_secs(10))
         .expect("ip netns list");
     let ours: Vec<&str> = left
         .stdout
@@ -516,7 +503,7 @@ fn forwarding_survives_etcd_outage() {
         ["web-c"; 2]
     );
     eprintln!("etcd down for {:?}", down.elapsed());
-    c.etcd.start().expect("etcd back");
+    c.etcd.restart().expect("etcd back");
 
     let done = transfer
         .join()

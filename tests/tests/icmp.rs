@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tests::{eventually, Cluster, Container};
+use testbed::{eventually, Cluster, Container};
 
 /// A port no test server listens on.
 const CLOSED_PORT: u16 = 7009;

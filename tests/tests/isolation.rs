@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{eventually, Cluster, Container, Node, TCP_PORT, UDP_PORT};
+use testbed::{eventually, Cluster, Container, Node, TCP_PORT, UDP_PORT};
 
 /// How long a refused probe may take: the packets are dropped, so TCP
 /// connect and UDP both time out.
@@ -52,7 +52,7 @@ fn cut(n: &Node) -> u64 {
 /// connection to the echo server at `ip:TCP_PORT` and writes one line
 /// every 100 ms, counting the echoes it gets back into `file`.
 struct Stream {
-    _bg: tests::cmd::Bg,
+    _bg: testbed::cmd::Bg,
     file: PathBuf,
 }
 
@@ -117,7 +117,7 @@ fn tmp(c: &Cluster, name: &str) -> PathBuf {
 
 #[test]
 fn isolation_between_apps_on_two_nodes() {
-    tests::require_root().expect("root");
+    testbed::require_root().expect("root");
     let c = Cluster::two_nodes("iso").expect("cluster");
     let (_w1, _w2, shop) = c.web_on_both().expect("shop/web");
     let mut b1 = c.container("b1").expect("container");

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tests::dig::dig;
-use tests::{eventually, Cluster, DnsConfig, Node};
+use testbed::dig::dig;
+use testbed::{eventually, Cluster, DnsConfig, Node};
 
 const ADMIN: &str = "http://127.0.0.1:9110";
 const CURL_TIMEOUT: Duration = Duration::from_secs(5);

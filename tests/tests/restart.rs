@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{eventually, model::instances_from_json, registered_peers, Cluster, Node};
+use testbed::{eventually, model::instances_from_json, registered_peers, Cluster, Node};
 
 /// What must survive a restart, as `proxytun instances --json`,
 /// `services --json` and `peers --json` show it.
@@ -15,19 +15,10 @@ fn state(node: &Node) -> (BTreeSet<String>, BTreeSet<String>, Value) {
     let instances = instances_from_json(&node.cli_json(&["instances"]).expect("instances"))
         .expect("instances JSON")
         .into_iter()
-        .map(|i| {
-            format!(
-                "{} ns={:?} iip={:?} {} {:?}",
-                i.key(),
-                i.ns_addr,
-                i.instance_ip,
-                i.kind,
-                i.node
-            )
-        })
+        .map(|i| i.summary())
         .collect();
     let services =
-        tests::model::services_from_json(&node.cli_json(&["services"]).expect("services"))
+        testbed::model::services_from_json(&node.cli_json(&["services"]).expect("services"))
             .expect("services JSON")
             .into_iter()
             .map(|s| format!("{} rr={:?}", s.name(), s.rr_ip))

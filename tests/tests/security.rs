@@ -6,11 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use proxytun::core::seal::{ClusterKey, Sealer};
-use proxytun::core::tunnel::{MsgType, Protection, HEADER_LEN, TAG_LEN};
-use tests::netns::Netns;
-use tests::node::{Node, NodeConfig};
-use tests::{eventually, Cluster, UDP_PORT};
+use proxytun_core::seal::{ClusterKey, Sealer};
+use proxytun_core::tunnel::{MsgType, Protection, HEADER_LEN, TAG_LEN};
+use testbed::netns::Netns;
+use testbed::node::{Node, NodeConfig};
+use testbed::{eventually, Cluster, UDP_PORT};
 
 /// Seals `pkt` as one data datagram with `sealer` (the next counter).
 fn seal(sealer: &Sealer, pkt: &[u8]) -> Vec<u8> {
@@ -42,8 +42,8 @@ fn force_mode(mode: &'static str) -> impl Fn(&mut NodeConfig) {
 /// Sends `bytes` as one UDP datagram from `from` (bound to `bind`, the
 /// tunnel port) to node `to`'s tunnel endpoint.
 fn send_from(from: &Netns, bind: Ipv4Addr, to: &Node, bytes: &[u8]) {
-    let probe = tests::ptprobe_bin().expect("ptprobe");
-    let bind = format!("{bind}:{}", tests::TUNNEL_PORT);
+    let probe = testbed::ptprobe_bin().expect("ptprobe");
+    let bind = format!("{bind}:{}", testbed::TUNNEL_PORT);
     from.exec(
         &probe.to_string_lossy(),
         &[
@@ -124,10 +124,10 @@ fn forged_datagram_from_non_member_is_dropped() {
     );
     let garbage = b"this is not a proxytun datagram at all".to_vec();
 
-    let probe = tests::ptprobe_bin().expect("ptprobe");
+    let probe = testbed::ptprobe_bin().expect("ptprobe");
     let probe = probe.to_string_lossy();
     let a_ep = c.a.endpoint().to_string();
-    let bind = format!("{evil_ip}:{}", tests::TUNNEL_PORT);
+    let bind = format!("{evil_ip}:{}", testbed::TUNNEL_PORT);
     for (what, bytes, listen) in [("forged", &forged, "0"), ("garbage", &garbage, "2")] {
         // Sent from the tunnel port, where a reply of a fooled node would go.
         let out = evil
@@ -184,8 +184,11 @@ fn forged_datagram_from_non_member_is_dropped() {
 
     // Control: the very same bytes from a registered peer are delivered, so
     // the drop above is the membership check and not a malformed packet.
-    c.a.peer_add("evil", SocketAddr::new(evil_ip.into(), tests::TUNNEL_PORT))
-        .expect("peer add");
+    c.a.peer_add(
+        "evil",
+        SocketAddr::new(evil_ip.into(), testbed::TUNNEL_PORT),
+    )
+    .expect("peer add");
     let out = evil
         .exec(
             &probe,
@@ -269,8 +272,11 @@ fn forged_replayed_and_foreign_mode_datagrams_never_reach_the_instance() {
     // A member that the test speaks for: registered as a peer of a.
     let member_ip = Ipv4Addr::new(192, 0, 2, 98);
     let member = c.outsider("mbr", member_ip).expect("member host");
-    c.a.peer_add("mbr", SocketAddr::new(member_ip.into(), tests::TUNNEL_PORT))
-        .expect("peer add");
+    c.a.peer_add(
+        "mbr",
+        SocketAddr::new(member_ip.into(), testbed::TUNNEL_PORT),
+    )
+    .expect("peer add");
     let stranger_ip = Ipv4Addr::new(192, 0, 2, 99);
     let stranger = c.outsider("str", stranger_ip).expect("stranger host");
     let src = Ipv4Addr::new(10, 30, 2, 77);

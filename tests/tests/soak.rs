@@ -7,7 +7,7 @@
 //! flow of a detached client is. `bench soak` runs the same workload for
 //! ten minutes (docs/crash-survival.md).
 
-use tests::churn::{self, SoakConfig};
+use testbed::churn::{self, SoakConfig};
 
 #[test]
 fn churn_soak_30s() {

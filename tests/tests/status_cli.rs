@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tests::{eventually, Cluster};
+use testbed::{eventually, Cluster};
 
 #[test]
 fn status_services_flows_and_log_level() {

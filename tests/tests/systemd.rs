@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tests::{proxytun_bin, workspace_root, Cluster};
+use testbed::{proxytun_bin, workspace_root, Cluster};
 
 fn unit_text() -> String {
     std::fs::read_to_string(workspace_root().join("dist/proxytun.service")).expect("read the unit")

@@ -1,6 +1,6 @@
 //! `bench control`: the control plane at scale.
 //!
-//! 1. Heap per 10k table entries: the dataplane's [`proxytun::core::Table`]
+//! 1. Heap per 10k table entries: the dataplane's [`proxytun_core::Table`]
 //!    and envmgr's `Snapshot` at 1k/10k/100k instances, counted exactly by
 //!    the bench binary's global allocator ([`alloc::Counting`]).
 //! 2. Lookup flatness: new-flow lookups over random ServiceIPs at 1k, 10k
@@ -15,9 +15,10 @@
 //! it by pid and removes its data, also on an error or Ctrl-C.
 
 pub mod alloc;
-mod etcd;
+mod args;
 mod layout;
 mod load;
+mod metrics;
 pub mod report;
 pub(crate) mod tables;
 mod watch;
@@ -31,66 +32,11 @@ use anyhow::{bail, Context, Result};
 use envmgr::cluster::keys::Keys;
 use envmgr::plan::AddressPlan;
 
-use crate::cmd;
 use report::ControlReport;
+use testbed::cmd;
+use testbed::etcd::Etcd;
 
-/// Options of `bench control`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ControlArgs {
-    /// Simulated nodes registered in etcd.
-    #[arg(long, default_value_t = 200)]
-    pub nodes: u32,
-    /// Instances per simulated node.
-    #[arg(long, default_value_t = 50)]
-    pub per_node: u32,
-    /// Services the instances serve.
-    #[arg(long, default_value_t = 1000)]
-    pub services: u32,
-    /// Services the watching node has local instances of (its interest).
-    #[arg(long, default_value_t = 100)]
-    pub interest: u32,
-    /// Changes (instance added or removed) timed to the watcher's view.
-    #[arg(long, default_value_t = 200)]
-    pub changes: u32,
-    /// First packets to services the watcher did not use yet (misses),
-    /// timed until its view holds them.
-    #[arg(long, default_value_t = 20)]
-    pub misses: u32,
-    /// Pause between changes, milliseconds (0: back to back).
-    #[arg(long, default_value_t = 20)]
-    pub gap_ms: u64,
-    /// TTL of the simulated nodes' leases, seconds (kept alive at ttl/3).
-    #[arg(long, default_value_t = 10)]
-    pub lease_ttl: i64,
-    /// Instance counts for the memory figures.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
-    pub memory_sizes: Vec<u64>,
-    /// Service counts for the lookup figures.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
-    pub lookup_sizes: Vec<u32>,
-    /// Services in the hot set of the second lookup figure (the same
-    /// working set at every table size).
-    #[arg(long, default_value_t = 1000)]
-    pub hot: u32,
-    /// Lookups per timed run.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub lookups: usize,
-    /// Timed runs per size (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub runs: u32,
-    /// The etcd server binary.
-    #[arg(long, default_value = "/usr/bin/etcd")]
-    pub etcd: PathBuf,
-    /// Skip the etcd part (memory and lookup only).
-    #[arg(long)]
-    pub no_etcd: bool,
-    /// Key prefix in etcd.
-    #[arg(long, default_value = "/proxytun")]
-    pub prefix: String,
-    /// Where the JSON goes (default `target/bench/`).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
+pub use args::ControlArgs;
 
 /// Runs the control-plane bench, prints the table and writes the JSON.
 pub fn run(args: &ControlArgs) -> Result<()> {
@@ -103,7 +49,7 @@ pub fn run(args: &ControlArgs) -> Result<()> {
     if args.runs == 0 || args.lookups == 0 {
         bail!("--runs and --lookups must be at least 1");
     }
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let layout = layout::Layout::new(
         args.nodes,
         args.per_node,
@@ -151,11 +97,11 @@ pub fn run(args: &ControlArgs) -> Result<()> {
 
     if !args.no_etcd {
         report.etcd = etcd_version(&args.etcd);
-        let server = etcd::Etcd::start(&args.etcd)?;
+        let server = start_etcd(&args.etcd)?;
         println!(
             "bench: etcd pid {} on {}",
             server.pid().unwrap_or(0),
-            server.client_url()
+            server.endpoint()
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -188,9 +134,9 @@ async fn cluster_part(
     args: &ControlArgs,
     layout: &layout::Layout,
     keys: &Keys,
-    server: &etcd::Etcd,
+    server: &Etcd,
 ) -> Result<(load::LoadReport, Option<report::WatchReport>)> {
-    let client = etcd_client::Client::connect([server.client_url()], None)
+    let client = etcd_client::Client::connect([server.endpoint()], None)
         .await
         .context("connecting to etcd")?;
     println!(
@@ -235,6 +181,24 @@ pub(crate) fn default_out() -> PathBuf {
         .ok()
         .and_then(|e| e.parent().and_then(Path::parent).map(|t| t.join("bench")))
         .unwrap_or_else(|| PathBuf::from("target/bench"))
+}
+
+/// A throwaway etcd for the run: loopback only, free ports, data in a
+/// temporary directory; stopped by pid (SIGTERM, then SIGKILL) and its data
+/// removed on Drop, also on an error or a Ctrl-C, which unwind through it.
+fn start_etcd(bin: &Path) -> Result<Etcd> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: install it with `apt-get install etcd-server` or pass --etcd",
+            bin.display()
+        );
+    }
+    Etcd::builder("bench")
+        .bin(bin)
+        .dir_prefix("ptbench-etcd.")
+        .log_level("warn")
+        .grace(Duration::from_millis(500))
+        .start()
 }
 
 fn etcd_version(bin: &Path) -> Option<String> {

@@ -5,25 +5,22 @@
 //! services and remote instances on peers, the table from the same data),
 //! in a ServiceIP range big enough for 100k services (`10.64.0.0/10`).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use envmgr::model::{
-    DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName, Snapshot,
-};
 use envmgr::plan::AddressPlan;
 use ipnet::{Ipv4Net, Ipv6Net};
-use proxytun::core::health::Peers;
-use proxytun::core::policy::Balancer;
-use proxytun::core::table::Vip;
-use proxytun::core::{Location, Table, TableBuilder};
+use proxytun_core::health::Peers;
+use proxytun_core::policy::Balancer;
+use proxytun_core::table::Vip;
+use proxytun_core::{Location, Table, TableBuilder};
 use serde::Serialize;
 
 use super::alloc;
 use crate::stats;
+use crate::synth::Synthetic;
 
 /// Peer nodes the instances are spread over.
 const PEERS: u32 = 200;
@@ -47,9 +44,16 @@ pub fn big_plan() -> Result<AddressPlan> {
 /// `per_service` instances each, on [`PEERS`] peers.
 #[derive(Debug)]
 pub struct Scale {
-    plan: AddressPlan,
-    services: u32,
-    per_service: u32,
+    synth: Synthetic,
+}
+
+/// A scale is its synthetic cluster, with the dataplane table on top.
+impl std::ops::Deref for Scale {
+    type Target = Synthetic;
+
+    fn deref(&self) -> &Synthetic {
+        &self.synth
+    }
 }
 
 impl Scale {
@@ -64,116 +68,23 @@ impl Scale {
             );
         }
         Ok(Scale {
-            plan,
-            services,
-            per_service,
+            synth: Synthetic {
+                plan,
+                services,
+                per_service,
+                peers: PEERS,
+                node: "watcher",
+                peer_name: |p| format!("sim{p:04}"),
+                peer_endpoint: |p| {
+                    SocketAddr::from((Ipv4Addr::new(10, 77, (p >> 8) as u8, p as u8), 50103))
+                },
+            },
         })
     }
 
     /// Instances in total.
     pub fn instances(&self) -> u64 {
         u64::from(self.services) * u64::from(self.per_service)
-    }
-
-    fn vip(&self, offset: u64) -> DualAddr {
-        let v4 = Ipv4Addr::from(u32::from(self.plan.services.network()) + offset as u32);
-        self.plan.service_pair(v4)
-    }
-
-    /// The round-robin ServiceIP of service `s`.
-    pub fn rr(&self, s: u32) -> DualAddr {
-        self.vip(1 + u64::from(s))
-    }
-
-    fn closest(&self, s: u32) -> DualAddr {
-        self.vip(1 + u64::from(self.services) + u64::from(s))
-    }
-
-    fn iip(&self, g: u64) -> DualAddr {
-        self.vip(1 + 2 * u64::from(self.services) + g)
-    }
-
-    fn peer_of(&self, g: u64) -> u32 {
-        (g % u64::from(PEERS)) as u32 + 1
-    }
-
-    fn ns(&self, g: u64) -> DualAddr {
-        let mut p = self.plan.clone();
-        p.node_index = self.peer_of(g);
-        let slot = (g / u64::from(PEERS)) as u32 + 2;
-        p.cluster_pair(Ipv4Addr::from(u32::from(p.node_subnet().network()) + slot))
-    }
-
-    fn endpoint(&self, peer: u32) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::new(10, 77, (peer >> 8) as u8, peer as u8), 50103))
-    }
-
-    fn name(&self, s: u32) -> ServiceName {
-        ServiceName {
-            app: format!("app{}", s / 10),
-            service: format!("svc{s}"),
-        }
-    }
-
-    /// The node's view with every service and (remote) instance.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut services = BTreeMap::new();
-        let mut instances = BTreeMap::new();
-        for s in 0..self.services {
-            let name = self.name(s);
-            for k in 0..self.per_service {
-                let g = u64::from(s) * u64::from(self.per_service) + u64::from(k);
-                let key = InstanceKey {
-                    name: name.clone(),
-                    number: k + 1,
-                };
-                instances.insert(
-                    key.clone(),
-                    Instance {
-                        key,
-                        ns_addr: self.ns(g),
-                        instance_ip: self.iip(g),
-                        placement: Placement::Remote {
-                            node: format!("sim{:04}", self.peer_of(g)),
-                        },
-                    },
-                );
-            }
-            services.insert(
-                name.clone(),
-                Service {
-                    name,
-                    rr_ip: self.rr(s),
-                    closest_ip: Some(self.closest(s)),
-                },
-            );
-        }
-        let peers = (1..=PEERS)
-            .map(|p| {
-                let name = format!("sim{p:04}");
-                (
-                    name.clone(),
-                    Peer {
-                        name,
-                        endpoint: self.endpoint(p),
-                    },
-                )
-            })
-            .collect();
-        Snapshot {
-            version: 1,
-            node: NodeInfo {
-                name: "watcher".into(),
-                subnet: self.plan.node_subnet(),
-                subnet6: self.plan.node_subnet6(),
-                service_range: self.plan.services,
-                service_range6: self.plan.services6,
-            },
-            services,
-            instances,
-            peers,
-            policy: Default::default(),
-        }
     }
 
     /// The dataplane table for the same data, built with the packet core's
@@ -322,7 +233,7 @@ pub fn lookup(
     let mut rows = Vec::new();
     let mut hot_rows = Vec::new();
     for _ in 0..runs {
-        crate::cmd::check_interrupt()?;
+        testbed::cmd::check_interrupt()?;
         rows.push(time_once(&table, &all)?);
         hot_rows.push(time_once(&table, &hot_ips)?);
     }

@@ -21,12 +21,14 @@ use envmgr::registry::ClusterView;
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
 use tokio::sync::{mpsc, watch};
 
-use super::etcd::{metric_sum, Etcd};
+use testbed::etcd::Etcd;
+
+use super::args::ControlArgs;
 use super::layout::{Layout, SimInstance, SPARE_PER_NODE};
 use super::load::{create_txn, instance_puts, Leases};
+use super::metrics::metric_sum;
 use super::report::{percentiles, WatchReport};
 use super::tables::SplitMix;
-use super::ControlArgs;
 
 /// How long one change may take to show before it counts as missed.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -176,7 +178,7 @@ pub async fn measure(
         _ => None,
     };
 
-    let mut settings = EtcdSettings::new(vec![server.client_url().to_owned()]);
+    let mut settings = EtcdSettings::new(vec![server.endpoint()]);
     settings.prefix = keys.prefix().to_owned();
     let t_start = Instant::now();
     let cluster = EtcdCluster::start(
@@ -258,7 +260,7 @@ pub async fn measure(
     let mut latencies_us = Vec::new();
     let mut missed = 0usize;
     for c in 0..args.changes {
-        crate::cmd::check_interrupt()?;
+        testbed::cmd::check_interrupt()?;
         if args.gap_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
         }
@@ -320,7 +322,7 @@ pub async fn measure(
         .take(args.misses as usize)
         .collect();
     for s in candidates {
-        crate::cmd::check_interrupt()?;
+        testbed::cmd::check_interrupt()?;
         if args.gap_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
         }
@@ -394,7 +396,7 @@ async fn wait_registered(
     let deadline = Instant::now() + timeout;
     let mut i = 0;
     while i < wanted.len() {
-        crate::cmd::check_interrupt()?;
+        testbed::cmd::check_interrupt()?;
         let r = kv
             .get(
                 wanted[i].as_str(),

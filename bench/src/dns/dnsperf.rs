@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::zone::{Kind, Zone};
-use crate::cmd;
+use testbed::cmd;
 
 /// What dnsperf reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -24,23 +24,18 @@
 //! `loss_timeout` is lost and its ID is free again.
 
 use std::collections::VecDeque;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::wire::{self, Mismatches, Query, Verdict};
-use crate::{cmd, stats};
+use testbed::cmd;
+use testbed::dnswire::{self as wire, Query, Verdict};
 
-/// Queries per `sendmmsg` / answers per `recvmmsg`, at most.
-const BATCH: usize = 64;
-/// Room for any answer we expect (they are under 150 bytes).
-const RECV_BUF: usize = 2048;
-/// Room for any query we send.
-const SEND_BUF: usize = 300;
+use super::mmsg::{Io, BATCH};
+use crate::stats;
+
 /// How often expired queries are collected and the interrupt flag read.
 const TICK_NS: u64 = 5_000_000;
 
@@ -155,6 +150,52 @@ pub struct LoadResult {
     pub max_send_lag_us: Option<f64>,
 }
 
+/// Counters of the verdicts, for the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Mismatches {
+    /// [`Verdict::Malformed`].
+    pub malformed: u64,
+    /// [`Verdict::Truncated`].
+    pub truncated: u64,
+    /// [`Verdict::Rcode`] 2 (SERVFAIL).
+    pub servfail: u64,
+    /// [`Verdict::Rcode`] 3 (NXDOMAIN).
+    pub nxdomain: u64,
+    /// [`Verdict::Rcode`], any other code.
+    pub other_rcode: u64,
+    /// [`Verdict::AnswerCount`].
+    pub answer_count: u64,
+    /// [`Verdict::WrongRecord`].
+    pub wrong_record: u64,
+}
+
+impl Mismatches {
+    /// Counts one verdict that is not `Ok`.
+    pub fn add(&mut self, v: Verdict) {
+        match v {
+            Verdict::Ok => {}
+            Verdict::Malformed => self.malformed += 1,
+            Verdict::Truncated => self.truncated += 1,
+            Verdict::Rcode(2) => self.servfail += 1,
+            Verdict::Rcode(3) => self.nxdomain += 1,
+            Verdict::Rcode(_) => self.other_rcode += 1,
+            Verdict::AnswerCount(_) => self.answer_count += 1,
+            Verdict::WrongRecord => self.wrong_record += 1,
+        }
+    }
+
+    /// All wrong answers.
+    pub fn total(&self) -> u64 {
+        self.malformed
+            + self.truncated
+            + self.servfail
+            + self.nxdomain
+            + self.other_rcode
+            + self.answer_count
+            + self.wrong_record
+    }
+}
+
 /// When query `i` is due, nanoseconds after the start, at `rate` per second.
 pub fn scheduled_ns(i: u64, rate: f64) -> u64 {
     (i as f64 * 1e9 / rate) as u64
@@ -244,127 +285,6 @@ impl InFlight {
             self.fifo.pop_front();
         }
         lost
-    }
-}
-
-/// A connected non-blocking UDP socket with batch send and receive.
-#[derive(Debug)]
-struct Io {
-    sock: UdpSocket,
-    send: Vec<[u8; SEND_BUF]>,
-    send_len: [usize; BATCH],
-    recv: Vec<[u8; RECV_BUF]>,
-    recv_len: [usize; BATCH],
-}
-
-impl Io {
-    fn connect(target: SocketAddr) -> Result<Io> {
-        let local: SocketAddr = match target {
-            SocketAddr::V4(_) => (Ipv4Addr::LOCALHOST, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
-        };
-        let sock = UdpSocket::bind(local).context("binding the load socket")?;
-        sock.connect(target)
-            .with_context(|| format!("connecting the load socket to {target}"))?;
-        sock.set_nonblocking(true)
-            .context("non-blocking load socket")?;
-        // A larger receive buffer, so a burst of answers is not dropped by
-        // our own socket (capped by net.core.rmem_max; best effort).
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        Ok(Io {
-            sock,
-            send: vec![[0; SEND_BUF]; BATCH],
-            send_len: [0; BATCH],
-            recv: vec![[0; RECV_BUF]; BATCH],
-            recv_len: [0; BATCH],
-        })
-    }
-
-    /// Sends `send[..n]`; returns how many left (0 when the buffer is full).
-    fn send_batch(&mut self, n: usize) -> io::Result<usize> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..n {
-            iov[i].iov_base = self.send[i].as_mut_ptr().cast();
-            iov[i].iov_len = self.send_len[i];
-            msgs[i].msg_hdr.msg_iov = &raw mut iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `msgs[..n]` point at `iov[..n]`, which point at buffers
-        // of the stated lengths; all live across the call. The socket is
-        // connected, so no addresses are needed.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(0),
-                // An ICMP error from an earlier send (server gone) shows up
-                // here; the query it concerned is counted lost.
-                io::ErrorKind::ConnectionRefused => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(r as usize)
-    }
-
-    /// Receives up to [`BATCH`] datagrams into `recv`; returns how many.
-    fn recv_batch(&mut self) -> io::Result<usize> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..BATCH {
-            iov[i].iov_base = self.recv[i].as_mut_ptr().cast();
-            iov[i].iov_len = RECV_BUF;
-            msgs[i].msg_hdr.msg_iov = &raw mut iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: as in `send_batch`; the kernel writes at most `iov_len`
-        // bytes into each buffer and the lengths into `msgs`.
-        let r = unsafe {
-            libc::recvmmsg(
-                self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused => Ok(0),
-                _ => Err(e),
-            };
-        }
-        let n = r as usize;
-        for (len, m) in self.recv_len.iter_mut().zip(&msgs[..n]) {
-            *len = (m.msg_len as usize).min(RECV_BUF);
-        }
-        Ok(n)
     }
 }
 
@@ -525,7 +445,7 @@ pub fn run(spec: &LoadSpec, queries: &[Query], order: &[u32]) -> Result<LoadResu
 #[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
 mod tests {
     use super::*;
-    use std::net::IpAddr;
+    use std::net::{IpAddr, UdpSocket};
 
     #[test]
     fn latency_percentiles_nearest_rank() {
@@ -617,8 +537,8 @@ mod tests {
     fn the_tool_notices_wrong_and_missing_answers() {
         let (addr, h) = bad_server();
         let q = vec![
-            Query::new("a.b", wire::QTYPE_A, IpAddr::from([10, 0, 0, 1])).unwrap(),
-            Query::new("c.d", wire::QTYPE_A, IpAddr::from([10, 0, 0, 2])).unwrap(),
+            Query::new("a.b", wire::TYPE_A, IpAddr::from([10, 0, 0, 1])).unwrap(),
+            Query::new("c.d", wire::TYPE_A, IpAddr::from([10, 0, 0, 2])).unwrap(),
         ];
         let spec = LoadSpec {
             target: addr,

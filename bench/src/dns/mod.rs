@@ -19,8 +19,8 @@ mod cpu;
 mod dnsperf;
 mod echo;
 pub mod load;
+mod mmsg;
 pub mod report;
-mod wire;
 mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use mdns::{DnsServer, DnsSettings, DEFAULT_DOMAIN};
 
-use crate::cmd;
 use crate::control::{default_out, unix_now};
 use load::{Check, LoadSpec, Mode};
 use report::{DnsReport, Dnsperf, Phase};
+use testbed::cmd;
+use testbed::dnswire as wire;
 
 /// Options of `bench dns`.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,7 +72,7 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Runs the DNS bench, prints the table and writes the JSON.
 pub fn run(args: &DnsArgs) -> Result<()> {
-    cmd::install_interrupt_handler()?;
+    cmd::install_interrupt_handler("bench")?;
     let report = measure(args, |m| println!("bench: {m}"))?;
     println!();
     print!("{}", report::render(&report));
@@ -105,7 +106,7 @@ pub fn measure(args: &DnsArgs, say: impl Fn(&str)) -> Result<DnsReport> {
     }
     let z = zone::Zone::new(args.services, DEFAULT_DOMAIN)?;
     let queries = z.templates()?;
-    let order = zone::order(z.services(), ORDER_LEN, args.seed);
+    let order = zone::order(z.services, ORDER_LEN, args.seed);
     let dur = Duration::from_secs_f64(args.duration_secs);
 
     // The resolver, fed like the daemon feeds it; its threads are the ones
@@ -132,7 +133,7 @@ pub fn measure(args: &DnsArgs, say: impl Fn(&str)) -> Result<DnsReport> {
         .ok_or_else(|| anyhow!("the resolver reports no IPv4 address"))?;
     say(&format!(
         "resolver on {addr} ({} services, {} names, {} thread(s))",
-        z.services(),
+        z.services,
         queries.len(),
         resolver_tids.len()
     ));

@@ -7,17 +7,14 @@
 //! expected answer is computed from the numbering alone, independently of
 //! the resolver.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
-use envmgr::model::{
-    DualAddr, Instance, InstanceKey, NodeInfo, Peer, Placement, Service, ServiceName, Snapshot,
-};
 use envmgr::plan::AddressPlan;
 
-use super::wire::{self, Query, QTYPE_A, QTYPE_AAAA};
 use crate::control::tables::SplitMix;
+use crate::synth::Synthetic;
+use testbed::dnswire::{self as wire, Query, TYPE_A, TYPE_AAAA};
 
 /// Instances per service (spread over [`PEERS`] peers): enough for SRV and
 /// instance names to exist, the resolver's hot path does not read them.
@@ -60,9 +57,17 @@ impl Kind {
 /// holds them.
 #[derive(Debug, Clone)]
 pub struct Zone {
-    plan: AddressPlan,
-    services: u32,
+    synth: Synthetic,
     domain: String,
+}
+
+/// A zone is its synthetic cluster, with DNS names and queries on top.
+impl std::ops::Deref for Zone {
+    type Target = Synthetic;
+
+    fn deref(&self) -> &Synthetic {
+        &self.synth
+    }
 }
 
 impl Zone {
@@ -86,42 +91,17 @@ impl Zone {
         }
         plan.validate().context("the bench's address plan")?;
         Ok(Zone {
-            plan,
-            services,
+            synth: Synthetic {
+                plan,
+                services,
+                per_service: PER_SERVICE,
+                peers: PEERS,
+                node: "bench",
+                peer_name: |p| format!("peer{p}"),
+                peer_endpoint: |p| SocketAddr::from((Ipv4Addr::new(192, 0, 2, p as u8), 50103)),
+            },
             domain: domain.trim_end_matches('.').to_owned(),
         })
-    }
-
-    /// How many services.
-    pub fn services(&self) -> u32 {
-        self.services
-    }
-
-    fn vip(&self, offset: u64) -> DualAddr {
-        let v4 = Ipv4Addr::from(u32::from(self.plan.services.network()) + offset as u32);
-        self.plan.service_pair(v4)
-    }
-
-    /// The round-robin ServiceIP of service `s`.
-    pub fn rr(&self, s: u32) -> DualAddr {
-        self.vip(1 + u64::from(s))
-    }
-
-    /// The closest ServiceIP of service `s`.
-    pub fn closest(&self, s: u32) -> DualAddr {
-        self.vip(1 + u64::from(self.services) + u64::from(s))
-    }
-
-    fn iip(&self, g: u64) -> DualAddr {
-        self.vip(1 + 2 * u64::from(self.services) + g)
-    }
-
-    /// The `app/service` name of service `s`.
-    pub fn name(&self, s: u32) -> ServiceName {
-        ServiceName {
-            app: format!("app{}", s / 10),
-            service: format!("svc{s}"),
-        }
     }
 
     /// The DNS name a query of `kind` asks for service `s` (no final dot).
@@ -144,70 +124,6 @@ impl Zone {
         }
     }
 
-    /// The node's view the resolver is fed: every service with its
-    /// instances, running on two peers.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut services = BTreeMap::new();
-        let mut instances = BTreeMap::new();
-        let mut peer_plan = self.plan.clone();
-        for s in 0..self.services {
-            let name = self.name(s);
-            for k in 0..PER_SERVICE {
-                let g = u64::from(s) * u64::from(PER_SERVICE) + u64::from(k);
-                let peer = (g % u64::from(PEERS)) as u32 + 1;
-                peer_plan.node_index = peer;
-                let slot = (g / u64::from(PEERS)) as u32 + 2;
-                let ns = peer_plan.cluster_pair(Ipv4Addr::from(
-                    u32::from(peer_plan.node_subnet().network()).wrapping_add(slot),
-                ));
-                let key = InstanceKey {
-                    name: name.clone(),
-                    number: k + 1,
-                };
-                instances.insert(
-                    key.clone(),
-                    Instance {
-                        key,
-                        ns_addr: ns,
-                        instance_ip: self.iip(g),
-                        placement: Placement::Remote {
-                            node: format!("peer{peer}"),
-                        },
-                    },
-                );
-            }
-            services.insert(
-                name.clone(),
-                Service {
-                    name,
-                    rr_ip: self.rr(s),
-                    closest_ip: Some(self.closest(s)),
-                },
-            );
-        }
-        let peers = (1..=PEERS)
-            .map(|p| {
-                let name = format!("peer{p}");
-                let endpoint = SocketAddr::from((Ipv4Addr::new(192, 0, 2, p as u8), 50103));
-                (name.clone(), Peer { name, endpoint })
-            })
-            .collect();
-        Snapshot {
-            version: 1,
-            node: NodeInfo {
-                name: "bench".into(),
-                subnet: self.plan.node_subnet(),
-                subnet6: self.plan.node_subnet6(),
-                service_range: self.plan.services,
-                service_range6: self.plan.services6,
-            },
-            services,
-            instances,
-            peers,
-            policy: Default::default(),
-        }
-    }
-
     /// Every query template: `4 * services`, template `4 * s + k` asks
     /// service `s` with kind `Kind::ALL[k]`.
     pub fn templates(&self) -> Result<Vec<Query>> {
@@ -215,8 +131,8 @@ impl Zone {
         for s in 0..self.services {
             for kind in Kind::ALL {
                 let qtype = match kind.type_name() {
-                    "A" => QTYPE_A,
-                    _ => QTYPE_AAAA,
+                    "A" => TYPE_A,
+                    _ => TYPE_AAAA,
                 };
                 out.push(wire::Query::new(
                     &self.qname(s, kind),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::modes::IPERF_PORT;
-use crate::netns::Netns;
+use testbed::netns::Netns;
 
 /// Which iperf3 test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

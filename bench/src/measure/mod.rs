@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cmd;
 use crate::modes::{ModeEnv, Tools, RR_PORT};
 use iperf::Load;
+use testbed::cmd;
 
 /// The UDP datagram size of the UDP test.
 pub const UDP_LEN: u32 = 1400;

@@ -20,8 +20,6 @@
 pub mod keys;
 mod registry;
 mod sync;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 #[cfg(test)]
 mod tests;
 

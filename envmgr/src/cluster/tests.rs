@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::testing::EtcdProcess;
 use super::*;
 use crate::model::{Instance, InstanceKey, NodeInfo, Placement, ServiceName, Snapshot};
 use crate::registry::{Claim, ClusterView};
 use crate::Error;
+use testbed::etcd::{self as testing, Etcd as EtcdProcess};
 
 fn etcd() -> Option<(tempfile::TempDir, EtcdProcess)> {
     if !EtcdProcess::available() {

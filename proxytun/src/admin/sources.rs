@@ -11,10 +11,10 @@ use std::sync::Arc;
 use envmgr::model::Snapshot;
 use tokio::sync::watch;
 
-use proxytun_core::Counters;
 use crate::dns::DnsStatus;
 use crate::shell::io_loop::ControlSender;
 use crate::shell::shared::IoCounters;
+use proxytun_core::Counters;
 
 /// Where the metrics come from: read at scrape time, never copied per packet.
 #[derive(Clone)]

@@ -29,7 +29,6 @@ use std::time::Duration;
 use envmgr::plan::AddressPlan;
 use serde::Deserialize;
 
-use proxytun_core::CoreConfig;
 pub use crate::log_settings::{LogFormat, LogSection};
 pub use admin::{AdminSection, DEFAULT_ADMIN_LISTEN};
 pub use api::{ApiSection, CnmSection, DEFAULT_CNM_SOCKET, DEFAULT_SOCKET};
@@ -39,6 +38,7 @@ pub use flows::FlowsSection;
 pub use node::{NetworkSection, NodeSection};
 use peer::endpoint;
 pub use peer::PeerEntry;
+use proxytun_core::CoreConfig;
 pub use store::{Backend, StateSection, StoreSection};
 pub use tunnel::{KeyFileError, TunnelSection, TunnelSecurity, DEFAULT_KEY_FILE};
 

@@ -14,11 +14,11 @@ use envmgr::api::DataplaneView;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
-use proxytun_core::{Counters, DropReason};
 use crate::dns::DnsStatus;
 use crate::logging::LogHandle;
 use crate::shell::io_loop::{Control, ControlSender};
 use crate::shell::shared::{IoCounters, IoReadings};
+use proxytun_core::{Counters, DropReason};
 
 /// What the view reads, given by the daemon once the dataplane runs.
 #[derive(Debug)]

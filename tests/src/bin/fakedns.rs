@@ -24,7 +24,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tests::dnswire::{self, Question, Rdata};
+use testbed::dnswire::{self, Question, Rdata};
 
 const USAGE: &str =
     "usage: fakedns --listen ADDR:PORT [--zone example.test] [--a IPV4] [--aaaa IPV6] [--silent]";

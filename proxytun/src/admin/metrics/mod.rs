@@ -29,10 +29,10 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use super::sources::MetricsSources;
-use proxytun_core::CountersSnapshot;
 use crate::shell::shared::IoReadings;
 use encode::gauge_labelled;
 pub use peers::PeerReading;
+use proxytun_core::CountersSnapshot;
 pub use store::StoreReadings;
 pub use table::TableReadings;
 

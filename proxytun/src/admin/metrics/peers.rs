@@ -7,8 +7,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::encode::{counter, counter_labelled, gauge_labelled};
-use proxytun_core::{CountersSnapshot, PeerHealthView};
 use crate::shell::shared::IoReadings;
+use proxytun_core::{CountersSnapshot, PeerHealthView};
 
 /// One peer endpoint's health with the node name the snapshot gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use super::*;
-use proxytun_core::{Counters, DropReason, PeerHealthView};
 use crate::shell::shared::IoCounters;
+use proxytun_core::{Counters, DropReason, PeerHealthView};
 use std::sync::atomic::Ordering;
 
 /// The text's samples: full sample name with labels -> value.

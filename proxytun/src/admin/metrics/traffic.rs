@@ -4,8 +4,8 @@
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::encode::{counter, counter_labelled, gauge};
-use proxytun_core::CountersSnapshot;
 use crate::shell::shared::IoReadings;
+use proxytun_core::CountersSnapshot;
 
 /// Writes the traffic families from the core's and the shell's counters.
 pub(super) fn encode(

@@ -63,7 +63,7 @@ impl Cluster {
     /// [`Cluster::two_nodes`], with `tweak` applied to each node's config
     /// before it is written (e.g. a `[dns]` section).
     pub fn two_nodes_with(test: &str, tweak: impl Fn(&mut NodeConfig)) -> Result<Cluster> {
-        crate::require_root()?;
+        crate::support::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -78,7 +78,10 @@ impl Cluster {
             name: "a".into(),
             index: 1,
             underlay: ip_a,
-            peers: vec![("b".into(), SocketAddr::new(ip_b.into(), crate::TUNNEL_PORT))],
+            peers: vec![(
+                "b".into(),
+                SocketAddr::new(ip_b.into(), crate::node::TUNNEL_PORT),
+            )],
             store: None,
             keepalive: None,
             dns: None,
@@ -216,9 +219,7 @@ impl Cluster {
 /// veth `port` (switch side) / `ul0` (host side) and gives it `ip/24`.
 pub(crate) fn plug_host(switch: &Netns, name: &str, port: &str, ip: Ipv4Addr) -> Result<Netns> {
     let host = Netns::create(name)?;
-    switch.ip(&[
-        "link", "add", port, "type", "veth", "peer", "name", "ul0", "netns", name,
-    ])?;
+    switch.add_veth(port, &host, "ul0", None)?;
     switch.ip(&["link", "set", port, "master", "br0", "up"])?;
     host.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
     host.ip(&["link", "set", "ul0", "up"])?;
@@ -301,7 +302,7 @@ impl Container {
     /// Starts `ptprobe serve --name NAME` on [`TCP_PORT`] and [`UDP_PORT`]
     /// and waits until it listens.
     pub fn serve(&mut self, name: &str) -> Result<()> {
-        let probe = crate::ptprobe_bin()?;
+        let probe = crate::support::ptprobe_bin()?;
         let probe = probe.to_string_lossy();
         let mut bg = self.ns.spawn(
             &probe,
@@ -328,7 +329,7 @@ impl Container {
 
     /// Runs `ptprobe args..` inside the container.
     pub fn probe(&self, args: &[&str], timeout: Duration) -> Result<Out> {
-        let probe = crate::ptprobe_bin()?;
+        let probe = crate::support::ptprobe_bin()?;
         self.ns.exec(&probe.to_string_lossy(), args, timeout)
     }
 

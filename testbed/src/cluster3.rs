@@ -88,7 +88,7 @@ impl Cluster3 {
         delayable: &[&str],
         tweak: impl Fn(&mut NodeConfig),
     ) -> Result<Cluster3> {
-        crate::require_root()?;
+        crate::support::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -96,7 +96,7 @@ impl Cluster3 {
         let etcd_host = plug_host(&switch, &format!("{prefix}e"), "pe", ETCD_IP)?;
         let etcd = Etcd::start_in(etcd_host, ETCD_IP, &format!("{prefix}etcd"))?;
         let store = EtcdStore {
-            endpoints: vec![etcd.client_url()],
+            endpoints: vec![etcd.endpoint()],
             prefix: None,
             lease_ttl_secs: u32::try_from(LEASE_TTL.as_secs()).unwrap_or(3),
         };
@@ -254,7 +254,7 @@ impl Cluster3 {
     /// the API reports liveness, as alive).
     pub fn wait_mesh(&self, timeout: Duration) -> Result<()> {
         for n in self.nodes() {
-            crate::eventually(timeout, || {
+            crate::support::eventually(timeout, || {
                 let peers = n.peers()?;
                 for other in self.nodes() {
                     if other.name == n.name {

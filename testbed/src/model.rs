@@ -89,6 +89,20 @@ impl Instance {
         format!("{}/{}/{}", self.app, self.service, self.number)
     }
 
+    /// One line with what must survive a daemon or etcd restart: the key,
+    /// both addresses, the kind and the node (for comparing tables across
+    /// the restart).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ns={:?} iip={:?} {} {:?}",
+            self.key(),
+            self.ns_addr,
+            self.instance_ip,
+            self.kind,
+            self.node
+        )
+    }
+
     /// `app/service`.
     pub fn service_name(&self) -> String {
         format!("{}/{}", self.app, self.service)

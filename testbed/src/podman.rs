@@ -37,7 +37,7 @@ pub fn cni_bin() -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let daemon = crate::proxytun_bin()?;
+    let daemon = crate::support::proxytun_bin()?;
     let p = daemon
         .parent()
         .map(|d| d.join("proxytun-cni"))

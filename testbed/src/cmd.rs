@@ -1,11 +1,15 @@
-//! Running programs with a deadline, background processes killed by pid,
-//! and the interrupt flag that turns Ctrl-C into an orderly teardown.
+//! Running programs with a deadline, background processes stopped by pid
+//! when their handle is dropped, and the interrupt flag that turns a Ctrl-C
+//! into an orderly teardown.
 //!
-//! A benchmark load can hang when a dataplane is broken, so nothing here
-//! waits without a deadline. Every child gets its own process group, so a
-//! Ctrl-C on the terminal reaches only the harness, which then stops its
+//! Every command can hang when the dataplane is broken (a ping that never
+//! returns, a connect that never completes, a benchmark load), so nothing
+//! here waits without a deadline. A program that installs the interrupt
+//! handler (the bench) starts every child in its own process group, so a
+//! Ctrl-C on the terminal reaches only the program, which then stops its
 //! children itself, by pid, in the right order (servers before daemons
-//! before namespaces).
+//! before namespaces). Without the handler (the tests) children stay in the
+//! caller's group, so a Ctrl-C ends them together with the test.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -20,21 +24,29 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static HANDLER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// How many lines of each stream an error shows: enough for any test's
+/// diagnosis, bounded so a chatty benchmark tool does not flood the terminal.
+const DESCRIBE_LINES: usize = 200;
 
 /// Installs the SIGINT/SIGTERM handler that sets the interrupt flag; the
-/// waits below notice it and fail, so the guards' Drop cleans up.
-pub fn install_interrupt_handler() -> Result<()> {
-    ctrlc::set_handler(|| {
+/// waits below notice it and fail, so the guards' Drop cleans up. `who`
+/// names the program in the messages (`bench: interrupted; ...`).
+pub fn install_interrupt_handler(who: &'static str) -> Result<()> {
+    ctrlc::set_handler(move || {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nbench: interrupted again; still cleaning up");
+            eprintln!("\n{who}: interrupted again; still cleaning up");
         } else {
-            eprintln!("\nbench: interrupted; stopping processes and removing namespaces");
+            eprintln!("\n{who}: interrupted; stopping processes and removing namespaces");
         }
     })
-    .context("installing the SIGINT/SIGTERM handler")
+    .context("installing the SIGINT/SIGTERM handler")?;
+    HANDLER_INSTALLED.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
-/// Whether SIGINT or SIGTERM arrived.
+/// Whether SIGINT or SIGTERM arrived (never, without the handler).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
@@ -60,6 +72,15 @@ pub fn sleep(d: Duration) -> Result<()> {
     }
 }
 
+/// Puts the child in its own process group when the interrupt handler is
+/// installed (see the module doc).
+fn own_group(cmd: &mut Command) -> &mut Command {
+    if HANDLER_INSTALLED.load(Ordering::SeqCst) {
+        cmd.process_group(0);
+    }
+    cmd
+}
+
 /// What a finished command printed and how it ended.
 #[derive(Debug, Clone)]
 pub struct Out {
@@ -74,7 +95,8 @@ pub struct Out {
 }
 
 impl Out {
-    /// Turns a non-zero exit into an error that shows the output.
+    /// Turns a non-zero exit into an error that shows the output, so a
+    /// failure says what the command complained about.
     pub fn ok(self) -> Result<Out> {
         if self.status.success() {
             Ok(self)
@@ -89,9 +111,21 @@ impl Out {
             "`{}` {what} ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.cmdline,
             self.status,
-            tail(&self.stdout, 30),
-            tail(&self.stderr, 30)
+            tail(self.stdout.trim_end(), DESCRIBE_LINES),
+            tail(self.stderr.trim_end(), DESCRIBE_LINES)
         )
+    }
+
+    /// The value of the first `key=value` line of stdout (ptprobe's output format).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+
+    /// The first line of stdout (ptprobe prints the server's name there).
+    pub fn first_line(&self) -> &str {
+        self.stdout.lines().next().unwrap_or("").trim()
     }
 }
 
@@ -134,11 +168,10 @@ pub fn run_uninterruptible(cmd: &mut Command, timeout: Duration) -> Result<Out> 
 
 fn run_inner(cmd: &mut Command, timeout: Duration, interruptible: bool) -> Result<Out> {
     let line = cmdline(cmd);
-    let mut child = cmd
+    let mut child = own_group(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start `{line}`"))?;
     let out = drain(child.stdout.take());
@@ -148,18 +181,16 @@ fn run_inner(cmd: &mut Command, timeout: Duration, interruptible: bool) -> Resul
         if let Some(st) = child.try_wait().context("waitpid")? {
             break (st, None);
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break (
-                child.wait().context("waitpid")?,
-                Some(format!("timed out after {timeout:?}")),
-            );
-        }
-        if interruptible && interrupted() {
-            let _ = child.kill();
-            break (child.wait().context("waitpid")?, Some("interrupted".into()));
-        }
-        thread::sleep(Duration::from_millis(5));
+        let why = if Instant::now() >= deadline {
+            format!("timed out after {timeout:?}")
+        } else if interruptible && interrupted() {
+            "interrupted".to_owned()
+        } else {
+            thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let _ = child.kill();
+        break (child.wait().context("waitpid")?, Some(why));
     };
     let o = Out {
         cmdline: line,
@@ -178,15 +209,17 @@ pub fn run_ok(prog: &str, args: &[&str], timeout: Duration) -> Result<Out> {
     run(Command::new(prog).args(args), timeout)?.ok()
 }
 
-/// Output collected from a background process.
+/// Output collected from a background process, with a way to wait for a line.
 #[derive(Debug, Default)]
 struct Log {
     text: Mutex<String>,
     grew: Condvar,
 }
 
-/// A background process (a server, a daemon), stopped by pid on Drop:
-/// SIGTERM, a grace period, then SIGKILL, then reaped.
+/// A background process (a server in a container, a daemon), stopped by
+/// pid on Drop: SIGTERM, up to its grace period, then SIGKILL; always
+/// reaped. The grace period is zero unless set, so a test's servers are
+/// killed at once.
 #[derive(Debug)]
 pub struct Bg {
     child: Option<Child>,
@@ -196,14 +229,13 @@ pub struct Bg {
 }
 
 impl Bg {
-    /// Starts `cmd` in its own process group, collecting stdout and stderr.
+    /// Starts `cmd` in the background, collecting stdout and stderr.
     pub fn spawn(cmd: &mut Command) -> Result<Bg> {
         let cmdline = cmdline(cmd);
-        let mut child = cmd
+        let mut child = own_group(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start `{cmdline}`"))?;
         let log = Arc::new(Log::default());
@@ -225,7 +257,7 @@ impl Bg {
             child: Some(child),
             cmdline,
             log,
-            grace: Duration::from_millis(500),
+            grace: Duration::ZERO,
         })
     }
 
@@ -238,11 +270,10 @@ impl Bg {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = cmd
+        let child = own_group(cmd)
             .stdin(Stdio::null())
             .stdout(f.try_clone().context("dup log fd")?)
             .stderr(f)
-            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start `{cmdline}`"))?;
         Ok(Bg {
@@ -251,6 +282,13 @@ impl Bg {
             log: Arc::new(Log::default()),
             grace,
         })
+    }
+
+    /// Sets how long [`Bg::stop`] (and Drop) waits after SIGTERM before
+    /// SIGKILL: for servers that should end cleanly.
+    pub fn with_grace(mut self, grace: Duration) -> Bg {
+        self.grace = grace;
+        self
     }
 
     /// The process id, while it runs.
@@ -296,27 +334,36 @@ impl Bg {
                     .wait_timeout(t, Duration::from_millis(50))
                     .map_err(|_| anyhow!("log lock poisoned"))?;
             }
-            if let Some(st) = self.exited()? {
-                bail!(
-                    "`{}` exited ({st}) before printing {needle:?}:\n{}",
-                    self.cmdline,
-                    tail(&self.output(), 30)
-                );
-            }
-            check_interrupt()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    "`{}` did not print {needle:?} within {timeout:?}:\n{}",
-                    self.cmdline,
-                    tail(&self.output(), 30)
-                );
-            }
+            let why = if let Some(st) = self.exited()? {
+                format!("exited ({st}) before printing {needle:?}")
+            } else if Instant::now() >= deadline {
+                format!("did not print {needle:?} within {timeout:?}")
+            } else {
+                check_interrupt()?;
+                continue;
+            };
+            bail!(
+                "`{}` {why}:\n{}",
+                self.cmdline,
+                tail(&self.output(), DESCRIBE_LINES)
+            );
+        }
+    }
+
+    /// Kills (SIGKILL) and reaps the process at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
     /// Stops the process: SIGTERM to its pid, up to the grace period, then
-    /// SIGKILL; always reaps it.
+    /// SIGKILL; always reaps it. With no grace period, just SIGKILL.
     pub fn stop(&mut self) {
+        if self.grace.is_zero() {
+            return self.kill();
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -342,6 +389,7 @@ impl Bg {
     }
 }
 
+/// Appends each line `stream` prints to `log`, waking the waiters.
 fn collect(stream: Box<dyn Read + Send>, log: &Log) {
     let mut r = BufReader::new(stream);
     let mut line = String::new();

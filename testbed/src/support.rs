@@ -1,52 +1,13 @@
-//! Testbed for proxytun's end-to-end tests: network namespaces as hosts and
-//! containers, the real `proxytun` daemon in each host, and `ptprobe` as the
-//! application in each container.
-//!
-//! Everything is cleaned up by Drop (daemons stopped by pid, servers killed,
-//! namespaces deleted), which also runs while a failing test unwinds. No
-//! traffic is ever sent from, and no address or route is ever added to, the
-//! root namespace; the CLI and API calls use the daemons' unix sockets only.
-//!
-//! ```no_run
-//! # fn main() -> anyhow::Result<()> {
-//! let c = tests::Cluster::two_nodes("example")?;
-//! let mut web = c.container("web")?;
-//! web.serve("web1")?;
-//! let client = c.container("cli")?;
-//! let d = c.deploy("shop/web", &[(&c.b, &web, 1)])?;
-//! c.a.attach("shop/client", &client.path(), Some(1), None)?;
-//! assert_eq!(client.tcp_hello(d.rr.v4)?.name, "web1");
-//! # Ok(()) }
-//! ```
-
-pub mod api;
-pub mod churn;
-pub mod cluster;
-pub mod cluster3;
-pub mod cmd;
-pub mod dig;
-pub mod dnswire;
-pub mod etcd;
-pub mod linkdelay;
-pub mod model;
-pub mod netns;
-pub mod node;
-pub mod podman;
+//! Small things every fixture needs: the root check, where the workspace
+//! and its binaries are, retrying until something becomes true, and the
+//! registration part of a peer list. Kept out of the crate root so the
+//! fixtures import them from here and the root only re-exports.
 
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-
-pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP_PORT};
-pub use cluster3::Cluster3;
-pub use etcd::Etcd;
-pub use model::{Dual, Instance, Service};
-pub use netns::Netns;
-pub use node::{
-    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, PeerState, TUNNEL_PORT,
-};
 
 /// Fails with a clear message unless we run as root: namespaces, veths
 /// and TUN devices need it.

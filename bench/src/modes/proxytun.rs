@@ -1,0 +1,287 @@
+//! The proxytun modes: two real daemons, one per host, in each of the
+//! flavours under comparison (offload, plain, no authentication,
+//! encryption), configured through their CLI as an operator would.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use testbed::cmd::{self, Bg};
+
+use super::env::{ModeEnv, Tools};
+use crate::topo::{Hosts, HOST_A, HOST_B};
+
+/// How one proxytun mode configures its daemons. The two proxytun modes
+/// share the host namespaces, so each gets its own ranges, device names,
+/// port and app names.
+#[derive(Debug)]
+pub(super) struct PtFlavour {
+    /// Extra lines of the `[tun]` section.
+    tun_extra: &'static str,
+    tun_name: &'static str,
+    bridge: &'static str,
+    port: u16,
+    cluster: &'static str,
+    cluster6: &'static str,
+    services: &'static str,
+    services6: &'static str,
+    /// The app the bench's instances belong to (also keeps the daemons'
+    /// veth names, which derive from the instance key, apart).
+    app: &'static str,
+    /// `tunnel.security`; a key made by `proxytun keygen` unless plain.
+    security: &'static str,
+}
+
+/// The TUN MTU of the proxytun modes: the largest that fits a 1500-byte
+/// IPv4 underlay with the sealed tunnel's overhead (20 IP + 8 UDP + 20
+/// header + 16 tag), the same for every security mode so their figures
+/// compare; VXLAN's 1450 would not fit an authenticated datagram.
+const PT_MTU: u32 = 1500 - 20 - 8 - 20 - 16;
+
+pub(super) const PROXYTUN: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun0",
+    bridge: "ptbr0",
+    port: 50103,
+    cluster: "10.18.0.0/16",
+    cluster6: "fdff:18::/112",
+    services: "10.30.0.0/16",
+    services6: "fdff:30::/112",
+    app: "ptbench",
+    security: "auth",
+};
+
+pub(super) const PROXYTUN_PLAIN: PtFlavour = PtFlavour {
+    tun_extra: "offload = false\n",
+    tun_name: "ptun1",
+    bridge: "ptbr1",
+    port: 50104,
+    cluster: "10.19.0.0/16",
+    cluster6: "fdff:19::/112",
+    services: "10.31.0.0/16",
+    services6: "fdff:31::/112",
+    app: "ptplain",
+    security: "auth",
+};
+
+pub(super) const PROXYTUN_NOAUTH: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun2",
+    bridge: "ptbr2",
+    port: 50105,
+    cluster: "10.20.0.0/16",
+    cluster6: "fdff:20::/112",
+    services: "10.32.0.0/16",
+    services6: "fdff:32::/112",
+    app: "ptnoauth",
+    security: "plain",
+};
+
+pub(super) const PROXYTUN_ENCRYPT: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun3",
+    bridge: "ptbr3",
+    port: 50106,
+    cluster: "10.21.0.0/16",
+    cluster6: "fdff:21::/112",
+    services: "10.33.0.0/16",
+    services6: "fdff:33::/112",
+    app: "ptenc",
+    security: "encrypt",
+};
+
+/// How long a daemon may take to answer on its socket after start.
+const DAEMON_START: Duration = Duration::from_secs(20);
+/// How long one CLI call may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn render_config(
+    fl: &PtFlavour,
+    name: &str,
+    index: u32,
+    bind: Ipv4Addr,
+    peer: (&str, Ipv4Addr),
+    dir: &Path,
+) -> String {
+    format!(
+        "[node]\nname = \"{name}\"\nindex = {index}\n\n\
+         [network]\ncluster = \"{}\"\ncluster6 = \"{}\"\nservices = \"{}\"\nservices6 = \"{}\"\n\n\
+         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n\n\
+         [tun]\nname = \"{}\"\nmtu = {PT_MTU}\n{}\n\
+         [bridge]\nname = \"{}\"\n\n\
+         [admin]\nenable = false\n\n\
+         [api]\nsocket = \"{}\"\n\n\
+         [state]\ndir = \"{}\"\n\n\
+         [[peer]]\nname = \"{}\"\nendpoint = \"{}:{}\"\n",
+        fl.cluster,
+        fl.cluster6,
+        fl.services,
+        fl.services6,
+        fl.port,
+        fl.security,
+        dir.join("cluster.key").display(),
+        fl.tun_name,
+        fl.tun_extra,
+        fl.bridge,
+        dir.join(format!("{name}.sock")).display(),
+        dir.join(format!("{name}-state")).display(),
+        peer.0,
+        peer.1,
+        fl.port,
+    )
+}
+
+/// Runs `proxytun --socket SOCK args..` (the CLI, as an operator would),
+/// requiring success.
+fn cli(tools: &Tools, sock: &Path, args: &[&str]) -> Result<String> {
+    let mut c = Command::new(&tools.proxytun);
+    c.arg("--socket").arg(sock).args(args);
+    Ok(cmd::run(&mut c, CLI_TIMEOUT)?.ok()?.stdout)
+}
+
+fn cli_json(tools: &Tools, sock: &Path, args: &[&str]) -> Result<Value> {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = cli(tools, sock, &a)?;
+    serde_json::from_str(&out)
+        .with_context(|| format!("proxytun {} printed no JSON: {out:?}", a.join(" ")))
+}
+
+fn v4_of(v: &Value, what: &str) -> Result<Ipv4Addr> {
+    v["v4"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no {what}.v4 in {v}"))?
+        .parse()
+        .with_context(|| format!("{what}.v4"))
+}
+
+/// The round-robin ServiceIP of `app/service` in `proxytun services --json`.
+pub fn rr_ip_of(services: &Value, app: &str, service: &str) -> Result<Ipv4Addr> {
+    let list = services
+        .as_array()
+        .ok_or_else(|| anyhow!("services are not a list: {services}"))?;
+    for s in list {
+        let a = s["app"].as_str().or_else(|| s["name"]["app"].as_str());
+        let n = s["service"]
+            .as_str()
+            .or_else(|| s["name"]["service"].as_str());
+        if a == Some(app) && n == Some(service) {
+            return v4_of(&s["rr_ip"], "rr_ip");
+        }
+    }
+    bail!("no service {app}/{service} in {services}")
+}
+
+fn wait_daemon(env: &mut ModeEnv, tools: &Tools, sock: &Path) -> Result<()> {
+    let deadline = Instant::now() + DAEMON_START;
+    loop {
+        env.check_alive()?;
+        if sock.exists() && cli(tools, sock, &["status"]).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the daemon did not answer on {} within {DAEMON_START:?}",
+                sock.display()
+            );
+        }
+        cmd::sleep(Duration::from_millis(100))?;
+    }
+}
+
+pub(super) fn setup_proxytun(
+    env: &mut ModeEnv,
+    hosts: &Hosts,
+    tools: &Tools,
+    fl: &PtFlavour,
+) -> Result<()> {
+    if !tools.proxytun.exists() {
+        bail!("no proxytun binary at {}", tools.proxytun.display());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}{}-", hosts.prefix, env.kind.tag()))
+        .tempdir()
+        .context("creating the daemons' directory")?;
+    let d = dir.path().to_owned();
+    env.dir = Some(dir);
+    // One cluster key for both daemons, made the way an operator would.
+    let mut k = Command::new(&tools.proxytun);
+    k.arg("keygen").arg("--out").arg(d.join("cluster.key"));
+    cmd::run(&mut k, CLI_TIMEOUT)?.ok()?;
+    let nodes = [
+        ("a", 1, HOST_A, ("b", HOST_B), &hosts.a),
+        ("b", 2, HOST_B, ("a", HOST_A), &hosts.b),
+    ];
+    for (name, index, bind, peer, host) in nodes {
+        let cfg = d.join(format!("{name}.toml"));
+        fs::write(&cfg, render_config(fl, name, index, bind, peer, &d))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let log = d.join(format!("{name}.log"));
+        let mut c = host.command(&tools.proxytun.to_string_lossy(), &["run", "--config"]);
+        c.arg(&cfg);
+        if std::env::var_os("RUST_LOG").is_none() {
+            c.env("RUST_LOG", "warn");
+        }
+        let p = Bg::spawn_logged(&mut c, &log, Duration::from_secs(5))?;
+        env.forwarders.push(p);
+        env.logs.push(log);
+    }
+    let (sa, sb) = (d.join("a.sock"), d.join("b.sock"));
+    wait_daemon(env, tools, &sa)?;
+    wait_daemon(env, tools, &sb)?;
+
+    let server_svc = format!("{}/server", fl.app);
+    let srv = cli_json(
+        tools,
+        &sb,
+        &[
+            "attach",
+            &server_svc,
+            "--instance",
+            "1",
+            "--netns",
+            &env.server.path().to_string_lossy(),
+        ],
+    )
+    .context("attaching the server container on node b")?;
+    let rr = rr_ip_of(&cli_json(tools, &sb, &["services"])?, fl.app, "server")?;
+    let ns_addr = v4_of(&srv["ns_addr"], "ns_addr")?;
+    let iip = v4_of(&srv["instance_ip"], "instance_ip")?;
+    cli(
+        tools,
+        &sa,
+        &[
+            "remote",
+            "add",
+            &format!("{server_svc}/1"),
+            "--node",
+            "b",
+            "--ns-addr",
+            &ns_addr.to_string(),
+            "--instance-ip",
+            &iip.to_string(),
+            "--service-ip",
+            &rr.to_string(),
+        ],
+    )
+    .context("registering the server on node a")?;
+    cli_json(
+        tools,
+        &sa,
+        &[
+            "attach",
+            &format!("{}/client", fl.app),
+            "--instance",
+            "1",
+            "--netns",
+            &env.client.path().to_string_lossy(),
+        ],
+    )
+    .context("attaching the client container on node a")?;
+    env.target = rr;
+    Ok(())
+}
