@@ -167,6 +167,12 @@ show etcdctl endpoint status -w table
 pass
 
 # ---------------------------------------------------------------- daemons
+step "one cluster secret for every node (proxytun keygen)"
+# The tunnel is authenticated by default (tunnel.security = "auth"): every
+# node reads the same key file.
+"$BIN" keygen --out "$WORK/cluster.key"
+pass
+
 i=0
 for n in "${NODES[@]}"; do
     i=$((i + 1))
@@ -182,6 +188,7 @@ lease_ttl_secs = $TTL
 [tunnel]
 bind = "10.77.0.$i"
 port = $PORT
+key_file = "$WORK/cluster.key"
 keepalive_ms = $KEEPALIVE_MS
 peer_timeout_ms = $PEER_TIMEOUT_MS
 
