@@ -9,7 +9,7 @@ use crate::flow::CoreConfig;
 use crate::keepalive::{self, Keepalive, Kind, KEEPALIVE_LEN};
 use crate::testkit::*;
 use crate::tunnel::{Protection, HEADER_LEN};
-use crate::DropReason;
+use crate::{CountersSnapshot, DropReason};
 
 struct Probe {
     seen: HashSet<DropReason>,
@@ -20,8 +20,17 @@ impl Probe {
         let c = dp.counters();
         let before = c.snapshot();
         let v = dp.handle_tun(&mut pkt, Instant::now());
-        let after = c.snapshot();
         assert_eq!(v, TunVerdict::Drop(reason));
+        self.counted_once(&before, &c.snapshot(), reason);
+    }
+
+    /// Exactly one drop was counted, under `reason`.
+    fn counted_once(
+        &mut self,
+        before: &CountersSnapshot,
+        after: &CountersSnapshot,
+        reason: DropReason,
+    ) {
         assert_eq!(
             after.drops.values().sum::<u64>(),
             before.drops.values().sum::<u64>() + 1
@@ -44,18 +53,8 @@ impl Probe {
         let c = dp.counters();
         let before = c.snapshot();
         let v = dp.handle_tunnel(from, &mut dgram, Instant::now());
-        let after = c.snapshot();
         assert_eq!(v, NetVerdict::Drop(reason));
-        assert_eq!(
-            after.drops.values().sum::<u64>(),
-            before.drops.values().sum::<u64>() + 1
-        );
-        assert_eq!(
-            after.drops[reason.name()],
-            before.drops[reason.name()] + 1,
-            "{reason}"
-        );
-        self.seen.insert(reason);
+        self.counted_once(&before, &c.snapshot(), reason);
     }
 }
 
