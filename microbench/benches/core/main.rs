@@ -2,7 +2,7 @@
 //! each step between the TUN and the tunnel socket, and how flow-table
 //! lookups scale with the number of flows.
 //!
-//! Run with `cargo bench -p proxytun-core --bench core` (add a filter such as
+//! Run with `cargo bench -p microbench --bench core` (add a filter such as
 //! `-- flow_table` to run a subset). Method and figures: `docs/benchmarks.md`.
 //!
 //! Packets are real: built by `etherparse` (an independent implementation)
