@@ -22,6 +22,16 @@ cargo fmt --all -- --check
 heading "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+heading "layout: no import circle in a crate, no source file over 600 lines"
+# The members' folders, from the workspace manifest.
+members=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, os, sys; print(" ".join(os.path.relpath(os.path.dirname(p["manifest_path"])) for p in json.load(sys.stdin)["packages"]))')
+# shellcheck disable=SC2086
+python3 scripts/import_circles.py $members
+# Test scenario files (one file, one scenario) may be longer.
+long=$(git ls-files '*.rs' | grep -v '^tests/tests/' | xargs wc -l | awk '$2 != "total" && $1 > 600 { print }')
+[ -z "$long" ] || { printf 'files over 600 lines (split them by what a reader looks for):\n%s\n' "$long"; exit 1; }
+
 heading "cargo build (binaries for the end-to-end tests)"
 cargo build --workspace --bins
 
