@@ -1,9 +1,9 @@
-//! The tunnel header that wraps packets between nodes (UDP payload), v2.
+//! The tunnel header that wraps packets between nodes (UDP payload), v3.
 //!
 //! ```text
 //!  0      2       3      4             12            20
 //!  +------+-------+------+-------------+-------------+----------------+-----------+
-//!  | "PT" | ver=2 | type | session u64 | counter u64 | inner packet   | tag (16)  |
+//!  | "PT" | ver=3 | type | session u64 | counter u64 | inner packet   | tag (16)  |
 //!  +------+-------+------+-------------+-------------+----------------+-----------+
 //! ```
 //!
@@ -15,7 +15,9 @@
 //! is absent in plain mode.
 //!
 //! Versioned so nodes of different releases refuse each other cleanly: a
-//! v1 datagram (8-byte header, no protection) is dropped as `bad_version`.
+//! v1 datagram (8-byte header, no protection) and a v2 datagram (the same
+//! header, but the auth tag computed as GMAC over header and packet) are
+//! dropped as `bad_version`.
 
 use super::counters::DropReason;
 
@@ -26,7 +28,7 @@ pub const TAG_LEN: usize = 16;
 /// The two magic bytes that start every datagram.
 pub const MAGIC: [u8; 2] = *b"PT";
 /// The protocol version this code speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Message type: an IP packet follows.
 pub const TYPE_DATA: u8 = 1;
 /// Message type: a keepalive (ping or pong) follows; see [`super::keepalive`].
@@ -58,8 +60,9 @@ pub enum Protection {
     /// No tag: anyone who can send UDP to the port can inject packets.
     /// Only for trusted underlays and for comparison.
     Plain,
-    /// AES-256-GCM tag over header and packet (GMAC); the packet stays
-    /// readable on the wire. The default.
+    /// AES-256-GCM tag over the header (associated data) and the packet (as
+    /// plaintext, on a copy); the packet stays readable on the wire. The
+    /// default.
     #[default]
     Auth,
     /// AES-256-GCM: the packet is encrypted, the header authenticated.
@@ -120,7 +123,7 @@ impl std::fmt::Display for Protection {
     }
 }
 
-/// A parsed v2 header.
+/// A parsed v3 header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// What follows.
@@ -256,7 +259,7 @@ mod tests {
         let mut buf = [0xaau8; HEADER_LEN + 4];
         write_header(&mut buf);
         assert_eq!(parse_header(&buf), Ok(MsgType::Data));
-        assert_eq!(&buf[..4], b"PT\x02\x01");
+        assert_eq!(&buf[..4], b"PT\x03\x01");
         assert_eq!(buf[HEADER_LEN..], [0xaa; 4], "payload untouched");
         assert_eq!(
             parse_header(&buf[..HEADER_LEN - 1]),
