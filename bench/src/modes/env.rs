@@ -52,17 +52,6 @@ impl ModeKind {
         ModeKind::ProxytunEncrypt,
     ];
 
-    /// The tunnel security comparison (`--modes` of `bench security`'s
-    /// figures): plain, auth (the default, mode `proxytun`) and encrypt,
-    /// all with offloads. No code reads it (the set is passed as --modes);
-    /// unused since `CompareArgs` left the crate root, which had kept it live.
-    #[allow(dead_code)]
-    pub const SECURITY: [ModeKind; 3] = [
-        ModeKind::ProxytunNoauth,
-        ModeKind::Proxytun,
-        ModeKind::ProxytunEncrypt,
-    ];
-
     /// The name used on the command line, in the table and in the JSON.
     pub fn name(self) -> &'static str {
         match self {

@@ -20,15 +20,15 @@ use super::*;
 use crate::model::{Instance, InstanceKey, NodeInfo, Placement, ServiceName, Snapshot};
 use crate::registry::{Claim, ClusterView};
 use crate::Error;
-use testbed::etcd::{self as testing, Etcd as EtcdProcess};
+use testbed::etcd::{Etcd, ETCD_BIN};
 
-fn etcd() -> Option<(tempfile::TempDir, EtcdProcess)> {
-    if !EtcdProcess::available() {
-        eprintln!("skipped: {} is not installed", testing::ETCD_BIN);
+fn etcd() -> Option<(tempfile::TempDir, Etcd)> {
+    if !Etcd::available() {
+        eprintln!("skipped: {} is not installed", ETCD_BIN);
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = EtcdProcess::start(dir.path()).expect("start etcd");
+    let p = Etcd::start(dir.path()).expect("start etcd");
     Some((dir, p))
 }
 
