@@ -28,6 +28,7 @@ pub mod dataplane;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gro;
 pub mod health;
 pub mod icmp_error;
 pub mod keepalive;

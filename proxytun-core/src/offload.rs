@@ -297,6 +297,24 @@ pub fn finish_checksum(pkt: &mut [u8], csum: CsumAt) -> Result<(), OffloadError>
     Ok(())
 }
 
+/// Computes the full TCP or UDP checksum of `pkt` from scratch, wherever
+/// its layout puts the field; other protocols are left alone.
+///
+/// Why: a datagram that came with [`super::tunnel::FLAG_CSUM_PARTIAL`]
+/// carries only a seed, and a receiver whose TUN takes no virtio-net header
+/// cannot ask its kernel to finish it.
+pub fn fill_checksum(pkt: &mut [u8]) -> Result<(), OffloadError> {
+    let lay = layout(pkt)?;
+    if !matches!(lay.proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return Ok(());
+    }
+    let at = CsumAt {
+        start: lay.l4_start as u16,
+        offset: lay.csum_offset() as u16,
+    };
+    finish_checksum(pkt, at)
+}
+
 /// Where [`segment`] put its output: `count` tunnel datagrams, each starting
 /// at a multiple of `stride` in the output buffer, all `stride` bytes long
 /// but the last, `len` bytes in all.
@@ -430,7 +448,19 @@ fn plan_layout(
 /// On the GSO path the incoming transport checksum (partial or full) is
 /// never read.
 pub fn segment(pkt: &[u8], off: &Offload, out: &mut [u8]) -> Result<Segments, OffloadError> {
-    segment_with_trailer(pkt, off, 0, out)
+    segment_with_trailer(pkt, off, 0, Sums::Full, out)
+}
+
+/// What transport checksums [`segment_with_trailer`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sums {
+    /// A full checksum per datagram, as the kernel's GSO would write.
+    Full,
+    /// Only the CHECKSUM_PARTIAL seed (the folded pseudo-header sum) per
+    /// datagram, and for one packet its partial checksum re-seeded for the
+    /// rewritten addresses: no pass over the payload. The datagrams must then travel with
+    /// [`super::tunnel::FLAG_CSUM_PARTIAL`] so the receiver finishes them.
+    Partial,
 }
 
 /// [`segment`], leaving `trailer` bytes (the tunnel tag, see
@@ -442,6 +472,7 @@ pub fn segment_with_trailer(
     pkt: &[u8],
     off: &Offload,
     trailer: usize,
+    sums: Sums,
     out: &mut [u8],
 ) -> Result<Segments, OffloadError> {
     let (lay, segs, size) = plan_layout(pkt, off, trailer)?;
@@ -456,7 +487,10 @@ pub fn segment_with_trailer(
         write_header(out);
         out[HEADER_LEN..end].copy_from_slice(&pkt[..lay.len]);
         if let Some(csum) = off.csum {
-            finish_checksum(&mut out[HEADER_LEN..end], csum)?;
+            match sums {
+                Sums::Full => finish_checksum(&mut out[HEADER_LEN..end], csum)?,
+                Sums::Partial => seed_partial_checksum(&mut out[HEADER_LEN..end], csum)?,
+            }
         }
         return Ok(segs);
     }
@@ -509,11 +543,18 @@ pub fn segment_with_trailer(
         } else {
             p[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
-        p[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
-        let mut c = checksum_with(base_sum + l4_len as u32, &p[l4..ip_total]);
-        if c == 0 && !tcp {
-            c = 0xffff;
-        }
+        let c = match sums {
+            Sums::Partial => ones_sum(base_sum + l4_len as u32, &[]),
+            Sums::Full => {
+                p[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
+                let c = checksum_with(base_sum + l4_len as u32, &p[l4..ip_total]);
+                if c == 0 && !tcp {
+                    0xffff
+                } else {
+                    c
+                }
+            }
+        };
         p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
     }
     Ok(segs)

@@ -292,6 +292,19 @@ impl Sealer {
     /// over `buf[..HEADER_LEN]` and the tag after the packet. Returns the
     /// datagram's length (`HEADER_LEN + inner_len + trailer`).
     pub fn seal(&self, buf: &mut [u8], msg: MsgType, inner_len: usize) -> Result<usize, SealError> {
+        self.seal_with(buf, msg, inner_len, false)
+    }
+
+    /// [`Sealer::seal`] with the header's "checksum partial" flag set as
+    /// `csum_partial` says ([`tunnel::FLAG_CSUM_PARTIAL`]): the sender left
+    /// the inner TCP/UDP checksum as a seed for the receiver to finish.
+    pub fn seal_with(
+        &self,
+        buf: &mut [u8],
+        msg: MsgType,
+        inner_len: usize,
+        csum_partial: bool,
+    ) -> Result<usize, SealError> {
         let end = HEADER_LEN + inner_len;
         let need = end + self.trailer_len();
         if buf.len() < need {
@@ -309,6 +322,7 @@ impl Sealer {
             protection: self.protection,
             session: self.session,
             counter,
+            csum_partial,
         };
         tunnel::write(buf, &header);
         let Some(key) = &self.key else {

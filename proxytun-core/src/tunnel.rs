@@ -7,9 +7,9 @@
 //!  +------+-------+------+-------------+-------------+----------------+-----------+
 //! ```
 //!
-//! The type byte carries the message type in its low nibble (1 data,
-//! 2 keepalive) and the protection in its high nibble (0 plain, 1 auth,
-//! 2 encrypt). `session` is chosen at random by the sender when it starts
+//! The type byte carries the message type in its low three bits (1 data,
+//! 2 keepalive), the "checksum partial" flag in bit 3 ([`FLAG_CSUM_PARTIAL`])
+//! and the protection in its high nibble (0 plain, 1 auth, 2 encrypt). `session` is chosen at random by the sender when it starts
 //! and `counter` counts its datagrams from 1; together they are the AEAD
 //! nonce's input and the replay window's key (see [`super::seal`]). The tag
 //! is absent in plain mode.
@@ -33,6 +33,16 @@ pub const VERSION: u8 = 3;
 pub const TYPE_DATA: u8 = 1;
 /// Message type: a keepalive (ping or pong) follows; see [`super::keepalive`].
 pub const TYPE_KEEPALIVE: u8 = 2;
+/// Type-byte flag of a data datagram: the inner TCP/UDP checksum field
+/// holds only the pseudo-header seed (CHECKSUM_PARTIAL), not a checksum.
+///
+/// Why: the sender's per-segment checksum pass is work nobody needs when
+/// the receiver hands the packet to its kernel as CHECKSUM_PARTIAL anyway
+/// (its TUN takes a virtio-net header); a receiver without that finishes
+/// the checksum itself. The tag (auth, encrypt) or the outer UDP checksum
+/// (plain) covers the bytes on the wire, so no error goes unseen. Covered
+/// by the tag like the rest of the header.
+pub const FLAG_CSUM_PARTIAL: u8 = 0x08;
 
 /// What a datagram carries, from its header's type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +144,9 @@ pub struct Header {
     pub session: u64,
     /// The datagram's number within the session (from 1).
     pub counter: u64,
+    /// The inner packet's transport checksum is a partial seed
+    /// ([`FLAG_CSUM_PARTIAL`]); only meaningful for data.
+    pub csum_partial: bool,
 }
 
 impl Header {
@@ -145,6 +158,7 @@ impl Header {
             protection: Protection::Plain,
             session: 0,
             counter: 0,
+            csum_partial: false,
         }
     }
 }
@@ -207,7 +221,8 @@ pub fn write(buf: &mut [u8], h: &Header) {
     let out = &mut buf[..HEADER_LEN];
     out[..2].copy_from_slice(&MAGIC);
     out[2] = VERSION;
-    out[3] = (h.protection.code() << 4) | h.msg.nibble();
+    let flag = if h.csum_partial { FLAG_CSUM_PARTIAL } else { 0 };
+    out[3] = (h.protection.code() << 4) | flag | h.msg.nibble();
     out[4..12].copy_from_slice(&h.session.to_be_bytes());
     out[12..20].copy_from_slice(&h.counter.to_be_bytes());
 }
@@ -224,7 +239,7 @@ pub fn parse(buf: &[u8]) -> Result<Header, HeaderError> {
     if h[2] != VERSION {
         return Err(HeaderError::BadVersion(h[2]));
     }
-    let msg = match h[3] & 0x0f {
+    let msg = match h[3] & 0x07 {
         TYPE_DATA => MsgType::Data,
         TYPE_KEEPALIVE => MsgType::Keepalive,
         other => return Err(HeaderError::UnknownType(other)),
@@ -241,7 +256,15 @@ pub fn parse(buf: &[u8]) -> Result<Header, HeaderError> {
         protection,
         session: be64(&h[4..12]),
         counter: be64(&h[12..20]),
+        csum_partial: h[3] & FLAG_CSUM_PARTIAL != 0,
     })
+}
+
+/// Whether an opened datagram's header carries [`FLAG_CSUM_PARTIAL`]:
+/// for the shell, which writes the inner packet after the core accepted
+/// it (the core checked the header and its tag).
+pub fn csum_partial(dgram: &[u8]) -> bool {
+    dgram.get(3).is_some_and(|t| t & FLAG_CSUM_PARTIAL != 0)
 }
 
 /// Checks a datagram's header and says what it carries (see [`parse`]).
@@ -294,6 +317,7 @@ mod tests {
                 protection,
                 session: 0x0102_0304_0506_0708,
                 counter: u64::MAX - 1,
+                csum_partial: false,
             };
             let mut buf = [0u8; HEADER_LEN];
             write(&mut buf, &h);
@@ -302,6 +326,26 @@ mod tests {
             assert_eq!(parse(&buf), Ok(h));
             assert_eq!(Protection::from_name(protection.name()), Some(protection));
         }
+        let h = Header {
+            msg: MsgType::Data,
+            protection: Protection::Auth,
+            session: 7,
+            counter: 9,
+            csum_partial: true,
+        };
+        let mut buf = [0u8; HEADER_LEN];
+        write(&mut buf, &h);
+        assert_eq!(buf[3], 0x10 | FLAG_CSUM_PARTIAL | TYPE_DATA);
+        assert_eq!(parse(&buf), Ok(h));
+        assert!(csum_partial(&buf));
+        write(
+            &mut buf,
+            &Header {
+                csum_partial: false,
+                ..h
+            },
+        );
+        assert!(!csum_partial(&buf));
         assert_eq!(Protection::from_name("none"), None);
         assert_eq!(Protection::default(), Protection::Auth);
     }

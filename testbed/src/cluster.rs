@@ -87,6 +87,7 @@ impl Cluster {
             dns: None,
             extra: String::new(),
             security: security.clone(),
+            offload: None,
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -98,6 +99,7 @@ impl Cluster {
             dns: None,
             extra: String::new(),
             security: security.clone(),
+            offload: None,
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);

@@ -130,6 +130,7 @@ impl Cluster3 {
                 dns: None,
                 extra: String::new(),
                 security: security.clone(),
+                offload: None,
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);

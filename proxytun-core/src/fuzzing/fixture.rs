@@ -118,6 +118,7 @@ pub(super) fn wrap(pkt: &[u8]) -> Vec<u8> {
             protection: Protection::Plain,
             session: 0xb0b,
             counter: 1,
+            csum_partial: false,
         },
     );
     d

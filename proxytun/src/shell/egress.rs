@@ -12,6 +12,11 @@
 //! same lock and sends them with the batch's datagrams. It drains the
 //! core's misses into the control plane's channel the same way.
 //!
+//! The datagrams' TCP/UDP checksums are left partial (the pseudo-header
+//! seed, no pass over the payload) and the header says so
+//! ([`proxytun_core::tunnel::FLAG_CSUM_PARTIAL`]): the receiver's kernel, or
+//! the receiver itself without offloads, finishes them.
+//!
 //! Every datagram to a peer is sealed here ([`proxytun_core::seal`]), after
 //! segmenting and outside the core's lock: one atomic add and one AEAD pass
 //! per datagram, in place, no allocation.
@@ -33,7 +38,8 @@ use super::shared::{IoCounters, Shared, MAX_SLEEP};
 use proxytun_core::flow::min_opt;
 use proxytun_core::keepalive::KEEPALIVE_MAX;
 use proxytun_core::miss::MISS_RING;
-use proxytun_core::offload::{self, CsumAt, Gso, Offload, Segments};
+use proxytun_core::offload::{self, CsumAt, Gso, Offload, Segments, Sums};
+use proxytun_core::packet::{IPPROTO_TCP, IPPROTO_UDP};
 use proxytun_core::tunnel::{MsgType, HEADER_LEN, TAG_LEN};
 use proxytun_core::{DropReason, TunVerdict};
 
@@ -287,7 +293,10 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                 // flow is kept.
                 train.flush(sh);
                 let trailer = sh.sealer.trailer_len();
-                match offload::segment_with_trailer(&s.buf[PKT..end], &s.off, trailer, seg) {
+                // Seeds, not checksums: the receiver finishes them (or its
+                // kernel does), see `FLAG_CSUM_PARTIAL`.
+                let sums = Sums::Partial;
+                match offload::segment_with_trailer(&s.buf[PKT..end], &s.off, trailer, sums, seg) {
                     Ok(segs) => {
                         if seal_segments(sh, seg, &segs) {
                             send_segments(sh, to, seg, &segs);
@@ -300,14 +309,25 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                 }
                 return;
             }
+            // A partial TCP/UDP checksum stays partial (re-seeded for the
+            // rewritten addresses) and travels flagged; any other is finished.
+            let mut partial = false;
             if let Some(at) = s.off.csum {
-                if offload::finish_checksum(&mut s.buf[PKT..end], at).is_err() {
+                let pkt = &mut s.buf[PKT..end];
+                partial = offload::layout(pkt)
+                    .is_ok_and(|l| matches!(l.proto, IPPROTO_TCP | IPPROTO_UDP));
+                let done = if partial {
+                    offload::seed_partial_checksum(pkt, at)
+                } else {
+                    offload::finish_checksum(pkt, at)
+                };
+                if done.is_err() {
                     IoCounters::add(&sh.io.offload_errors, 1);
                     return;
                 }
             }
             let dgram = &mut s.buf[PKT - HEADER_LEN..];
-            match sh.sealer.seal(dgram, MsgType::Data, s.len) {
+            match sh.sealer.seal_with(dgram, MsgType::Data, s.len, partial) {
                 Ok(n) => train.push(sh, to, &dgram[..n]),
                 Err(e) => seal_failed(sh, &e, 1),
             }
@@ -386,7 +406,10 @@ fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
             break;
         };
         let inner = range.len().saturating_sub(HEADER_LEN + trailer);
-        if let Err(e) = sh.sealer.seal(&mut seg[range], MsgType::Data, inner) {
+        if let Err(e) = sh
+            .sealer
+            .seal_with(&mut seg[range], MsgType::Data, inner, true)
+        {
             seal_failed(sh, &e, segs.count as u64);
             return false;
         }

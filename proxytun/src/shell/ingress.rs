@@ -7,10 +7,14 @@
 //! One `recvmmsg` brings up to [`MSGS`] messages; with `UDP_GRO` each may
 //! hold up to 64 datagrams of one stride, coalesced by the kernel. The core
 //! checks and rewrites every datagram in place under one lock per batch.
-//! The accepted inner packets are then written to the TUN: with offloads
-//! they are copied behind a virtio-net header and handed to tun-rs's GRO,
-//! which coalesces the segments of a TCP (or UDP) flow back into one
-//! super-packet and one write; without, each is written in place.
+//! The accepted inner packets are then written to the TUN. With offloads
+//! the core's coalescer ([`proxytun_core::gro`]) groups the segments of each
+//! TCP (or, with USO, UDP) flow into frames, and each frame goes out in one
+//! vectored write: a virtio-net header, the head packet and the following
+//! payloads where they lie in the receive buffer, marked CHECKSUM_PARTIAL.
+//! No user-space copy, no checksum pass. Without offloads each packet is
+//! written in place, its checksum first finished if the sender left it
+//! partial.
 //!
 //! Keepalive pings from peers come back from the core as pongs written in
 //! place ([`NetVerdict::Reply`]); they are sent back to their senders once
@@ -18,15 +22,17 @@
 //!
 //! Buffers are allocated once when the thread starts.
 
-use std::io::{ErrorKind, IoSliceMut};
+use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use quinn_udp::RecvMeta;
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::shared::{IoCounters, Shared, MAX_SLEEP};
-use proxytun_core::tunnel::HEADER_LEN;
+use proxytun_core::gro::{Coalescer, FrameMeta, Pushed, MAX_SEGMENTS};
+use proxytun_core::offload::{self, Gso};
+use proxytun_core::tunnel::{self, HEADER_LEN};
 use proxytun_core::NetVerdict;
 
 /// Messages per `recvmmsg`.
@@ -45,20 +51,21 @@ const MAX_DGRAMS: usize = MSGS * 64;
 /// left unanswered (the peer's next ping comes a keepalive interval later).
 const MAX_PONGS: usize = 1024;
 
-/// Room in a TUN write buffer: a coalesced super-packet, and the
-/// virtio-net header twice over, as tun-rs's GRO asks.
-const OUT_BUF: usize = 2 * VIRTIO_NET_HDR_LEN + 65536;
+/// Frames the coalescer holds before they are written: flows of one batch
+/// beyond this only cost an earlier write.
+const FRAMES: usize = 64;
+
+// The virtio-net header values tun-rs does not name.
+const VNET_F_NEEDS_CSUM: u8 = 1;
 
 /// Runs until a stop is asked for.
 pub(super) fn run(sh: &Shared) {
     let mut big = vec![0u8; MSGS * MSG_BUF];
     let mut meta = [RecvMeta::default(); MSGS];
-    // (start, len) of each inner packet the core accepted, in `big`.
-    let mut accepted: Vec<(usize, usize)> = Vec::with_capacity(MAX_DGRAMS);
-    let mut out: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
-        .map(|_| Vec::with_capacity(OUT_BUF))
-        .collect();
-    let mut gro = GROTable::default();
+    // (start, len, checksum partial) of each inner packet the core
+    // accepted, in `big`.
+    let mut accepted: Vec<(usize, usize, bool)> = Vec::with_capacity(MAX_DGRAMS);
+    let mut gro = Coalescer::new(FRAMES, sh.offload.uso);
     // (to, start, len) of each pong the core wrote in place, in `big`.
     let mut pongs: Vec<(SocketAddr, usize, usize)> = Vec::with_capacity(MAX_PONGS);
     loop {
@@ -100,7 +107,8 @@ pub(super) fn run(sh: &Shared) {
                             // The core opened the datagram: the packet ends
                             // before the tag, and never past the datagram.
                             let inner = inner.min(end - at - HEADER_LEN.min(end - at));
-                            accepted.push((base + at + HEADER_LEN, inner));
+                            let partial = tunnel::csum_partial(&big[base + at..base + end]);
+                            accepted.push((base + at + HEADER_LEN, inner, partial));
                         }
                         NetVerdict::Reply(len) if pongs.len() < MAX_PONGS => {
                             pongs.push((m.addr, base + at, len.min(end - at)));
@@ -122,10 +130,15 @@ pub(super) fn run(sh: &Shared) {
             }
         }
         if sh.offload.vnet {
-            write_coalesced(sh, &big, &accepted, &mut out, &mut gro);
+            write_coalesced(sh, &mut big, &accepted, &mut gro);
         } else {
-            for &(start, len) in &accepted {
-                if let Err(e) = sh.tun.send(&big[start..start + len]) {
+            for &(start, len, partial) in &accepted {
+                let pkt = &mut big[start..start + len];
+                if partial && offload::fill_checksum(pkt).is_err() {
+                    IoCounters::add(&sh.io.offload_errors, 1);
+                    continue;
+                }
+                if let Err(e) = sh.tun.send(pkt) {
                     IoCounters::add(&sh.io.tun_write_errors, 1);
                     tracing::debug!(error = %e, "TUN write failed");
                 }
@@ -134,27 +147,79 @@ pub(super) fn run(sh: &Shared) {
     }
 }
 
-/// Writes the accepted packets through tun-rs's GRO, [`IDEAL_BATCH_SIZE`]
-/// at a time: segments of one flow become one super-packet and one write.
+/// Writes the accepted packets as the coalescer's frames, flushing early
+/// when it is full; a packet it refuses (a partial checksum it cannot
+/// finish) is counted as an offload error.
 fn write_coalesced(
     sh: &Shared,
-    big: &[u8],
-    accepted: &[(usize, usize)],
-    out: &mut [Vec<u8>],
-    gro: &mut GROTable,
+    big: &mut [u8],
+    accepted: &[(usize, usize, bool)],
+    gro: &mut Coalescer,
 ) {
-    for batch in accepted.chunks(out.len()) {
-        for (buf, &(start, len)) in out.iter_mut().zip(batch) {
-            buf.clear();
-            buf.resize(VIRTIO_NET_HDR_LEN, 0);
-            buf.extend_from_slice(&big[start..start + len]);
+    for &(start, len, partial) in accepted {
+        let mut r = gro.push(big, start, len, partial);
+        if r == Ok(Pushed::Full) {
+            flush(sh, big, gro);
+            r = gro.push(big, start, len, partial);
         }
-        if let Err(e) = sh
-            .tun
-            .send_multiple(gro, &mut out[..batch.len()], VIRTIO_NET_HDR_LEN)
-        {
-            IoCounters::add(&sh.io.tun_write_errors, 1);
-            tracing::debug!(error = %e, "TUN write failed");
+        if r.is_err() {
+            IoCounters::add(&sh.io.offload_errors, 1);
         }
+    }
+    flush(sh, big, gro);
+}
+
+/// Writes every frame the coalescer holds, one vectored write each, and
+/// empties it.
+fn flush(sh: &Shared, big: &mut [u8], gro: &mut Coalescer) {
+    if gro.is_empty() {
+        return;
+    }
+    gro.finish(big);
+    for f in gro.frames() {
+        let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
+        if vnet_of(&f.meta).encode(&mut hdr).is_err() {
+            IoCounters::add(&sh.io.offload_errors, 1);
+            continue;
+        }
+        let mut iov = [IoSlice::new(&[]); 2 + MAX_SEGMENTS];
+        iov[0] = IoSlice::new(&hdr);
+        iov[1] = IoSlice::new(&big[f.head.clone()]);
+        let mut n = 2;
+        for (slot, &(s, l)) in iov[2..].iter_mut().zip(f.tails) {
+            *slot = IoSlice::new(&big[s..s + l]);
+            n += 1;
+        }
+        match sh.tun.send_vectored(&iov[..n]) {
+            Ok(_) if n > 2 => IoCounters::add(&sh.io.tun_coalesced_writes, 1),
+            Ok(_) => {}
+            Err(e) => {
+                IoCounters::add(&sh.io.tun_write_errors, 1);
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+        }
+    }
+    gro.clear();
+}
+
+/// The virtio-net header of a frame.
+fn vnet_of(m: &FrameMeta) -> VirtioNetHdr {
+    let (gso_type, gso_size) = match m.gso {
+        Gso::None => (0, 0),
+        Gso::Tcp { mss } if m.v6 => (tun_rs::VIRTIO_NET_HDR_GSO_TCPV6, mss),
+        Gso::Tcp { mss } => (tun_rs::VIRTIO_NET_HDR_GSO_TCPV4, mss),
+        Gso::Udp { size } => (tun_rs::VIRTIO_NET_HDR_GSO_UDP_L4, size),
+    };
+    let (flags, csum_start, csum_offset) = match m.csum {
+        Some(at) => (VNET_F_NEEDS_CSUM, at.start, at.offset),
+        None => (0, 0, 0),
+    };
+    VirtioNetHdr {
+        flags,
+        gso_type,
+        hdr_len: m.hdr_len,
+        gso_size,
+        csum_start,
+        csum_offset,
     }
 }

@@ -41,6 +41,9 @@ pub struct IoCounters {
     pub tunnel_tx: AtomicU64,
     /// Send system calls that carried more than one datagram (GSO).
     pub gso_sends: AtomicU64,
+    /// TUN writes that carried several received packets coalesced into one
+    /// super-packet (our own GRO).
+    pub tun_coalesced_writes: AtomicU64,
     /// Flows in the table, published once per batch (a gauge).
     pub flows_active: AtomicU64,
     /// Reply-cache entries, published once per batch (a gauge).
@@ -67,6 +70,8 @@ pub struct IoReadings {
     /// Send system calls that carried several datagrams (UDP GSO).
     #[serde(rename = "tunnel_gso_sends")]
     pub gso_sends: u64,
+    /// TUN writes of coalesced super-packets (receive-side GRO).
+    pub tun_coalesced_writes: u64,
     /// Keepalive pings and pongs sent.
     pub keepalive_tx: u64,
     /// Misses the control plane's channel could not take.
@@ -96,6 +101,7 @@ impl IoReadings {
         Self {
             tunnel_tx: get(&io.tunnel_tx),
             gso_sends: get(&io.gso_sends),
+            tun_coalesced_writes: get(&io.tun_coalesced_writes),
             keepalive_tx: get(&io.keepalive_tx),
             misses_lost: get(&io.misses_lost),
             flows_active: get(&io.flows_active),

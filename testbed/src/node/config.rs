@@ -49,6 +49,9 @@ pub struct NodeConfig {
     /// daemon's defaults: auth with `/etc/proxytun/cluster.key`). Test
     /// clusters set it from their [`TestKey`].
     pub security: Option<TunnelSecurity>,
+    /// `[tun] offload`; `None` follows [`offload_wanted`] (the suite's
+    /// switch). Set for a test of nodes that differ.
+    pub offload: Option<bool>,
 }
 
 /// `tunnel.security` and `tunnel.key_file` of a test node.
@@ -259,7 +262,7 @@ impl NodeConfig {
         let _ = write!(
             s,
             "\n[tun]\noffload = {}\n\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
-            offload_wanted(),
+            self.offload.unwrap_or_else(offload_wanted),
             dir.join("api.sock").display(),
             dir.join("state").display(),
         );
@@ -289,6 +292,7 @@ mod tests {
             dns: None,
             extra: String::new(),
             security: None,
+            offload: None,
         }
     }
 

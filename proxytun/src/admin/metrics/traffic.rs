@@ -51,6 +51,12 @@ pub(super) fn encode(
         "Send system calls that carried more than one datagram (UDP GSO)",
         io.gso_sends,
     )?;
+    counter(
+        enc,
+        "proxytun_tun_coalesced_writes",
+        "TUN writes that carried several received packets coalesced into one super-packet",
+        io.tun_coalesced_writes,
+    )?;
 
     let drops: Vec<_> = c
         .drops
