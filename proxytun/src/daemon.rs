@@ -196,6 +196,11 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         .context("route the ServiceIP ranges into the TUN")?;
     let bind = SocketAddr::new(config.tunnel.bind, config.tunnel.port);
     let socket = TunnelSocket::open(bind, config.tun.offload)?;
+    if config.tunnel.busy_poll_us > 0 {
+        if let Err(e) = socket.set_busy_poll(config.tunnel.busy_poll_us) {
+            tracing::warn!(error = %e, "SO_BUSY_POLL refused; tunnel.busy_poll_us still spins in user space");
+        }
+    }
 
     let first = table::build(&mgr.snapshot()).context("build the first forwarding table")?;
     // Tunnel security: this start's random session (the key was read first).
@@ -226,7 +231,17 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let counters = dp.counters();
     let io = Arc::new(IoCounters::default());
     let misses = clustered.as_ref().map(|c| c.misses_tx.clone());
-    let handle = io_loop::spawn(dp, sealer, tun, offload, socket, io.clone(), misses)?;
+    let busy_poll = Duration::from_micros(config.tunnel.busy_poll_us.into());
+    let handle = io_loop::spawn(
+        dp,
+        sealer,
+        tun,
+        offload,
+        socket,
+        io.clone(),
+        misses,
+        busy_poll,
+    )?;
     tracing::info!(path = handle.path(), "dataplane running");
     // Flow persistence: the saver writes the flows as they change.
     let saver = persist::Saver::spawn(handle.sender(), counters.clone(), &config.state.dir)

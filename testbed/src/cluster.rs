@@ -88,6 +88,7 @@ impl Cluster {
             extra: String::new(),
             security: security.clone(),
             offload: None,
+            busy_poll_us: None,
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -100,6 +101,7 @@ impl Cluster {
             extra: String::new(),
             security: security.clone(),
             offload: None,
+            busy_poll_us: None,
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);

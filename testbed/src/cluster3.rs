@@ -131,6 +131,7 @@ impl Cluster3 {
                 extra: String::new(),
                 security: security.clone(),
                 offload: None,
+                busy_poll_us: None,
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);

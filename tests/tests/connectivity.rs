@@ -193,3 +193,25 @@ fn nodes_with_and_without_offloads_carry_bulk_data_both_ways() {
         assert_eq!(errs, 0, "offload errors on a node");
     }
 }
+
+/// With `tunnel.busy_poll_us` on, the threads that spin after traffic still
+/// carry TCP, UDP and ping both ways, and still stop on SIGTERM (a spinning
+/// thread must see the stop signal too).
+#[test]
+fn busy_polling_nodes_carry_traffic_and_stop_cleanly() {
+    let mut c =
+        Cluster::two_nodes_with("busyp", |cfg| cfg.busy_poll_us = Some(300)).expect("cluster");
+    let mut sink = c.container("sink").expect("container");
+    sink.serve("sink1").expect("serve");
+    let d = c.deploy("shop/sink", &[(&c.b, &sink, 1)]).expect("deploy");
+    let (client, inst) = c.client(&c.a, "cl", 1).expect("client");
+    check_reach(&client, &inst, d.rr.v4.into(), "sink1");
+    let t = client
+        .tcp_send(d.rr.v4, 5_000_000, Duration::from_secs(30))
+        .expect("5 MB");
+    assert_eq!(t.name, "sink1");
+    for n in [&mut c.a, &mut c.b] {
+        let st = n.stop().expect("stop");
+        assert!(st.success(), "daemon exited with {st} on SIGTERM");
+    }
+}

@@ -42,6 +42,10 @@ use proxytun_core::CoreConfig;
 pub use store::{Backend, StateSection, StoreSection};
 pub use tunnel::{KeyFileError, TunnelSection, TunnelSecurity, DEFAULT_KEY_FILE};
 
+/// The longest `tunnel.busy_poll_us`: 10 ms of spinning per wait is already
+/// far past what request/response latency gains from.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
+
 /// A config file that could not be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -191,6 +195,13 @@ impl Config {
             return Err((
                 "tunnel.keepalive_ms",
                 format!("must be between 50 and 60000 milliseconds, got {ka}"),
+            ));
+        }
+        let bp = self.tunnel.busy_poll_us;
+        if bp > MAX_BUSY_POLL_US {
+            return Err((
+                "tunnel.busy_poll_us",
+                format!("must be between 0 (off) and {MAX_BUSY_POLL_US} microseconds, got {bp}"),
             ));
         }
         let to = self.tunnel.peer_timeout_ms;

@@ -116,6 +116,10 @@ fn errors_name_the_key() {
         "tunnel.keepalive_ms"
     );
     assert_eq!(
+        key_of(&format!("{base}[tunnel]\nbusy_poll_us = 20000\n")),
+        "tunnel.busy_poll_us"
+    );
+    assert_eq!(
         key_of(&format!(
             "{base}[tunnel]\nkeepalive_ms = 1000\npeer_timeout_ms = 1500\n"
         )),

@@ -129,6 +129,31 @@ impl TunnelSocket {
         })
     }
 
+    /// Asks the kernel to busy-poll the device's receive queue for `us`
+    /// microseconds when `poll` finds the socket empty (`SO_BUSY_POLL`),
+    /// the kernel's half of `tunnel.busy_poll_us`. It only helps where the
+    /// underlay device has a NAPI queue to poll; refused without
+    /// CAP_NET_ADMIN, which the error says.
+    pub fn set_busy_poll(&self, us: u32) -> io::Result<()> {
+        let v = libc::c_int::try_from(us).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket, a valid option and a c_int value of the
+        // right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BUSY_POLL,
+                std::ptr::from_ref(&v).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()

@@ -171,16 +171,18 @@ pub(super) fn run(sh: &Shared) {
     // The first pings leave at once, not after the first sleep.
     extra.collect(&mut sh.core(), Instant::now());
     extra.send(sh);
+    let mut traffic = false;
     loop {
         let now = Instant::now();
         let sleep = min_opt(next_timer, extra.next_keepalive)
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
-        if !sh.wait(sh.tun.as_fd(), sleep) {
+        if !sh.wait(sh.tun.as_fd(), sleep, traffic) {
             return;
         }
         let n = read_batch(sh, &mut slots);
+        traffic = n > 0;
         {
             let mut dp = sh.core();
             let now = Instant::now();

@@ -68,16 +68,21 @@ pub(super) fn run(sh: &Shared) {
     let mut gro = Coalescer::new(FRAMES, sh.offload.uso);
     // (to, start, len) of each pong the core wrote in place, in `big`.
     let mut pongs: Vec<(SocketAddr, usize, usize)> = Vec::with_capacity(MAX_PONGS);
+    let mut traffic = false;
     loop {
-        if !sh.wait(sh.socket.as_fd(), MAX_SLEEP) {
+        if !sh.wait(sh.socket.as_fd(), MAX_SLEEP, traffic) {
             return;
         }
+        traffic = false;
         let n = {
             let mut chunks = big.chunks_mut(MSG_BUF);
             let mut slices: [IoSliceMut<'_>; MSGS] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             match sh.socket.recv(&mut slices, &mut meta) {
-                Ok(n) => n,
+                Ok(n) => {
+                    traffic = true;
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -30,7 +30,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -177,6 +177,8 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
 /// destinations of first packets to ServiceIPs the table has no entry for
 /// (deduplicated per batch; dropped when the channel is full). `sealer`
 /// must be the one `dp` was built with ([`Dataplane::with_sealer`]).
+/// `busy_poll` is how long a thread polls on after traffic before it
+/// sleeps (`tunnel.busy_poll_us`; zero: never).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     dp: Dataplane,
@@ -186,12 +188,13 @@ pub fn spawn(
     socket: TunnelSocket,
     io: Arc<IoCounters>,
     misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
+    busy_poll: Duration,
 ) -> anyhow::Result<LoopHandle> {
     let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .context("create the dataplane's eventfd")?;
     let path = describe(offload, &socket);
     let shared = Arc::new(Shared::new(
-        dp, io, stop, tun, offload, socket, misses, sealer,
+        dp, io, stop, tun, offload, socket, misses, sealer, busy_poll,
     ));
     let mut threads = Vec::new();
     let guard = shared.enter();

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
@@ -130,6 +130,9 @@ pub(super) struct Shared {
     /// Packet threads still running: each holds a [`Running`] guard that
     /// counts down when its thread returns or panics.
     running: AtomicUsize,
+    /// How long a thread keeps polling after traffic before it sleeps
+    /// (`tunnel.busy_poll_us`; zero: never).
+    busy_poll: Duration,
 }
 
 /// Counts a packet thread out of [`Shared::running`] when it ends, however
@@ -162,6 +165,7 @@ impl Shared {
         socket: TunnelSocket,
         misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
         sealer: Arc<Sealer>,
+        busy_poll: Duration,
     ) -> Self {
         Self {
             core: Mutex::new(dp),
@@ -173,6 +177,7 @@ impl Shared {
             misses,
             sealer,
             running: AtomicUsize::new(0),
+            busy_poll,
         }
     }
 
@@ -207,14 +212,36 @@ impl Shared {
 
     /// Sleeps until `input` is readable, a stop is asked for, or `sleep`
     /// passes. Returns false when the thread must stop.
-    pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration) -> bool {
-        // Rounded up: waking a little early would only spin until the
-        // deadline really passes.
-        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    ///
+    /// `after_traffic`: the last turn carried packets, so with busy-polling
+    /// on, `input` is polled without sleeping for up to the busy-poll time
+    /// first (bounded by `sleep`): a reply that comes that soon costs no
+    /// wake-up. An idle thread never spins.
+    pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration, after_traffic: bool) -> bool {
         let mut fds = [
             PollFd::new(input, PollFlags::POLLIN),
             PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
         ];
+        if after_traffic && !self.busy_poll.is_zero() {
+            let deadline = Instant::now() + self.busy_poll.min(sleep);
+            loop {
+                match poll(&mut fds, PollTimeout::ZERO) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    Ok(_) => return Self::not_stopped(&fds),
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed; dataplane stops");
+                        return false;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        // Rounded up: waking a little early would only spin until the
+        // deadline really passes.
+        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -222,6 +249,11 @@ impl Shared {
                 return false;
             }
         }
+        Self::not_stopped(&fds)
+    }
+
+    /// False when the stop eventfd (the second of `fds`) fired.
+    fn not_stopped(fds: &[PollFd<'_>; 2]) -> bool {
         fds[1].revents().is_none_or(|r| r.is_empty())
     }
 }

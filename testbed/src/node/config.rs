@@ -52,6 +52,8 @@ pub struct NodeConfig {
     /// `[tun] offload`; `None` follows [`offload_wanted`] (the suite's
     /// switch). Set for a test of nodes that differ.
     pub offload: Option<bool>,
+    /// `tunnel.busy_poll_us`; `None` keeps the daemon's default (off).
+    pub busy_poll_us: Option<u32>,
 }
 
 /// `tunnel.security` and `tunnel.key_file` of a test node.
@@ -251,6 +253,9 @@ impl NodeConfig {
                 k.interval_ms, k.peer_timeout_ms
             );
         }
+        if let Some(us) = self.busy_poll_us {
+            let _ = writeln!(s, "busy_poll_us = {us}");
+        }
         if let Some(sec) = &self.security {
             let _ = write!(
                 s,
@@ -293,6 +298,7 @@ mod tests {
             extra: String::new(),
             security: None,
             offload: None,
+            busy_poll_us: None,
         }
     }
 
