@@ -177,15 +177,7 @@ fn default_out(exe: &Path) -> PathBuf {
 fn proxytun_bin(exe: &Path, selected: &[ModeKind]) -> Result<PathBuf> {
     let dir = exe.parent().context("the bench binary has no directory")?;
     let bin = dir.join("proxytun");
-    let wanted = selected.iter().any(|m| {
-        matches!(
-            m,
-            ModeKind::Proxytun
-                | ModeKind::ProxytunPlain
-                | ModeKind::ProxytunNoauth
-                | ModeKind::ProxytunEncrypt
-        )
-    });
+    let wanted = selected.iter().any(|m| m.is_proxytun());
     if bin.exists() || !wanted {
         return Ok(bin);
     }
