@@ -2,8 +2,9 @@
 //!
 //! Top panel: each metric of each mode as a ratio to `vxlan` (grouped bars,
 //! a line at 1.0 = as good as VXLAN; for "lower is better" metrics the
-//! ratio is flipped so that taller is always better). Bottom panel: the
-//! absolute throughputs in Gbit/s.
+//! ratio is flipped so that taller is always better), with issue 16's
+//! target for the default mode as a dashed line over its group. Bottom
+//! panel: the absolute throughputs in Gbit/s.
 
 use std::path::Path;
 
@@ -12,10 +13,10 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::{ModeSummary, METRICS};
-use crate::stats;
+use crate::{stats, targets};
 
-/// The metrics of the ratio panel (loss is left out: its ratio of small
-/// percentages says little).
+/// The metrics of the ratio panel (loss and the drop counts are left out:
+/// ratios of small percentages and counts say little).
 const RATIO_KEYS: &[&str] = &[
     "tcp1_gbps",
     "tcp4_gbps",
@@ -41,6 +42,9 @@ fn short(key: &str) -> &'static str {
         _ => "?",
     }
 }
+
+/// The colour of the target lines.
+const TARGET_COLOR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(0x4c, 0x72, 0xb0),
@@ -90,13 +94,15 @@ pub fn draw(summary: &[ModeSummary], path: &Path, title: &str) -> Result<()> {
                 )
             })
             .collect();
+        let lines: Vec<Option<f64>> = RATIO_KEYS.iter().map(|k| targets::chart_line(k)).collect();
         bars(
             &top,
-            "ratio to vxlan (taller is better; 1.0 = vxlan)",
+            "ratio to vxlan (taller is better; 1.0 = vxlan; dashed: issue 16 target of proxytun)",
             "x vxlan",
             summary,
             &groups,
             Some(1.0),
+            &lines,
         )?;
     } else {
         top.draw(&Text::new(
@@ -122,12 +128,15 @@ pub fn draw(summary: &[ModeSummary], path: &Path, title: &str) -> Result<()> {
         summary,
         &groups,
         None,
+        &[],
     )?;
     root.present().map_err(err)?;
     Ok(())
 }
 
-/// One grouped bar panel: a group per entry of `groups`, a bar per mode.
+/// One grouped bar panel: a group per entry of `groups`, a bar per mode,
+/// a line across at `reference`, and per group an optional target line
+/// (`target_lines[group]`).
 fn bars(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     caption: &str,
@@ -135,12 +144,14 @@ fn bars(
     summary: &[ModeSummary],
     groups: &[(&str, Vec<Option<f64>>)],
     reference: Option<f64>,
+    target_lines: &[Option<f64>],
 ) -> Result<()> {
     let n = groups.len();
     let ymax = groups
         .iter()
         .flat_map(|(_, v)| v.iter().flatten().copied())
         .chain(reference)
+        .chain(target_lines.iter().flatten().copied())
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.15;
@@ -199,6 +210,7 @@ fn bars(
             ))
             .map_err(err)?;
     }
+    target_marks(&mut chart, target_lines)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -207,6 +219,44 @@ fn bars(
         .label_font(("sans-serif", 15))
         .draw()
         .map_err(err)?;
+    Ok(())
+}
+
+/// The dashed target line over each group that has one, its value at the
+/// right end, and one legend entry "target".
+fn target_marks(
+    chart: &mut ChartContext<
+        '_,
+        SVGBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    target_lines: &[Option<f64>],
+) -> Result<()> {
+    let style = TARGET_COLOR.stroke_width(2);
+    let mut first = true;
+    for (gi, t) in target_lines.iter().enumerate() {
+        let Some(t) = *t else { continue };
+        let (x0, x1) = (gi as f64 + 0.04, gi as f64 + 0.96);
+        let series = chart
+            .draw_series(DashedLineSeries::new([(x0, t), (x1, t)], 6, 4, style))
+            .map_err(err)?;
+        if first {
+            series
+                .label("target")
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], style));
+            first = false;
+        }
+        let label = TextStyle::from(("sans-serif", 12).into_font())
+            .color(&TARGET_COLOR)
+            .pos(Pos::new(HPos::Right, VPos::Bottom));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("target {t:.2}"),
+                (x1, t),
+                label,
+            )))
+            .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -242,7 +292,14 @@ mod tests {
         draw(&s, &p, "test").unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
-        for m in ["direct", "vxlan", "proxytun", "TCP x1", "Gbit/s"] {
+        for m in [
+            "direct",
+            "vxlan",
+            "proxytun",
+            "TCP x1",
+            "Gbit/s",
+            "target 0.60",
+        ] {
             assert!(svg.contains(m), "no {m} in the SVG");
         }
     }

@@ -13,10 +13,12 @@ mod control;
 mod dns;
 mod measure;
 mod modes;
+mod profile;
 mod report;
 mod soak;
 mod stats;
 mod synth;
+mod targets;
 mod topo;
 
 use std::net::SocketAddr;

@@ -23,7 +23,7 @@ mod kernel;
 mod proxytun;
 
 use env::STOP_GRACE;
-pub use env::{ModeEnv, ModeKind, PtHandles, Tools};
+pub use env::{ModeEnv, ModeKind, Tools};
 pub use kernel::openvpn_installed;
 use kernel::{setup_direct, setup_openvpn, setup_vxlan};
 pub use proxytun::daemon_drops;
