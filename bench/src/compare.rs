@@ -280,7 +280,7 @@ fn profile_outputs(
         println!("profile: none recorded");
         return serde_json::json!({"error": "none recorded"});
     };
-    let title = format!("proxytun daemons during TCP 1 stream ({secs} s, perf -F 999 -g)");
+    let title = format!("proxytun daemons during TCP 1 stream ({secs} s, perf -F 999, DWARF stacks)");
     match profile::render(data, out_dir, stamp, &title) {
         Ok(r) => {
             println!();

@@ -22,6 +22,13 @@ use testbed::cmd::{self, Bg};
 /// The sampling frequency, Hz: not a multiple of the timer tick, so
 /// samples do not lock step with periodic work.
 const FREQ: &str = "999";
+/// How call stacks are taken: DWARF unwinding of an 8 KiB copy of each
+/// sample's user stack. Frame pointers (`-g`) give whole kernel stacks but
+/// only the leaf of the daemon's own (Rust's release build and its std
+/// keep no frame pointers), so every user frame hangs off `[unknown]`;
+/// 8 KiB reaches from the leaf to the thread's start, and keeps the file
+/// near 8 MB per second of load.
+const CALL_GRAPH: &str = "dwarf,8192";
 /// How long perf may take past its load to write its file.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// How long `perf script` may take (it resolves every sample's symbols).
@@ -49,18 +56,18 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// Starts `perf record -F 999 -g` of `pids` into `data` for `secs`
-    /// seconds (perf's own `sleep` workload bounds it, and so the file).
-    /// Frame-pointer call graphs: the kernel's stacks are whole, the
-    /// daemon's own frames end early (Rust's release build keeps no frame
-    /// pointers), which still names every leaf and its thread.
+    /// Starts `perf record -F 999 --call-graph dwarf,8192` of `pids` into
+    /// `data` for `secs` seconds (perf's own `sleep` workload bounds it,
+    /// and so the file's size).
     pub fn start(pids: &[u32], secs: u64, data: &Path) -> Result<Recording> {
         if pids.is_empty() {
             bail!("no processes to profile");
         }
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
         let mut c = Command::new("perf");
-        c.args(["record", "-F", FREQ, "-g", "-p", &list.join(","), "-o"])
+        c.args(["record", "-F", FREQ, "--call-graph", CALL_GRAPH, "-p"])
+            .arg(list.join(","))
+            .arg("-o")
             .arg(data)
             .args(["--", "sleep", &secs.to_string()]);
         let perf = Bg::spawn(&mut c)?.with_grace(Duration::from_secs(5));
@@ -102,14 +109,15 @@ impl Recording {
     }
 }
 
-/// One of the hottest leaf functions.
+/// One of the hottest leaf functions (or threads).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hot {
-    /// The function (`[k]` for kernel functions).
+    /// The function (`[k]` for kernel functions), or the thread's name.
     pub function: String,
-    /// Samples whose leaf it was.
-    pub samples: u64,
-    /// Its share of all samples, percent.
+    /// Its samples weighted by their period, as perf and inferno count
+    /// them (nanoseconds for perf's `cpu-clock`).
+    pub weight: u64,
+    /// Its share of the total weight, percent.
     pub share_pct: f64,
 }
 
@@ -122,6 +130,10 @@ pub struct ProfileReport {
     pub folded: PathBuf,
     /// Samples in the profile.
     pub samples: u64,
+    /// What the weights count: `ns` (a clock event) or `events`.
+    pub weight_unit: &'static str,
+    /// The weight of every sample.
+    pub total_weight: u64,
     /// Share of the samples per thread name (the root frames), percent.
     pub threads: Vec<Hot>,
     /// The [`TOP_N`] hottest leaf functions.
@@ -151,9 +163,10 @@ pub fn render(data: &Path, out_dir: &Path, stamp: u64, title: &str) -> Result<Pr
     if folded.trim().is_empty() {
         bail!("perf recorded no samples of the daemons");
     }
+    let unit = weight_unit(&script);
     let mut fg = inferno::flamegraph::Options::default();
     fg.title = title.to_owned();
-    fg.count_name = "samples".to_owned();
+    fg.count_name = if unit == "ns" { "ns on CPU" } else { "events" }.to_owned();
     let mut svg = Vec::new();
     inferno::flamegraph::from_lines(&mut fg, folded.lines(), &mut svg)
         .context("drawing the flame graph")?;
@@ -167,15 +180,38 @@ pub fn render(data: &Path, out_dir: &Path, stamp: u64, title: &str) -> Result<Pr
         fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
         fs::write(out_dir.join(latest), bytes).with_context(|| format!("writing {latest}"))?;
     }
-    let (samples, top) = hottest(&folded, TOP_N, Frame::Leaf);
+    let (total_weight, top) = hottest(&folded, TOP_N, Frame::Leaf);
     let (_, threads) = hottest(&folded, usize::MAX, Frame::Root);
     Ok(ProfileReport {
         svg: svg_path,
         folded: folded_path,
-        samples,
+        samples: count_samples(&script),
+        weight_unit: unit,
+        total_weight,
         threads,
         top,
     })
+}
+
+/// The samples in `perf script` output: each starts with an unindented
+/// header line (`comm pid time: period event:`), its stack indented below.
+fn count_samples(script: &str) -> u64 {
+    let headers = script
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace));
+    headers.count() as u64
+}
+
+/// `ns` when the samples are of a clock event (whose period perf gives in
+/// nanoseconds), else `events`.
+fn weight_unit(script: &str) -> &'static str {
+    let first = script
+        .lines()
+        .find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with('#'));
+    match first {
+        Some(l) if l.contains("cpu-clock") || l.contains("task-clock") => "ns",
+        _ => "events",
+    }
 }
 
 /// Which frame of a stack [`hottest`] adds up by.
@@ -213,11 +249,11 @@ pub fn hottest(folded: &str, n: usize, frame: Frame) -> (u64, Vec<Hot>) {
     let top = list
         .into_iter()
         .take(n)
-        .map(|(f, samples)| Hot {
+        .map(|(f, weight)| Hot {
             function: pretty(f),
-            samples,
+            weight,
             share_pct: if total > 0 {
-                samples as f64 * 100.0 / total as f64
+                weight as f64 * 100.0 / total as f64
             } else {
                 0.0
             },
@@ -237,9 +273,14 @@ fn pretty(frame: &str) -> String {
 /// The report's lines: where the files are, the threads, the top leaves.
 pub fn render_top(r: &ProfileReport) -> String {
     let mut out = String::new();
+    let on_cpu = if r.weight_unit == "ns" {
+        format!(", {:.2} s on CPU", r.total_weight as f64 / 1e9)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "profile of proxytun (TCP 1 stream, both daemons): {} samples",
+        "profile of proxytun (TCP 1 stream, both daemons): {} samples{on_cpu}",
         r.samples
     );
     let threads: Vec<String> = r
@@ -248,16 +289,13 @@ pub fn render_top(r: &ProfileReport) -> String {
         .map(|t| format!("{} {:.1}%", t.function, t.share_pct))
         .collect();
     let _ = writeln!(out, "  by thread: {}", threads.join(", "));
-    let _ = writeln!(out, "  hottest leaf functions ([k] = kernel):");
+    let _ = writeln!(
+        out,
+        "  the {} hottest leaf functions, share of samples ([k] = kernel):",
+        r.top.len()
+    );
     for (i, h) in r.top.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  {:>2}. {:>5.1}%  {:>6}  {}",
-            i + 1,
-            h.share_pct,
-            h.samples,
-            h.function
-        );
+        let _ = writeln!(out, "  {:>2}. {:>5.1}%  {}", i + 1, h.share_pct, h.function);
     }
     let _ = writeln!(out, "flame graph: {}", r.svg.display());
     out
@@ -267,6 +305,40 @@ pub fn render_top(r: &ProfileReport) -> String {
 #[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
 mod tests {
     use super::*;
+
+    const SCRIPT: &str = "\
+egress  4242/4250  1000.000001:    1001001 cpu-clock:ppp:
+\t    55d0c0 ring::aead::aes_gcm::seal+0x10 (/x/proxytun)
+\t    55d0b0 proxytun::shell::egress::run+0x99 (/x/proxytun)
+
+ingress  4242/4251  1000.000002:    1001001 cpu-clock:ppp:
+\tffffffff81000000 _copy_to_iter+0x1 ([kernel.kallsyms])
+
+";
+
+    #[test]
+    fn samples_and_their_unit_from_perf_script() {
+        assert_eq!(count_samples(SCRIPT), 2);
+        assert_eq!(weight_unit(SCRIPT), "ns");
+        assert_eq!(weight_unit("x 1/1 1.0: 5 cycles:\n"), "events");
+        assert_eq!(count_samples(""), 0);
+        // inferno folds the same text with the period as the weight.
+        let mut opts = inferno::collapse::perf::Options::default();
+        opts.annotate_kernel = true;
+        opts.nthreads = 1;
+        let mut out = Vec::new();
+        inferno::collapse::Collapse::collapse(
+            &mut inferno::collapse::perf::Folder::from(opts),
+            SCRIPT.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        let folded = String::from_utf8(out).unwrap();
+        let (total, top) = hottest(&folded, TOP_N, Frame::Leaf);
+        assert_eq!(total, 2_002_002, "{folded}");
+        let names: Vec<&str> = top.iter().map(|h| h.function.as_str()).collect();
+        assert_eq!(names, ["_copy_to_iter [k]", "ring::aead::aes_gcm::seal"]);
+    }
 
     const FOLDED: &str = "\
 egress;proxytun::shell::egress::run;_copy_to_iter_[k] 30
@@ -282,7 +354,7 @@ garbage line
         assert_eq!(total, 100);
         assert_eq!(top.len(), 2);
         assert_eq!(top[0].function, "_copy_to_iter [k]");
-        assert_eq!(top[0].samples, 40);
+        assert_eq!(top[0].weight, 40);
         assert!((top[0].share_pct - 40.0).abs() < 1e-9);
         // A tie (40 and 40) is broken by name.
         assert_eq!(
@@ -297,16 +369,18 @@ garbage line
 
     #[test]
     fn report_lists_the_leaves() {
-        let (samples, top) = hottest(FOLDED, TOP_N, Frame::Leaf);
+        let (total_weight, top) = hottest(FOLDED, TOP_N, Frame::Leaf);
         let r = ProfileReport {
             svg: PathBuf::from("/x/profile-1.svg"),
             folded: PathBuf::from("/x/profile-1.folded"),
-            samples,
+            samples: 4,
+            weight_unit: "ns",
+            total_weight: total_weight * 10_000_000,
             threads: vec![],
             top,
         };
         let t = render_top(&r);
-        assert!(t.contains("100 samples"), "{t}");
+        assert!(t.contains("4 samples, 1.00 s on CPU"), "{t}");
         assert!(t.contains(" 1.  40.0%"), "{t}");
         assert!(t.contains("/x/profile-1.svg"), "{t}");
     }
