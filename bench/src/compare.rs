@@ -280,7 +280,8 @@ fn profile_outputs(
         println!("profile: none recorded");
         return serde_json::json!({"error": "none recorded"});
     };
-    let title = format!("proxytun daemons during TCP 1 stream ({secs} s, perf -F 999, DWARF stacks)");
+    let title =
+        format!("proxytun daemons during TCP 1 stream ({secs} s, perf -F 999, DWARF stacks)");
     match profile::render(data, out_dir, stamp, &title) {
         Ok(r) => {
             println!();
@@ -324,7 +325,7 @@ fn one_line(r: &RunRecord) -> String {
     let f = &r.figures;
     let v = report::fmt_value;
     let mut s = format!(
-        "tcp1 {} Gb/s, tcp4 {} Gb/s, udp {} Gb/s loss {}% (drops tun {} sockbuf {} daemons {}), rr {} tps p50 {} us p99 {} us, crr {}/s, cpu/Gbit fwd {} sys {}",
+        "tcp1 {} Gb/s, tcp4 {} Gb/s, udp {} Gb/s loss {}% (drops tun {} sockbuf {} daemons {} receiver {}), rr {} tps p50 {} us p99 {} us, crr {}/s, cpu/Gbit fwd {} sys {}",
         v(f.tcp1_gbps),
         v(f.tcp4_gbps),
         v(f.udp_gbps),
@@ -332,6 +333,7 @@ fn one_line(r: &RunRecord) -> String {
         report::fmt_count(f.udp_drop_tun_pkts),
         report::fmt_count(f.udp_drop_sockbuf_pkts),
         report::fmt_count(f.udp_drop_daemon_pkts),
+        report::fmt_count(f.udp_drop_receiver_pkts),
         v(f.rr_tps),
         v(f.rr_p50_us),
         v(f.rr_p99_us),

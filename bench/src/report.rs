@@ -82,6 +82,13 @@ pub const METRICS: &[Metric] = &[
         get: |f| f.udp_drop_daemon_pkts,
     },
     Metric {
+        key: "udp_drop_receiver_pkts",
+        label: "UDP drop receiver sock, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_drop_receiver_pkts,
+    },
+    Metric {
         key: "rr_tps",
         label: "TCP req/resp, transactions/s",
         higher_is_better: true,

@@ -37,7 +37,8 @@ impl SockbufErrors {
         }
     }
 
-    fn total(self) -> u64 {
+    /// Both counters together.
+    pub fn total(self) -> u64 {
         self.rcvbuf + self.sndbuf
     }
 }

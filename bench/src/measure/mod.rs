@@ -50,6 +50,9 @@ pub struct Figures {
     pub udp_drop_sockbuf_pkts: Option<f64>,
     /// Packets both daemons counted as dropped during the UDP load.
     pub udp_drop_daemon_pkts: Option<f64>,
+    /// UDP datagrams the receiving iperf3's socket buffer dropped (in the
+    /// server container; part of the receiver's loss).
+    pub udp_drop_receiver_pkts: Option<f64>,
     /// Request/response transactions per second.
     pub rr_tps: Option<f64>,
     /// Request/response median round trip, µs.
@@ -201,6 +204,7 @@ pub fn round(env: &mut ModeEnv, ctx: RoundCtx<'_>) -> Result<(RunRecord, Option<
             f.udp_drop_tun_pkts = count(d.tun_pkts);
             f.udp_drop_sockbuf_pkts = count(d.sockbuf_pkts);
             f.udp_drop_daemon_pkts = count(d.daemon_pkts);
+            f.udp_drop_receiver_pkts = count(Some(d.receiver_sockbuf.total()));
             raw.insert("udp_drops".into(), serde_json::to_value(d)?);
         }
         (Err(e), _) | (_, Err(e)) => note("udp drop counters", e, &mut errors)?,
