@@ -63,7 +63,10 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .unwrap_or_else(|| format!("ptb{}-", std::process::id() % 1000));
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let out_dir = args.out.clone().unwrap_or_else(|| default_out(&exe));
-    let selected: Vec<ModeKind> = args.modes.clone().unwrap_or_else(|| ModeKind::ALL.to_vec());
+    let mut selected: Vec<ModeKind> = args.modes.clone().unwrap_or_else(|| ModeKind::ALL.to_vec());
+    // An old name and its new one are the same mode: set it up once.
+    let mut seen = std::collections::HashSet::new();
+    selected.retain(|m| seen.insert(*m));
 
     ensure_tool("iperf3", "iperf3")?;
     if selected.contains(&ModeKind::Openvpn) && args.install && !modes::openvpn_installed() {

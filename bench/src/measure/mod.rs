@@ -123,7 +123,7 @@ pub fn round(env: &mut ModeEnv, ctx: RoundCtx<'_>) -> Result<(RunRecord, Option<
     // Single-stream TCP, with the CPU counters around it (and perf, when
     // profiling: a failed recording is a note, never a failed round).
     let pids = env.forwarder_pids();
-    let mut recording = match profile_to {
+    let recording = match profile_to {
         Some(p) => match Recording::start(&pids, secs, p) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -140,7 +140,7 @@ pub fn round(env: &mut ModeEnv, ctx: RoundCtx<'_>) -> Result<(RunRecord, Option<
         Ok((r, before.secs_until(&after)))
     })();
     let mut profile = None;
-    if let Some(rec) = recording.take() {
+    if let Some(rec) = recording {
         match rec.finish() {
             Ok(p) => profile = Some(p),
             Err(e) => note("profile", e, &mut errors)?,
