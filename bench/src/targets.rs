@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::report::{fmt_value, ModeSummary, METRICS};
+use crate::report::{ModeSummary, METRICS};
 use crate::stats;
 
 /// The mode the targets are about: the default configuration.
@@ -174,6 +174,8 @@ pub struct Outcome {
     pub wanted: String,
     /// The measured ratio (or value, for absolute targets).
     pub measured: Option<f64>,
+    /// The target's bound.
+    pub bound: f64,
     /// Met or missed.
     pub verdict: Verdict,
 }
@@ -224,10 +226,25 @@ pub fn evaluate(summary: &[ModeSummary]) -> Vec<Outcome> {
                 target: t.label,
                 wanted: format!("{} {}{unit}", t.cmp.symbol(), t.bound),
                 measured,
+                bound: t.bound,
                 verdict: judge(t, measured),
             }
         })
         .collect()
+}
+
+/// A measured value with three decimals, or as many more (up to six) as
+/// it takes not to print the bound itself when it is not the bound (a
+/// 1.0003 "> 1" that prints 1.000 would read as a wrong verdict).
+fn fmt_measured(v: Option<f64>, bound: f64) -> String {
+    let Some(v) = v else {
+        return "-".into();
+    };
+    let mut digits = 3;
+    while digits < 6 && v != bound && format!("{v:.digits$}") == format!("{bound:.digits$}") {
+        digits += 1;
+    }
+    format!("{v:.digits$}")
 }
 
 /// The printed block after the medians table.
@@ -245,7 +262,7 @@ pub fn render(outcomes: &[Outcome]) -> String {
             "  {:<36} {:>9} {:>10}  {}",
             o.target,
             o.wanted,
-            fmt_value(o.measured),
+            fmt_measured(o.measured, o.bound),
             o.verdict.word()
         );
     }
@@ -394,6 +411,15 @@ mod tests {
             verdict_of(&alone, "TCP 1 stream vs vxlan").1,
             Verdict::NotMeasured
         );
+    }
+
+    #[test]
+    fn measured_values_never_print_as_the_bound_they_miss_or_pass() {
+        assert_eq!(fmt_measured(Some(0.2764), 0.6), "0.276");
+        assert_eq!(fmt_measured(Some(1.0003), 1.0), "1.0003");
+        assert_eq!(fmt_measured(Some(1.0), 1.0), "1.000");
+        assert_eq!(fmt_measured(Some(58.44), 5.0), "58.440");
+        assert_eq!(fmt_measured(None, 1.0), "-");
     }
 
     #[test]
