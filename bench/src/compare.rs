@@ -1,5 +1,6 @@
 //! `bench compare`: set every mode up once, measure them interleaved,
-//! report medians and ratios, write the raw rounds and draw the chart.
+//! report medians, ratios and the targets, write the raw rounds,
+//! draw the chart and, with `--profile`, the default mode's flame graph.
 //!
 //! Cleanup is structural: the modes' environments and the hosts are guards
 //! whose Drop stops processes by pid and deletes namespaces; an error or a
@@ -12,10 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::measure::{self, RunRecord};
+use crate::measure::{self, RoundCtx, RunRecord};
 use crate::modes::{self, ModeEnv, ModeKind, Tools};
-use crate::report;
 use crate::topo::Hosts;
+use crate::{profile, report, targets};
 use testbed::cmd;
 use testbed::netns;
 
@@ -37,9 +38,13 @@ pub struct CompareArgs {
     /// Where the JSON and SVG go (default `target/bench/`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// apt-get install openvpn if it is missing.
+    /// apt-get install openvpn (and, with --profile, linux-perf) if missing.
     #[arg(long)]
     pub install: bool,
+    /// Record `perf` of the proxytun mode's daemons during its first
+    /// single-stream TCP load and draw a flame graph beside the chart.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Runs the comparison.
@@ -58,7 +63,10 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .unwrap_or_else(|| format!("ptb{}-", std::process::id() % 1000));
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let out_dir = args.out.clone().unwrap_or_else(|| default_out(&exe));
-    let selected: Vec<ModeKind> = args.modes.clone().unwrap_or_else(|| ModeKind::ALL.to_vec());
+    let mut selected: Vec<ModeKind> = args.modes.clone().unwrap_or_else(|| ModeKind::ALL.to_vec());
+    // An old name and its new one are the same mode: set it up once.
+    let mut seen = std::collections::HashSet::new();
+    selected.retain(|m| seen.insert(*m));
 
     ensure_tool("iperf3", "iperf3")?;
     if selected.contains(&ModeKind::Openvpn) && args.install && !modes::openvpn_installed() {
@@ -68,6 +76,14 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         proxytun: proxytun_bin(&exe, &selected)?,
         bench: exe.clone(),
     };
+    let profiling = args.profile && perf_ready(args.install, &selected);
+    // perf's data lives only until it is folded; the outputs go to out_dir.
+    let perf_dir = if profiling {
+        Some(tempfile::tempdir().context("creating perf's directory")?)
+    } else {
+        None
+    };
+    let perf_data = perf_dir.as_ref().map(|d| d.path().join("perf.data"));
 
     netns::remove_stale(&prefix, "bench")?;
     println!(
@@ -103,11 +119,29 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
 
     let mut records: Vec<RunRecord> = Vec::new();
+    let mut recorded: Option<PathBuf> = None;
     for r in 1..=args.runs {
         for env in &mut envs {
             cmd::check_interrupt()?;
             println!("bench: round {r}/{}: {}", args.runs, env.kind);
-            let rec = measure::round(env, &tools, args.secs, r)?;
+            let profile_to = perf_data
+                .as_deref()
+                .filter(|_| env.kind == ModeKind::Proxytun && recorded.is_none());
+            let ctx = RoundCtx {
+                hosts: &hosts,
+                tools: &tools,
+                secs: args.secs,
+                run: r,
+                profile_to,
+            };
+            let (rec, prof) = measure::round(env, ctx)?;
+            if profile_to.is_some() {
+                println!(
+                    "bench:   perf recorded proxytun's TCP 1 stream: {}",
+                    if prof.is_some() { "yes" } else { "no" }
+                );
+            }
+            recorded = recorded.or(prof);
             println!("bench:   {}", one_line(&rec));
             records.push(rec);
         }
@@ -115,8 +149,11 @@ pub fn run(args: &CompareArgs) -> Result<()> {
 
     let mode_names: Vec<String> = envs.iter().map(|e| e.kind.name().to_owned()).collect();
     let summary = report::summarize(&records, &mode_names);
+    let outcomes = targets::evaluate(&summary);
     println!();
     print!("{}", report::render_table(&summary));
+    println!();
+    print!("{}", targets::render(&outcomes));
     for (m, why) in &skipped {
         println!("skipped: {m}: {}", first_lines(why, 1));
     }
@@ -126,6 +163,12 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let profile_json = if args.profile {
+        profile_outputs(recorded.as_deref(), &out_dir, stamp, args.secs)
+    } else {
+        serde_json::Value::Null
+    };
+    drop(perf_dir);
     let json = serde_json::json!({
         "settings": {
             "runs": args.runs,
@@ -137,6 +180,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         "machine": machine_info(&tools),
         "skipped": skipped.iter().map(|(m, w)| serde_json::json!({"mode": m, "reason": w})).collect::<Vec<_>>(),
         "medians": report::medians_json(&summary),
+        "targets": outcomes,
+        "profile": profile_json,
         "runs": records,
     });
     let text = serde_json::to_string_pretty(&json)?;
@@ -177,15 +222,7 @@ fn default_out(exe: &Path) -> PathBuf {
 fn proxytun_bin(exe: &Path, selected: &[ModeKind]) -> Result<PathBuf> {
     let dir = exe.parent().context("the bench binary has no directory")?;
     let bin = dir.join("proxytun");
-    let wanted = selected.iter().any(|m| {
-        matches!(
-            m,
-            ModeKind::Proxytun
-                | ModeKind::ProxytunPlain
-                | ModeKind::ProxytunNoauth
-                | ModeKind::ProxytunEncrypt
-        )
-    });
+    let wanted = selected.iter().any(|m| m.is_proxytun());
     if bin.exists() || !wanted {
         return Ok(bin);
     }
@@ -212,6 +249,53 @@ fn proxytun_bin(exe: &Path, selected: &[ModeKind]) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// Whether `--profile` can record: a proxytun mode is selected and perf
+/// works (apt-installed with `--install`). Says why not otherwise; the
+/// run goes on without a profile.
+fn perf_ready(install: bool, selected: &[ModeKind]) -> bool {
+    if !selected.contains(&ModeKind::Proxytun) {
+        println!("bench: NOTE: --profile profiles the proxytun mode, which is not selected");
+        return false;
+    }
+    if !profile::perf_available() && install {
+        if let Err(e) = ensure_tool("perf", "linux-perf") {
+            println!("bench: NOTE: installing linux-perf failed: {e:#}");
+        }
+    }
+    if profile::perf_available() {
+        return true;
+    }
+    println!("bench: NOTE: perf is missing (--install apt-gets linux-perf); no profile this run");
+    false
+}
+
+/// Folds and draws the recorded profile, prints its hottest functions and
+/// returns the JSON of it; a failure is a note, not a failed run.
+fn profile_outputs(
+    recorded: Option<&Path>,
+    out_dir: &Path,
+    stamp: u64,
+    secs: u64,
+) -> serde_json::Value {
+    let Some(data) = recorded else {
+        println!("profile: none recorded");
+        return serde_json::json!({"error": "none recorded"});
+    };
+    let title =
+        format!("proxytun daemons during TCP 1 stream ({secs} s, perf -F 999, DWARF stacks)");
+    match profile::render(data, out_dir, stamp, &title) {
+        Ok(r) => {
+            println!();
+            print!("{}", profile::render_top(&r));
+            serde_json::to_value(&r).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+        }
+        Err(e) => {
+            println!("profile: NOTE: no flame graph: {e:#}");
+            serde_json::json!({"error": format!("{e:#}")})
+        }
+    }
 }
 
 /// Installs `package` with apt-get when `tool` is not on the PATH.
@@ -244,11 +328,15 @@ fn one_line(r: &RunRecord) -> String {
     let f = &r.figures;
     let v = report::fmt_value;
     let mut s = format!(
-        "tcp1 {} Gb/s, tcp4 {} Gb/s, udp {} Gb/s loss {}%, rr {} tps p50 {} us p99 {} us, crr {}/s, cpu/Gbit fwd {} sys {}",
+        "tcp1 {} Gb/s, tcp4 {} Gb/s, udp {} Gb/s loss {}% (drops tun {} sockbuf {} daemons {} receiver {}), rr {} tps p50 {} us p99 {} us, crr {}/s, cpu/Gbit fwd {} sys {}",
         v(f.tcp1_gbps),
         v(f.tcp4_gbps),
         v(f.udp_gbps),
         v(f.udp_loss_pct),
+        report::fmt_count(f.udp_drop_tun_pkts),
+        report::fmt_count(f.udp_drop_sockbuf_pkts),
+        report::fmt_count(f.udp_drop_daemon_pkts),
+        report::fmt_count(f.udp_drop_receiver_pkts),
         v(f.rr_tps),
         v(f.rr_p50_us),
         v(f.rr_p99_us),

@@ -13,10 +13,12 @@ mod control;
 mod dns;
 mod measure;
 mod modes;
+mod profile;
 mod report;
 mod soak;
 mod stats;
 mod synth;
+mod targets;
 mod topo;
 
 use std::net::SocketAddr;
@@ -40,8 +42,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun,
-    /// proxytun-plain; prints medians and ratios, writes JSON and an SVG.
+    /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun
+    /// (the default auth), plain, encrypt, proxytun-nooffload; prints
+    /// medians, ratios and the issue-16 targets, writes JSON and an SVG
+    /// (and with --profile a flame graph of proxytun).
     Compare(compare::CompareArgs),
     /// The control plane at scale: a real etcd with simulated nodes, the
     /// change -> view latency of a watching node, heap per 10k table entries

@@ -17,6 +17,8 @@ pub struct Metric {
     pub label: &'static str,
     /// Whether a bigger value is better (throughput) or worse (latency, CPU).
     pub higher_is_better: bool,
+    /// Whether the figure is a count (printed without decimals).
+    pub counts: bool,
     /// Reads the figure from one round.
     pub get: fn(&Figures) -> Option<f64>,
 }
@@ -27,60 +29,105 @@ pub const METRICS: &[Metric] = &[
         key: "tcp1_gbps",
         label: "TCP 1 stream, Gbit/s",
         higher_is_better: true,
+        counts: false,
         get: |f| f.tcp1_gbps,
     },
     Metric {
         key: "tcp4_gbps",
         label: "TCP 4 streams, Gbit/s",
         higher_is_better: true,
+        counts: false,
         get: |f| f.tcp4_gbps,
     },
     Metric {
         key: "udp_gbps",
         label: "UDP 1400 B received, Gbit/s",
         higher_is_better: true,
+        counts: false,
         get: |f| f.udp_gbps,
     },
     Metric {
         key: "udp_loss_pct",
         label: "UDP 1400 B loss, %",
         higher_is_better: false,
+        counts: false,
         get: |f| f.udp_loss_pct,
+    },
+    Metric {
+        key: "udp_lost_pkts",
+        label: "UDP lost at receiver, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_lost_pkts,
+    },
+    Metric {
+        key: "udp_drop_tun_pkts",
+        label: "UDP drop TUN queue, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_drop_tun_pkts,
+    },
+    Metric {
+        key: "udp_drop_sockbuf_pkts",
+        label: "UDP drop socket bufs, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_drop_sockbuf_pkts,
+    },
+    Metric {
+        key: "udp_drop_daemon_pkts",
+        label: "UDP drop daemons, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_drop_daemon_pkts,
+    },
+    Metric {
+        key: "udp_drop_receiver_pkts",
+        label: "UDP drop receiver sock, pkts",
+        higher_is_better: false,
+        counts: true,
+        get: |f| f.udp_drop_receiver_pkts,
     },
     Metric {
         key: "rr_tps",
         label: "TCP req/resp, transactions/s",
         higher_is_better: true,
+        counts: false,
         get: |f| f.rr_tps,
     },
     Metric {
         key: "rr_p50_us",
         label: "TCP req/resp p50, us",
         higher_is_better: false,
+        counts: false,
         get: |f| f.rr_p50_us,
     },
     Metric {
         key: "rr_p99_us",
         label: "TCP req/resp p99, us",
         higher_is_better: false,
+        counts: false,
         get: |f| f.rr_p99_us,
     },
     Metric {
         key: "crr_cps",
         label: "new TCP connections/s",
         higher_is_better: true,
+        counts: false,
         get: |f| f.crr_cps,
     },
     Metric {
         key: "fwd_cpu_s_per_gbit",
         label: "forwarder CPU s/Gbit (TCP 1)",
         higher_is_better: false,
+        counts: false,
         get: |f| f.fwd_cpu_s_per_gbit,
     },
     Metric {
         key: "sys_cpu_s_per_gbit",
         label: "machine CPU s/Gbit (TCP 1)",
         higher_is_better: false,
+        counts: false,
         get: |f| f.sys_cpu_s_per_gbit,
     },
 ];
@@ -146,6 +193,15 @@ pub fn fmt_value(v: Option<f64>) -> String {
     }
 }
 
+/// Formats a count: no decimals (a median of two rounds may end in .5,
+/// which is rounded).
+pub fn fmt_count(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) => format!("{x:.0}"),
+    }
+}
+
 /// Formats a ratio as `0.62x`.
 pub fn fmt_ratio(v: Option<f64>) -> String {
     match v {
@@ -186,7 +242,11 @@ pub fn render_table(summary: &[ModeSummary]) -> String {
                 out,
                 "{label:<33} {:<mw$} {:>10} {:>9} {:>9}",
                 s.mode,
-                fmt_value(s.medians[i]),
+                if m.counts {
+                    fmt_count(s.medians[i])
+                } else {
+                    fmt_value(s.medians[i])
+                },
                 fmt_ratio(ratio_to(summary, s, "direct", i)),
                 fmt_ratio(ratio_to(summary, s, "vxlan", i)),
             );
@@ -288,5 +348,8 @@ mod tests {
         assert_eq!(fmt_value(Some(0.0)), "0");
         assert_eq!(fmt_ratio(Some(0.625)), "0.62x");
         assert_eq!(fmt_ratio(None), "-");
+        assert_eq!(fmt_count(Some(12.0)), "12");
+        assert_eq!(fmt_count(Some(1234.0)), "1234");
+        assert_eq!(fmt_count(None), "-");
     }
 }

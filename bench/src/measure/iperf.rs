@@ -40,6 +40,10 @@ pub struct IperfReport {
     pub secs: f64,
     /// UDP only: lost datagrams in percent.
     pub lost_percent: Option<f64>,
+    /// UDP only: datagrams the receiver counted as lost (all sent ones
+    /// when none arrived).
+    #[serde(default)]
+    pub lost_packets: Option<u64>,
     /// TCP only: the sender's retransmissions.
     pub retransmits: Option<u64>,
 }
@@ -69,6 +73,7 @@ pub fn parse(json: &str, load: Load) -> Result<IperfReport> {
             bytes: num(recv, "bytes")? as u64,
             secs: num(recv, "seconds")?,
             lost_percent: None,
+            lost_packets: None,
             retransmits: end["sum_sent"]["retransmits"].as_u64(),
         }),
         Load::Udp { .. } => {
@@ -78,16 +83,17 @@ pub fn parse(json: &str, load: Load) -> Result<IperfReport> {
             // so when none did it says 0 %: count that as all lost.
             let sent = end["sum_sent"]["packets"].as_u64().unwrap_or(0);
             let got = r["packets"].as_u64().unwrap_or(0);
-            let lost = if got == 0 && sent > 0 {
-                100.0
+            let (lost, lost_packets) = if got == 0 && sent > 0 {
+                (100.0, Some(sent))
             } else {
-                num(r, "lost_percent")?
+                (num(r, "lost_percent")?, r["lost_packets"].as_u64())
             };
             Ok(IperfReport {
                 bps: num(r, "bits_per_second")?,
                 bytes: num(r, "bytes")? as u64,
                 secs: num(r, "seconds")?,
                 lost_percent: Some(lost),
+                lost_packets,
                 retransmits: None,
             })
         }
@@ -141,6 +147,7 @@ mod tests {
         assert!((r.bps - 2_849_104_339.723).abs() < 1.0);
         let lost = r.lost_percent.unwrap();
         assert!((lost - 3.177_562_98).abs() < 1e-6);
+        assert_eq!(r.lost_packets, Some(8350));
     }
 
     #[test]
@@ -157,6 +164,7 @@ mod tests {
             "sum_received":{"bits_per_second":0,"bytes":0,"seconds":2.0,"packets":0,"lost_packets":0,"lost_percent":0}}}"#;
         let r = parse(j, Load::Udp { len: 1400 }).unwrap();
         assert_eq!(r.lost_percent, Some(100.0));
+        assert_eq!(r.lost_packets, Some(5000));
         assert_eq!(r.bps, 0.0);
     }
 

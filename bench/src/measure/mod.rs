@@ -3,16 +3,20 @@
 //! round goes on, so one bad figure does not lose the others.
 
 pub mod cpu;
+pub mod drops;
 pub mod iperf;
 pub mod rr;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::modes::{ModeEnv, Tools, RR_PORT};
+use crate::profile::Recording;
+use crate::topo::Hosts;
 use iperf::Load;
 use testbed::cmd;
 
@@ -37,6 +41,18 @@ pub struct Figures {
     pub udp_gbps: Option<f64>,
     /// UDP loss, percent.
     pub udp_loss_pct: Option<f64>,
+    /// UDP datagrams the receiver counted as lost.
+    pub udp_lost_pkts: Option<f64>,
+    /// UDP datagrams dropped by the sending node's TUN queue (proxytun).
+    pub udp_drop_tun_pkts: Option<f64>,
+    /// UDP datagrams dropped by both hosts' socket buffers (modes with
+    /// forwarder processes).
+    pub udp_drop_sockbuf_pkts: Option<f64>,
+    /// Packets both daemons counted as dropped during the UDP load.
+    pub udp_drop_daemon_pkts: Option<f64>,
+    /// UDP datagrams the receiving iperf3's socket buffer dropped (in the
+    /// server container; part of the receiver's loss).
+    pub udp_drop_receiver_pkts: Option<f64>,
     /// Request/response transactions per second.
     pub rr_tps: Option<f64>,
     /// Request/response median round trip, µs.
@@ -67,8 +83,32 @@ pub struct RunRecord {
     pub errors: Vec<String>,
 }
 
-/// Runs every load once against `env`, each for `secs` seconds.
-pub fn round(env: &mut ModeEnv, tools: &Tools, secs: u64, run: u32) -> Result<RunRecord> {
+/// What one round needs besides the mode.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundCtx<'a> {
+    /// The hosts, for the per-namespace drop counters.
+    pub hosts: &'a Hosts,
+    /// The binaries.
+    pub tools: &'a Tools,
+    /// Seconds per load.
+    pub secs: u64,
+    /// The round, from 1.
+    pub run: u32,
+    /// Where to record `perf` of the forwarders during single-stream TCP
+    /// (`--profile`, the proxytun mode's first round).
+    pub profile_to: Option<&'a Path>,
+}
+
+/// Runs every load once against `env`, each for `secs` seconds. Returns
+/// the round and, when a profile was asked for and recorded, its file.
+pub fn round(env: &mut ModeEnv, ctx: RoundCtx<'_>) -> Result<(RunRecord, Option<PathBuf>)> {
+    let RoundCtx {
+        hosts,
+        tools,
+        secs,
+        run,
+        profile_to,
+    } = ctx;
     let mut f = Figures::default();
     let mut raw = serde_json::Map::new();
     let mut errors = Vec::new();
@@ -80,14 +120,33 @@ pub fn round(env: &mut ModeEnv, tools: &Tools, secs: u64, run: u32) -> Result<Ru
         Ok(())
     };
 
-    // Single-stream TCP, with the CPU counters around it.
+    // Single-stream TCP, with the CPU counters around it (and perf, when
+    // profiling: a failed recording is a note, never a failed round).
     let pids = env.forwarder_pids();
+    let recording = match profile_to {
+        Some(p) => match Recording::start(&pids, secs, p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                note("profile", e, &mut errors)?;
+                None
+            }
+        },
+        None => None,
+    };
     let tcp1 = (|| -> Result<_> {
         let before = cpu::Sample::take(&pids)?;
         let r = iperf::run(&env.client, env.target, Load::Tcp { streams: 1 }, secs)?;
         let after = cpu::Sample::take(&pids)?;
         Ok((r, before.secs_until(&after)))
     })();
+    let mut profile = None;
+    if let Some(rec) = recording {
+        match rec.finish() {
+            Ok(p) => profile = Some(p),
+            Err(e) => note("profile", e, &mut errors)?,
+        }
+        raw.insert("tcp1_profiled".into(), serde_json::json!(true));
+    }
     match tcp1 {
         Ok((r, (machine_s, procs_s))) => {
             f.tcp1_gbps = Some(r.bps / 1e9);
@@ -125,13 +184,30 @@ pub fn round(env: &mut ModeEnv, tools: &Tools, secs: u64, run: u32) -> Result<Ru
     env.check_alive()?;
     cmd::sleep(SETTLE)?;
 
-    match iperf::run(&env.client, env.target, Load::Udp { len: UDP_LEN }, secs) {
+    // UDP, with the drop counters around it.
+    let drops_before = drops::Sample::take(env, hosts, tools);
+    let udp = iperf::run(&env.client, env.target, Load::Udp { len: UDP_LEN }, secs);
+    let drops_after = drops::Sample::take(env, hosts, tools);
+    match udp {
         Ok(r) => {
             f.udp_gbps = Some(r.bps / 1e9);
             f.udp_loss_pct = r.lost_percent;
+            f.udp_lost_pkts = r.lost_packets.map(|n| n as f64);
             raw.insert("udp".into(), serde_json::to_value(&r)?);
         }
         Err(e) => note("udp", e, &mut errors)?,
+    }
+    match (drops_before, drops_after) {
+        (Ok(b), Ok(a)) => {
+            let d = b.until(&a);
+            let count = |n: Option<u64>| n.map(|n| n as f64);
+            f.udp_drop_tun_pkts = count(d.tun_pkts);
+            f.udp_drop_sockbuf_pkts = count(d.sockbuf_pkts);
+            f.udp_drop_daemon_pkts = count(d.daemon_pkts);
+            f.udp_drop_receiver_pkts = count(Some(d.receiver_sockbuf.total()));
+            raw.insert("udp_drops".into(), serde_json::to_value(d)?);
+        }
+        (Err(e), _) | (_, Err(e)) => note("udp drop counters", e, &mut errors)?,
     }
     env.check_alive()?;
     cmd::sleep(SETTLE)?;
@@ -172,13 +248,14 @@ pub fn round(env: &mut ModeEnv, tools: &Tools, secs: u64, run: u32) -> Result<Ru
     env.check_alive()?;
     cmd::sleep(SETTLE)?;
 
-    Ok(RunRecord {
+    let rec = RunRecord {
         mode: env.kind.name().to_owned(),
         run,
         figures: f,
         raw: serde_json::Value::Object(raw),
         errors,
-    })
+    };
+    Ok((rec, profile))
 }
 
 /// Runs one of our clients in the client container and parses its JSON line.

@@ -29,27 +29,31 @@ pub enum ModeKind {
     /// OpenVPN 2.6 peer-to-peer without crypto: the nearest userspace
     /// TUN<->UDP peer.
     Openvpn,
-    /// Both proxytun daemons, the server reached through its ServiceIP.
+    /// Both proxytun daemons in the default configuration (`security =
+    /// "auth"`, offloads on), the server reached through its ServiceIP:
+    /// the figure of what users run.
     Proxytun,
-    /// The same with `[tun] offload = false`: the plain path.
-    ProxytunPlain,
-    /// `proxytun` (offloads on) with `tunnel.security = "plain"`: no tag,
-    /// the baseline the security modes are compared with.
-    ProxytunNoauth,
-    /// `proxytun` (offloads on) with `tunnel.security = "encrypt"`.
-    ProxytunEncrypt,
+    /// The same with `tunnel.security = "plain"`: no tag, the baseline
+    /// the security modes are compared with.
+    Plain,
+    /// The same with `tunnel.security = "encrypt"`.
+    Encrypt,
+    /// The default configuration with `[tun] offload = false`: the path
+    /// without TUN offloads and UDP GSO/GRO.
+    ProxytunNooffload,
 }
 
 impl ModeKind {
-    /// Every mode, in the order they are measured and printed.
+    /// Every mode, in the order they are measured and printed (the
+    /// security modes beside the default one).
     pub const ALL: [ModeKind; 7] = [
         ModeKind::Direct,
         ModeKind::Vxlan,
         ModeKind::Openvpn,
         ModeKind::Proxytun,
-        ModeKind::ProxytunPlain,
-        ModeKind::ProxytunNoauth,
-        ModeKind::ProxytunEncrypt,
+        ModeKind::Plain,
+        ModeKind::Encrypt,
+        ModeKind::ProxytunNooffload,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -59,10 +63,27 @@ impl ModeKind {
             ModeKind::Vxlan => "vxlan",
             ModeKind::Openvpn => "openvpn",
             ModeKind::Proxytun => "proxytun",
-            ModeKind::ProxytunPlain => "proxytun-plain",
-            ModeKind::ProxytunNoauth => "proxytun-noauth",
-            ModeKind::ProxytunEncrypt => "proxytun-encrypt",
+            ModeKind::Plain => "plain",
+            ModeKind::Encrypt => "encrypt",
+            ModeKind::ProxytunNooffload => "proxytun-nooffload",
         }
+    }
+
+    /// Names earlier versions of the bench used, still accepted on the
+    /// command line so old scripts and notes keep working (never printed).
+    /// `proxytun-plain` was the offloads-off mode, not `plain` security.
+    const ALIASES: [(&'static str, ModeKind); 3] = [
+        ("proxytun-plain", ModeKind::ProxytunNooffload),
+        ("proxytun-noauth", ModeKind::Plain),
+        ("proxytun-encrypt", ModeKind::Encrypt),
+    ];
+
+    /// Whether this is one of the proxytun daemon modes.
+    pub fn is_proxytun(self) -> bool {
+        matches!(
+            self,
+            ModeKind::Proxytun | ModeKind::Plain | ModeKind::Encrypt | ModeKind::ProxytunNooffload
+        )
     }
 
     /// A short tag for namespace and interface names (which are short).
@@ -72,9 +93,9 @@ impl ModeKind {
             ModeKind::Vxlan => "vxl",
             ModeKind::Openvpn => "ovpn",
             ModeKind::Proxytun => "pt",
-            ModeKind::ProxytunPlain => "ptpl",
-            ModeKind::ProxytunNoauth => "ptna",
-            ModeKind::ProxytunEncrypt => "ptenc",
+            ModeKind::Plain => "ptpl",
+            ModeKind::Encrypt => "ptenc",
+            ModeKind::ProxytunNooffload => "ptnoo",
         }
     }
 }
@@ -91,6 +112,11 @@ impl FromStr for ModeKind {
         ModeKind::ALL
             .into_iter()
             .find(|m| m.name() == s)
+            .or_else(|| {
+                ModeKind::ALIASES
+                    .into_iter()
+                    .find_map(|(alias, m)| (alias == s).then_some(m))
+            })
             .ok_or_else(|| {
                 let all: Vec<&str> = ModeKind::ALL.iter().map(|m| m.name()).collect();
                 format!("unknown mode {s:?}; known: {}", all.join(", "))
@@ -127,6 +153,19 @@ pub struct ModeEnv {
     pub(super) dir: Option<TempDir>,
     /// Log files of the forwarders, shown when something fails.
     pub(super) logs: Vec<PathBuf>,
+    /// For the proxytun modes: what the drop figures read besides pids.
+    pub pt: Option<PtHandles>,
+}
+
+/// What the harness reads of a proxytun mode's daemons to say where
+/// packets were dropped: the TUN's name (the same in both host
+/// namespaces) and the daemons' API sockets, node a's first.
+#[derive(Debug, Clone)]
+pub struct PtHandles {
+    /// The TUN device of both daemons.
+    pub tun: &'static str,
+    /// The API sockets of the daemons on host a and host b.
+    pub sockets: [PathBuf; 2],
 }
 
 impl ModeEnv {
@@ -171,5 +210,45 @@ impl Drop for ModeEnv {
             f.stop();
         }
         // The namespaces and the temporary directory go with the fields.
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_names_and_old_aliases_parse() {
+        for m in ModeKind::ALL {
+            assert_eq!(m.name().parse::<ModeKind>().unwrap(), m);
+        }
+        assert_eq!(
+            "proxytun-noauth".parse::<ModeKind>().unwrap(),
+            ModeKind::Plain
+        );
+        assert_eq!(
+            "proxytun-encrypt".parse::<ModeKind>().unwrap(),
+            ModeKind::Encrypt
+        );
+        assert_eq!(
+            "proxytun-plain".parse::<ModeKind>().unwrap(),
+            ModeKind::ProxytunNooffload
+        );
+        // Aliases are accepted, never printed.
+        assert_eq!(ModeKind::Plain.to_string(), "plain");
+        let e = "nosuch".parse::<ModeKind>().unwrap_err();
+        assert!(
+            e.contains("proxytun-nooffload") && !e.contains("noauth"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tags_are_unique() {
+        let mut tags: Vec<&str> = ModeKind::ALL.iter().map(|m| m.tag()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), ModeKind::ALL.len());
     }
 }

@@ -26,7 +26,8 @@ use env::STOP_GRACE;
 pub use env::{ModeEnv, ModeKind, Tools};
 pub use kernel::openvpn_installed;
 use kernel::{setup_direct, setup_openvpn, setup_vxlan};
-use proxytun::{setup_proxytun, PROXYTUN, PROXYTUN_ENCRYPT, PROXYTUN_NOAUTH, PROXYTUN_PLAIN};
+pub use proxytun::daemon_drops;
+use proxytun::{setup_proxytun, ENCRYPT, NOOFFLOAD, PLAIN, PROXYTUN};
 
 /// The port iperf3 listens on in every server container.
 pub const IPERF_PORT: u16 = 5201;
@@ -46,15 +47,16 @@ pub fn setup(kind: ModeKind, hosts: &Hosts, tools: &Tools) -> Result<ModeEnv> {
         server,
         dir: None,
         logs: Vec::new(),
+        pt: None,
     };
     match kind {
         ModeKind::Direct => setup_direct(&mut env, hosts)?,
         ModeKind::Vxlan => setup_vxlan(&mut env, hosts)?,
         ModeKind::Openvpn => setup_openvpn(&mut env, hosts)?,
         ModeKind::Proxytun => setup_proxytun(&mut env, hosts, tools, &PROXYTUN)?,
-        ModeKind::ProxytunPlain => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_PLAIN)?,
-        ModeKind::ProxytunNoauth => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_NOAUTH)?,
-        ModeKind::ProxytunEncrypt => setup_proxytun(&mut env, hosts, tools, &PROXYTUN_ENCRYPT)?,
+        ModeKind::Plain => setup_proxytun(&mut env, hosts, tools, &PLAIN)?,
+        ModeKind::Encrypt => setup_proxytun(&mut env, hosts, tools, &ENCRYPT)?,
+        ModeKind::ProxytunNooffload => setup_proxytun(&mut env, hosts, tools, &NOOFFLOAD)?,
     }
     // Client-side tuning for the connection-rate test: many short
     // connections from one address must not run out of ports.

@@ -1,6 +1,7 @@
 //! The proxytun modes: two real daemons, one per host, in each of the
-//! flavours under comparison (offload, plain, no authentication,
-//! encryption), configured through their CLI as an operator would.
+//! flavours under comparison (the default auth, plain and encrypt
+//! security, and the default without offloads), configured through their
+//! CLI as an operator would; and the daemons' drop counters.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -12,10 +13,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use testbed::cmd::{self, Bg};
 
-use super::env::{ModeEnv, Tools};
+use super::env::{ModeEnv, PtHandles, Tools};
 use crate::topo::{Hosts, HOST_A, HOST_B};
 
-/// How one proxytun mode configures its daemons. The two proxytun modes
+/// How one proxytun mode configures its daemons. The proxytun modes
 /// share the host namespaces, so each gets its own ranges, device names,
 /// port and app names.
 #[derive(Debug)]
@@ -42,6 +43,7 @@ pub(super) struct PtFlavour {
 /// compare; VXLAN's 1450 would not fit an authenticated datagram.
 const PT_MTU: u32 = 1500 - 20 - 8 - 20 - 16;
 
+/// The default configuration: `security = "auth"`, offloads on.
 pub(super) const PROXYTUN: PtFlavour = PtFlavour {
     tun_extra: "",
     tun_name: "ptun0",
@@ -55,7 +57,8 @@ pub(super) const PROXYTUN: PtFlavour = PtFlavour {
     security: "auth",
 };
 
-pub(super) const PROXYTUN_PLAIN: PtFlavour = PtFlavour {
+/// `proxytun-nooffload`: the default with `[tun] offload = false`.
+pub(super) const NOOFFLOAD: PtFlavour = PtFlavour {
     tun_extra: "offload = false\n",
     tun_name: "ptun1",
     bridge: "ptbr1",
@@ -64,11 +67,12 @@ pub(super) const PROXYTUN_PLAIN: PtFlavour = PtFlavour {
     cluster6: "fdff:19::/112",
     services: "10.31.0.0/16",
     services6: "fdff:31::/112",
-    app: "ptplain",
+    app: "ptnooff",
     security: "auth",
 };
 
-pub(super) const PROXYTUN_NOAUTH: PtFlavour = PtFlavour {
+/// `plain`: `security = "plain"` (no tag), offloads on.
+pub(super) const PLAIN: PtFlavour = PtFlavour {
     tun_extra: "",
     tun_name: "ptun2",
     bridge: "ptbr2",
@@ -77,11 +81,12 @@ pub(super) const PROXYTUN_NOAUTH: PtFlavour = PtFlavour {
     cluster6: "fdff:20::/112",
     services: "10.32.0.0/16",
     services6: "fdff:32::/112",
-    app: "ptnoauth",
+    app: "ptplain",
     security: "plain",
 };
 
-pub(super) const PROXYTUN_ENCRYPT: PtFlavour = PtFlavour {
+/// `encrypt`: `security = "encrypt"`, offloads on.
+pub(super) const ENCRYPT: PtFlavour = PtFlavour {
     tun_extra: "",
     tun_name: "ptun3",
     bridge: "ptbr3",
@@ -283,5 +288,47 @@ pub(super) fn setup_proxytun(
     )
     .context("attaching the client container on node a")?;
     env.target = rr;
+    env.pt = Some(PtHandles {
+        tun: fl.tun_name,
+        sockets: [sa, sb],
+    });
     Ok(())
+}
+
+/// The packets one daemon dropped, as `proxytun counters --json` says:
+/// every drop reason plus the failed TUN writes and refused tunnel sends
+/// (a packet lost to the daemon either way).
+pub fn daemon_drops(tools: &Tools, sock: &Path) -> Result<u64> {
+    Ok(drops_in_counters(&cli_json(tools, sock, &["counters"])?))
+}
+
+/// The sum [`daemon_drops`] takes of a counters object; a key the daemon
+/// does not have counts zero, so a newer or older daemon still reads.
+fn drops_in_counters(v: &Value) -> u64 {
+    let reasons: u64 = v["drops"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    let errors: u64 = ["tun_write_errors", "tunnel_send_errors"]
+        .iter()
+        .filter_map(|k| v[*k].as_u64())
+        .sum();
+    reasons + errors
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap (common brief).
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_sum_reasons_and_lost_io() {
+        let v: Value = serde_json::from_str(
+            r#"{"tun_rx": 900, "drops": {"no_flow": 4, "replay": 1, "malformed": 0},
+                "tun_write_errors": 2, "tunnel_send_errors": 3, "tun_read_errors": 7}"#,
+        )
+        .unwrap();
+        assert_eq!(drops_in_counters(&v), 10);
+        assert_eq!(drops_in_counters(&serde_json::json!({})), 0);
+    }
 }
