@@ -41,12 +41,15 @@ pub enum ModeKind {
     /// The default configuration with `[tun] offload = false`: the path
     /// without TUN offloads and UDP GSO/GRO.
     ProxytunNooffload,
+    /// The default configuration with `tunnel.busy_poll_us = 50`: the
+    /// latency figures with busy-polling beside those without.
+    ProxytunBusypoll,
 }
 
 impl ModeKind {
     /// Every mode, in the order they are measured and printed (the
     /// security modes beside the default one).
-    pub const ALL: [ModeKind; 7] = [
+    pub const ALL: [ModeKind; 8] = [
         ModeKind::Direct,
         ModeKind::Vxlan,
         ModeKind::Openvpn,
@@ -54,6 +57,7 @@ impl ModeKind {
         ModeKind::Plain,
         ModeKind::Encrypt,
         ModeKind::ProxytunNooffload,
+        ModeKind::ProxytunBusypoll,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -66,6 +70,7 @@ impl ModeKind {
             ModeKind::Plain => "plain",
             ModeKind::Encrypt => "encrypt",
             ModeKind::ProxytunNooffload => "proxytun-nooffload",
+            ModeKind::ProxytunBusypoll => "proxytun-busypoll",
         }
     }
 
@@ -82,7 +87,11 @@ impl ModeKind {
     pub fn is_proxytun(self) -> bool {
         matches!(
             self,
-            ModeKind::Proxytun | ModeKind::Plain | ModeKind::Encrypt | ModeKind::ProxytunNooffload
+            ModeKind::Proxytun
+                | ModeKind::Plain
+                | ModeKind::Encrypt
+                | ModeKind::ProxytunNooffload
+                | ModeKind::ProxytunBusypoll
         )
     }
 
@@ -96,6 +105,7 @@ impl ModeKind {
             ModeKind::Plain => "ptpl",
             ModeKind::Encrypt => "ptenc",
             ModeKind::ProxytunNooffload => "ptnoo",
+            ModeKind::ProxytunBusypoll => "ptbp",
         }
     }
 }

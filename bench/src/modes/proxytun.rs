@@ -35,6 +35,8 @@ pub(super) struct PtFlavour {
     app: &'static str,
     /// `tunnel.security`; a key made by `proxytun keygen` unless plain.
     security: &'static str,
+    /// Extra lines of the `[tunnel]` section.
+    tunnel_extra: &'static str,
 }
 
 /// The TUN MTU of the proxytun modes: the largest that fits a 1500-byte
@@ -55,6 +57,7 @@ pub(super) const PROXYTUN: PtFlavour = PtFlavour {
     services6: "fdff:30::/112",
     app: "ptbench",
     security: "auth",
+    tunnel_extra: "",
 };
 
 /// `proxytun-nooffload`: the default with `[tun] offload = false`.
@@ -69,6 +72,7 @@ pub(super) const NOOFFLOAD: PtFlavour = PtFlavour {
     services6: "fdff:31::/112",
     app: "ptnooff",
     security: "auth",
+    tunnel_extra: "",
 };
 
 /// `plain`: `security = "plain"` (no tag), offloads on.
@@ -83,6 +87,7 @@ pub(super) const PLAIN: PtFlavour = PtFlavour {
     services6: "fdff:32::/112",
     app: "ptplain",
     security: "plain",
+    tunnel_extra: "",
 };
 
 /// `encrypt`: `security = "encrypt"`, offloads on.
@@ -97,6 +102,23 @@ pub(super) const ENCRYPT: PtFlavour = PtFlavour {
     services6: "fdff:33::/112",
     app: "ptenc",
     security: "encrypt",
+    tunnel_extra: "",
+};
+
+/// `proxytun-busypoll`: the default with `tunnel.busy_poll_us = 50`, the
+/// request/response figure with and without busy-polling.
+pub(super) const BUSYPOLL: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun4",
+    bridge: "ptbr4",
+    port: 50107,
+    cluster: "10.22.0.0/16",
+    cluster6: "fdff:22::/112",
+    services: "10.34.0.0/16",
+    services6: "fdff:34::/112",
+    app: "ptbusy",
+    security: "auth",
+    tunnel_extra: "busy_poll_us = 50\n",
 };
 
 /// How long a daemon may take to answer on its socket after start.
@@ -115,7 +137,7 @@ fn render_config(
     format!(
         "[node]\nname = \"{name}\"\nindex = {index}\n\n\
          [network]\ncluster = \"{}\"\ncluster6 = \"{}\"\nservices = \"{}\"\nservices6 = \"{}\"\n\n\
-         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n\n\
+         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n{}\n\
          [tun]\nname = \"{}\"\nmtu = {PT_MTU}\n{}\n\
          [bridge]\nname = \"{}\"\n\n\
          [admin]\nenable = false\n\n\
@@ -129,6 +151,7 @@ fn render_config(
         fl.port,
         fl.security,
         dir.join("cluster.key").display(),
+        fl.tunnel_extra,
         fl.tun_name,
         fl.tun_extra,
         fl.bridge,
