@@ -232,6 +232,12 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let io = Arc::new(IoCounters::default());
     let misses = clustered.as_ref().map(|c| c.misses_tx.clone());
     let busy_poll = Duration::from_micros(config.tunnel.busy_poll_us.into());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = config
+        .tun
+        .threads
+        .resolve(cpus)
+        .map_err(|e| anyhow::anyhow!("tun.threads: {e}"))?;
     let handle = io_loop::spawn(
         dp,
         sealer,
@@ -241,6 +247,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         io.clone(),
         misses,
         busy_poll,
+        threads,
     )?;
     tracing::info!(path = handle.path(), "dataplane running");
     // Flow persistence: the saver writes the flows as they change.

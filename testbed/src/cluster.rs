@@ -89,6 +89,7 @@ impl Cluster {
             security: security.clone(),
             offload: None,
             busy_poll_us: None,
+            threads: None,
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -102,6 +103,7 @@ impl Cluster {
             security: security.clone(),
             offload: None,
             busy_poll_us: None,
+            threads: None,
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);

@@ -132,6 +132,7 @@ impl Cluster3 {
                 security: security.clone(),
                 offload: None,
                 busy_poll_us: None,
+                threads: None,
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);

@@ -196,11 +196,15 @@ fn nodes_with_and_without_offloads_carry_bulk_data_both_ways() {
 
 /// With `tunnel.busy_poll_us` on, the threads that spin after traffic still
 /// carry TCP, UDP and ping both ways, and still stop on SIGTERM (a spinning
-/// thread must see the stop signal too).
+/// thread must see the stop signal too), in both thread layouts: node a
+/// with one packet thread per direction, node b with one for both.
 #[test]
 fn busy_polling_nodes_carry_traffic_and_stop_cleanly() {
-    let mut c =
-        Cluster::two_nodes_with("busyp", |cfg| cfg.busy_poll_us = Some(300)).expect("cluster");
+    let mut c = Cluster::two_nodes_with("busyp", |cfg| {
+        cfg.busy_poll_us = Some(300);
+        cfg.threads = Some(if cfg.name == "a" { 2 } else { 1 });
+    })
+    .expect("cluster");
     let mut sink = c.container("sink").expect("container");
     sink.serve("sink1").expect("serve");
     let d = c.deploy("shop/sink", &[(&c.b, &sink, 1)]).expect("deploy");
@@ -210,6 +214,14 @@ fn busy_polling_nodes_carry_traffic_and_stop_cleanly() {
         .tcp_send(d.rr.v4, 5_000_000, Duration::from_secs(30))
         .expect("5 MB");
     assert_eq!(t.name, "sink1");
+    for (n, want) in [
+        (&c.a, "one thread per direction"),
+        (&c.b, "one thread for both"),
+    ] {
+        let status = n.get("/v1/status").expect("status");
+        let path = status["dataplane"]["path"].as_str().unwrap_or_default();
+        assert!(path.contains(want), "node {}: {path}", n.name);
+    }
     for n in [&mut c.a, &mut c.b] {
         let st = n.stop().expect("stop");
         assert!(st.success(), "daemon exited with {st} on SIGTERM");

@@ -44,12 +44,15 @@ pub enum ModeKind {
     /// The default configuration with `tunnel.busy_poll_us = 50`: the
     /// latency figures with busy-polling beside those without.
     ProxytunBusypoll,
+    /// The default configuration with `[tun] threads = 2`: one packet
+    /// thread per direction, whatever the CPU count.
+    Proxytun2threads,
 }
 
 impl ModeKind {
     /// Every mode, in the order they are measured and printed (the
     /// security modes beside the default one).
-    pub const ALL: [ModeKind; 8] = [
+    pub const ALL: [ModeKind; 9] = [
         ModeKind::Direct,
         ModeKind::Vxlan,
         ModeKind::Openvpn,
@@ -58,6 +61,7 @@ impl ModeKind {
         ModeKind::Encrypt,
         ModeKind::ProxytunNooffload,
         ModeKind::ProxytunBusypoll,
+        ModeKind::Proxytun2threads,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -71,6 +75,7 @@ impl ModeKind {
             ModeKind::Encrypt => "encrypt",
             ModeKind::ProxytunNooffload => "proxytun-nooffload",
             ModeKind::ProxytunBusypoll => "proxytun-busypoll",
+            ModeKind::Proxytun2threads => "proxytun-2threads",
         }
     }
 
@@ -92,6 +97,7 @@ impl ModeKind {
                 | ModeKind::Encrypt
                 | ModeKind::ProxytunNooffload
                 | ModeKind::ProxytunBusypoll
+                | ModeKind::Proxytun2threads
         )
     }
 
@@ -106,6 +112,7 @@ impl ModeKind {
             ModeKind::Encrypt => "ptenc",
             ModeKind::ProxytunNooffload => "ptnoo",
             ModeKind::ProxytunBusypoll => "ptbp",
+            ModeKind::Proxytun2threads => "pt2t",
         }
     }
 }

@@ -105,6 +105,22 @@ pub(super) const ENCRYPT: PtFlavour = PtFlavour {
     tunnel_extra: "",
 };
 
+/// `proxytun-2threads`: the default with `[tun] threads = 2` (one packet
+/// thread per direction), beside the `auto` choice of the default mode.
+pub(super) const TWOTHREADS: PtFlavour = PtFlavour {
+    tun_extra: "threads = 2\n",
+    tun_name: "ptun5",
+    bridge: "ptbr5",
+    port: 50108,
+    cluster: "10.23.0.0/16",
+    cluster6: "fdff:23::/112",
+    services: "10.35.0.0/16",
+    services6: "fdff:35::/112",
+    app: "pt2thr",
+    security: "auth",
+    tunnel_extra: "",
+};
+
 /// `proxytun-busypoll`: the default with `tunnel.busy_poll_us = 50`, the
 /// request/response figure with and without busy-polling.
 pub(super) const BUSYPOLL: PtFlavour = PtFlavour {

@@ -197,6 +197,10 @@ impl Config {
                 format!("must be between 50 and 60000 milliseconds, got {ka}"),
             ));
         }
+        self.tun
+            .threads
+            .resolve(1)
+            .map_err(|e| ("tun.threads", e))?;
         let bp = self.tunnel.busy_poll_us;
         if bp > MAX_BUSY_POLL_US {
             return Err((

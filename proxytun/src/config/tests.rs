@@ -120,6 +120,14 @@ fn errors_name_the_key() {
         "tunnel.busy_poll_us"
     );
     assert_eq!(
+        key_of(&format!("{base}[tun]\nthreads = 3\n")),
+        "tun.threads"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[tun]\nthreads = \"many\"\n")),
+        "tun.threads"
+    );
+    assert_eq!(
         key_of(&format!(
             "{base}[tunnel]\nkeepalive_ms = 1000\npeer_timeout_ms = 1500\n"
         )),

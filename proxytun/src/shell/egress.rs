@@ -30,7 +30,7 @@
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
@@ -154,53 +154,86 @@ impl Extra {
     }
 }
 
-/// Runs until a stop is asked for.
-pub(super) fn run(sh: &Shared) {
-    let mut slots: Vec<Slot> = (0..READS)
-        .map(|_| Slot {
-            buf: vec![0; PKT + MAX_PACKET + TAG_LEN],
-            len: 0,
-            off: Offload::default(),
-            verdict: TunVerdict::Drop(DropReason::Malformed),
-        })
-        .collect();
-    let mut seg = vec![0u8; SEG_BUF];
-    let mut train = Train::new();
-    let mut next_timer: Option<Instant> = None;
-    let mut extra = Extra::new();
-    // The first pings leave at once, not after the first sleep.
-    extra.collect(&mut sh.core(), Instant::now());
-    extra.send(sh);
-    let mut traffic = false;
-    loop {
-        let now = Instant::now();
-        let sleep = min_opt(next_timer, extra.next_keepalive)
+/// The egress direction's buffers and timers, allocated once: driven by
+/// its own thread ([`run`]) or, with one packet thread, by
+/// `super::both` next to the ingress direction.
+pub(super) struct Egress {
+    slots: Vec<Slot>,
+    seg: Vec<u8>,
+    train: Train,
+    next_timer: Option<Instant>,
+    extra: Extra,
+}
+
+impl Egress {
+    /// The buffers, and the first keepalive pings sent at once (not after
+    /// the first sleep).
+    pub(super) fn new(sh: &Shared) -> Egress {
+        let slots = (0..READS)
+            .map(|_| Slot {
+                buf: vec![0; PKT + MAX_PACKET + TAG_LEN],
+                len: 0,
+                off: Offload::default(),
+                verdict: TunVerdict::Drop(DropReason::Malformed),
+            })
+            .collect();
+        let mut extra = Extra::new();
+        extra.collect(&mut sh.core(), Instant::now());
+        extra.send(sh);
+        Egress {
+            slots,
+            seg: vec![0u8; SEG_BUF],
+            train: Train::new(),
+            next_timer: None,
+            extra,
+        }
+    }
+
+    /// How long this direction may sleep: until the next flow timer or
+    /// keepalive, at most [`MAX_SLEEP`].
+    pub(super) fn sleep(&self, now: Instant) -> Duration {
+        min_opt(self.next_timer, self.extra.next_keepalive)
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP);
-        if !sh.wait(sh.tun.as_fd(), sleep, traffic) {
-            return;
-        }
-        let n = read_batch(sh, &mut slots);
-        traffic = n > 0;
+            .min(MAX_SLEEP)
+    }
+
+    /// One turn: a batch of TUN reads through the core and out, the timers
+    /// and the due pings. Returns whether any packet was read.
+    pub(super) fn turn(&mut self, sh: &Shared) -> bool {
+        let n = read_batch(sh, &mut self.slots);
         {
             let mut dp = sh.core();
             let now = Instant::now();
-            for s in &mut slots[..n] {
+            for s in &mut self.slots[..n] {
                 s.verdict = dp.handle_tun(&mut s.buf[PKT..PKT + s.len], now);
             }
             if dp.poll_timeout().is_some_and(|t| t <= now) {
                 dp.handle_timeout(now);
             }
-            next_timer = dp.poll_timeout();
-            extra.collect(&mut dp, now);
+            self.next_timer = dp.poll_timeout();
+            self.extra.collect(&mut dp, now);
             sh.publish_gauges(&dp);
         }
-        for s in &mut slots[..n] {
-            output(sh, s, &mut seg, &mut train);
+        for s in &mut self.slots[..n] {
+            output(sh, s, &mut self.seg, &mut self.train);
         }
-        train.flush(sh);
-        extra.send(sh);
+        self.train.flush(sh);
+        self.extra.send(sh);
+        n > 0
+    }
+}
+
+/// Runs until a stop is asked for.
+pub(super) fn run(sh: &Shared) {
+    let mut eg = Egress::new(sh);
+    let mut traffic = false;
+    loop {
+        let sleep = eg.sleep(Instant::now());
+        if !sh.wait(sh.tun.as_fd(), sleep, traffic) {
+            return;
+        }
+        traffic = eg.turn(sh);
     }
 }
 

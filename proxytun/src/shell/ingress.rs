@@ -58,39 +58,56 @@ const FRAMES: usize = 64;
 // The virtio-net header values tun-rs does not name.
 const VNET_F_NEEDS_CSUM: u8 = 1;
 
-/// Runs until a stop is asked for.
-pub(super) fn run(sh: &Shared) {
-    let mut big = vec![0u8; MSGS * MSG_BUF];
-    let mut meta = [RecvMeta::default(); MSGS];
-    // (start, len, checksum partial) of each inner packet the core
-    // accepted, in `big`.
-    let mut accepted: Vec<(usize, usize, bool)> = Vec::with_capacity(MAX_DGRAMS);
-    let mut gro = Coalescer::new(FRAMES, sh.offload.uso);
-    // (to, start, len) of each pong the core wrote in place, in `big`.
-    let mut pongs: Vec<(SocketAddr, usize, usize)> = Vec::with_capacity(MAX_PONGS);
-    let mut traffic = false;
-    loop {
-        if !sh.wait(sh.socket.as_fd(), MAX_SLEEP, traffic) {
-            return;
+/// The ingress direction's buffers, allocated once: driven by its own
+/// thread ([`run`]) or, with one packet thread, by `super::both` next to
+/// the egress direction.
+pub(super) struct Ingress {
+    big: Vec<u8>,
+    meta: [RecvMeta; MSGS],
+    /// (start, len, checksum partial) of each inner packet the core
+    /// accepted, in `big`.
+    accepted: Vec<(usize, usize, bool)>,
+    gro: Coalescer,
+    /// (to, start, len) of each pong the core wrote in place, in `big`.
+    pongs: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Ingress {
+    /// The buffers.
+    pub(super) fn new(sh: &Shared) -> Ingress {
+        Ingress {
+            big: vec![0u8; MSGS * MSG_BUF],
+            meta: [RecvMeta::default(); MSGS],
+            accepted: Vec::with_capacity(MAX_DGRAMS),
+            gro: Coalescer::new(FRAMES, sh.offload.uso),
+            pongs: Vec::with_capacity(MAX_PONGS),
         }
-        traffic = false;
+    }
+
+    /// One turn: a batch from the socket through the core and into the
+    /// TUN, pongs sent back. Returns whether any datagram came.
+    pub(super) fn turn(&mut self, sh: &Shared) -> bool {
+        let Ingress {
+            big,
+            meta,
+            accepted,
+            gro,
+            pongs,
+        } = self;
         let n = {
             let mut chunks = big.chunks_mut(MSG_BUF);
             let mut slices: [IoSliceMut<'_>; MSGS] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match sh.socket.recv(&mut slices, &mut meta) {
-                Ok(n) => {
-                    traffic = true;
-                    n
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            match sh.socket.recv(&mut slices, meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => return false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here (e.g. a
                     // peer that is down); count them and go on.
                     IoCounters::add(&sh.io.recv_errors, 1);
                     tracing::debug!(error = %e, "tunnel receive failed");
-                    continue;
+                    return false;
                 }
             }
         };
@@ -125,7 +142,7 @@ pub(super) fn run(sh: &Shared) {
             }
             sh.publish_gauges(&dp);
         }
-        for &(to, start, len) in &pongs {
+        for &(to, start, len) in pongs.iter() {
             match sh.socket.send(to, &big[start..start + len], None) {
                 Ok(()) => IoCounters::add(&sh.io.keepalive_tx, 1),
                 Err(e) => {
@@ -135,9 +152,9 @@ pub(super) fn run(sh: &Shared) {
             }
         }
         if sh.offload.vnet {
-            write_coalesced(sh, &mut big, &accepted, &mut gro);
+            write_coalesced(sh, big, accepted, gro);
         } else {
-            for &(start, len, partial) in &accepted {
+            for &(start, len, partial) in accepted.iter() {
                 let pkt = &mut big[start..start + len];
                 if partial && offload::fill_checksum(pkt).is_err() {
                     IoCounters::add(&sh.io.offload_errors, 1);
@@ -149,6 +166,19 @@ pub(super) fn run(sh: &Shared) {
                 }
             }
         }
+        true
+    }
+}
+
+/// Runs until a stop is asked for.
+pub(super) fn run(sh: &Shared) {
+    let mut ing = Ingress::new(sh);
+    let mut traffic = false;
+    loop {
+        if !sh.wait(sh.socket.as_fd(), MAX_SLEEP, traffic) {
+            return;
+        }
+        traffic = ing.turn(sh);
     }
 }
 

@@ -1,10 +1,13 @@
-//! The dataplane threads: one per direction, each reading its input, asking
-//! the packet core, and writing its output inline, with no channel between
-//! them.
+//! The dataplane threads: by default one per direction, each reading its
+//! input, asking the packet core, and writing its output inline, with no
+//! channel between them.
 //!
 //! - egress (`super::egress`): TUN → core → tunnel socket (or back to the
 //!   TUN for a local instance);
 //! - ingress (`super::ingress`): tunnel socket → core → TUN.
+//!
+//! With `tun.threads = 1` (the `auto` choice on one or two CPUs) a single
+//! thread (`super::both`) polls both inputs and runs the same two turns.
 //!
 //! Both directions share one [`Dataplane`] (the flow table and reply cache
 //! see both directions of every flow). It sits behind a mutex that each
@@ -38,7 +41,7 @@ use tun_rs::SyncDevice;
 
 use super::device::{TunOffload, TunnelSocket};
 use super::shared::{IoCounters, Shared};
-use super::{egress, ingress};
+use super::{both, egress, ingress};
 use proxytun_core::seal::Sealer;
 use proxytun_core::{Dataplane, PeerHealthView, Table};
 
@@ -88,13 +91,15 @@ impl LoopHandle {
 #[derive(Debug, Clone)]
 pub struct ControlSender {
     shared: Arc<Shared>,
+    /// Packet threads started (1 or 2).
+    threads: usize,
 }
 
 impl ControlSender {
-    /// Whether both packet threads still run: what `/live` reports, since a
-    /// daemon whose packet thread died forwards nothing.
+    /// Whether every packet thread still runs: what `/live` reports, since
+    /// a daemon whose packet thread died forwards nothing.
     pub fn threads_alive(&self) -> bool {
-        self.shared.threads_running() == 2
+        self.shared.threads_running() == self.threads
     }
 
     /// Each peer endpoint's keepalive health, read under the core's lock
@@ -139,7 +144,7 @@ impl ControlSender {
 }
 
 /// The packet path in words, e.g. for `proxytun status`.
-fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
+fn describe(offload: TunOffload, socket: &TunnelSocket, threads: usize) -> String {
     let tun = match (offload.vnet, offload.uso) {
         (true, true) => "TUN vnet-hdr offload (csum, tso4/6, uso4/6)",
         (true, false) => "TUN vnet-hdr offload (csum, tso4/6)",
@@ -163,8 +168,13 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
     } else {
         ""
     };
+    let threads = if threads == 1 {
+        "one thread for both directions"
+    } else {
+        "one thread per direction"
+    };
     format!(
-        "{}: {tun}; {gso}; {gro}{coalesce}; one thread per direction",
+        "{}: {tun}; {gso}; {gro}{coalesce}; {threads}",
         if offload.vnet || socket.gso() || socket.gro() {
             "offload"
         } else {
@@ -173,12 +183,13 @@ fn describe(offload: TunOffload, socket: &TunnelSocket) -> String {
     )
 }
 
-/// Starts the two direction threads. `misses`, when given, receives the
+/// Starts the packet threads. `misses`, when given, receives the
 /// destinations of first packets to ServiceIPs the table has no entry for
 /// (deduplicated per batch; dropped when the channel is full). `sealer`
 /// must be the one `dp` was built with ([`Dataplane::with_sealer`]).
 /// `busy_poll` is how long a thread polls on after traffic before it
-/// sleeps (`tunnel.busy_poll_us`; zero: never).
+/// sleeps (`tunnel.busy_poll_us`; zero: never). `threads` is 2 (one per
+/// direction) or 1 (one for both, `super::both`).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     dp: Dataplane,
@@ -189,16 +200,30 @@ pub fn spawn(
     io: Arc<IoCounters>,
     misses: Option<tokio::sync::mpsc::Sender<IpAddr>>,
     busy_poll: Duration,
+    threads: usize,
 ) -> anyhow::Result<LoopHandle> {
     let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .context("create the dataplane's eventfd")?;
-    let path = describe(offload, &socket);
+    let threads = threads.clamp(1, 2);
+    let path = describe(offload, &socket, threads);
     let shared = Arc::new(Shared::new(
         dp, io, stop, tun, offload, socket, misses, sealer, busy_poll,
     ));
-    let mut threads = Vec::new();
+    if threads == 1 {
+        let guard = shared.enter();
+        let t = std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || both::run(guard.shared()))
+            .context("spawn the dataplane thread")?;
+        return Ok(LoopHandle {
+            ctrl: ControlSender { shared, threads },
+            threads: vec![t],
+            path,
+        });
+    }
+    let mut handles = Vec::new();
     let guard = shared.enter();
-    threads.push(
+    handles.push(
         std::thread::Builder::new()
             .name("egress".into())
             .spawn(move || egress::run(guard.shared()))
@@ -208,9 +233,9 @@ pub fn spawn(
     let ingress = std::thread::Builder::new()
         .name("ingress".into())
         .spawn(move || ingress::run(guard.shared()));
-    let ctrl = ControlSender { shared };
+    let ctrl = ControlSender { shared, threads };
     match ingress {
-        Ok(t) => threads.push(t),
+        Ok(t) => handles.push(t),
         Err(e) => {
             let _ = ctrl.send(Control::Stop);
             return Err(e).context("spawn the ingress thread");
@@ -218,7 +243,7 @@ pub fn spawn(
     }
     Ok(LoopHandle {
         ctrl,
-        threads,
+        threads: handles,
         path,
     })
 }

@@ -1,10 +1,11 @@
 //! The I/O shell around the packet core: the TUN device, the tunnel socket,
-//! the two dataplane threads (one per direction), and the glue that turns
+//! the dataplane threads (one per direction, or one for both), and the glue that turns
 //! envmgr snapshots into the core's lookup table.
 //!
 //! It owns no decisions: every packet goes to [`proxytun_core::Dataplane`] and
 //! the shell only does what the verdict says.
 
+mod both;
 pub mod device;
 mod egress;
 mod ingress;

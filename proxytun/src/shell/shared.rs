@@ -218,19 +218,38 @@ impl Shared {
     /// first (bounded by `sleep`): a reply that comes that soon costs no
     /// wake-up. An idle thread never spins.
     pub(super) fn wait(&self, input: BorrowedFd<'_>, sleep: Duration, after_traffic: bool) -> bool {
-        let mut fds = [
-            PollFd::new(input, PollFlags::POLLIN),
-            PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-        ];
+        self.wait_any([input], sleep, after_traffic).is_some()
+    }
+
+    /// [`Shared::wait`] on up to two inputs: `None` when the thread must
+    /// stop, else which inputs are readable (none after a timeout).
+    pub(super) fn wait_any<const N: usize>(
+        &self,
+        inputs: [BorrowedFd<'_>; N],
+        sleep: Duration,
+        after_traffic: bool,
+    ) -> Option<[bool; N]> {
+        // On the stack: no allocation per wait. At most two inputs (the
+        // TUN and the socket) and the stop eventfd.
+        let n = N.min(2);
+        let mut all: [PollFd<'_>; 3] = std::array::from_fn(|i| match inputs.get(i) {
+            Some(fd) if i < n => PollFd::new(*fd, PollFlags::POLLIN),
+            _ => PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+        });
+        let fds = &mut all[..=n];
+        let mut spun = false;
         if after_traffic && !self.busy_poll.is_zero() {
             let deadline = Instant::now() + self.busy_poll.min(sleep);
             loop {
-                match poll(&mut fds, PollTimeout::ZERO) {
+                match poll(fds, PollTimeout::ZERO) {
                     Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-                    Ok(_) => return Self::not_stopped(&fds),
+                    Ok(_) => {
+                        spun = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed; dataplane stops");
-                        return false;
+                        return None;
                     }
                 }
                 if Instant::now() >= deadline {
@@ -239,22 +258,23 @@ impl Shared {
                 std::hint::spin_loop();
             }
         }
-        // Rounded up: waking a little early would only spin until the
-        // deadline really passes.
-        let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "poll failed; dataplane stops");
-                return false;
+        if !spun {
+            // Rounded up: waking a little early would only spin until the
+            // deadline really passes.
+            let ms = u16::try_from(sleep.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            match poll(fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed; dataplane stops");
+                    return None;
+                }
             }
         }
-        Self::not_stopped(&fds)
-    }
-
-    /// False when the stop eventfd (the second of `fds`) fired.
-    fn not_stopped(fds: &[PollFd<'_>; 2]) -> bool {
-        fds[1].revents().is_none_or(|r| r.is_empty())
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[fds.len() - 1]) {
+            return None;
+        }
+        Some(std::array::from_fn(|i| fds.get(i).is_some_and(ready)))
     }
 }
 

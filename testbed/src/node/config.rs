@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub offload: Option<bool>,
     /// `tunnel.busy_poll_us`; `None` keeps the daemon's default (off).
     pub busy_poll_us: Option<u32>,
+    /// `tun.threads`; `None` keeps the daemon's default (`auto`).
+    pub threads: Option<u8>,
 }
 
 /// `tunnel.security` and `tunnel.key_file` of a test node.
@@ -266,8 +268,11 @@ impl NodeConfig {
         }
         let _ = write!(
             s,
-            "\n[tun]\noffload = {}\n\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
+            "\n[tun]\noffload = {}\n{}\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
             self.offload.unwrap_or_else(offload_wanted),
+            self.threads
+                .map(|n| format!("threads = {n}\n"))
+                .unwrap_or_default(),
             dir.join("api.sock").display(),
             dir.join("state").display(),
         );
@@ -299,6 +304,7 @@ mod tests {
             security: None,
             offload: None,
             busy_poll_us: None,
+            threads: None,
         }
     }
 
