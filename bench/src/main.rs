@@ -43,7 +43,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun
-    /// (the default auth), plain, encrypt, proxytun-nooffload; prints
+    /// (the default auth), plain, encrypt, proxytun-nooffload,
+    /// proxytun-busypoll, proxytun-2threads; prints
     /// medians, ratios and the issue-16 targets, writes JSON and an SVG
     /// (and with --profile a flame graph of proxytun).
     Compare(compare::CompareArgs),
