@@ -105,11 +105,15 @@ fn bulk_transfer_across_nodes_is_intact() {
         "100 MB node a -> node b through the tunnel: {:.1} MB/s (sha256 {})",
         t.mbps, t.sha256
     );
-    let log = sink.server_log();
-    assert!(
-        log.contains(&format!("sink bytes={BYTES} sha256={}", t.sha256)),
-        "the server did not log the same checksum:\n{log}"
-    );
+    // The server logs right after its reply: the line may come a moment
+    // after the client is done.
+    let want = format!("sink bytes={BYTES} sha256={}", t.sha256);
+    eventually(Duration::from_secs(5), || {
+        let log = sink.server_log();
+        anyhow::ensure!(log.contains(&want), "the server did not log {want}:\n{log}");
+        Ok(())
+    })
+    .expect("the server's checksum");
 
     // The packet path is the one asked for, and it was really used: with
     // offloads, the sender's super-packets left in GSO sends; without, none.
@@ -167,11 +171,15 @@ fn nodes_with_and_without_offloads_carry_bulk_data_both_ways() {
             .tcp_send(to, BYTES, Duration::from_secs(50))
             .unwrap_or_else(|e| panic!("20 MB to {name} ({to}): {e:#}"));
         assert_eq!(t.name, name);
-        let log = sink.server_log();
-        assert!(
-            log.contains(&format!("sink bytes={BYTES} sha256={}", t.sha256)),
-            "{name} did not log the same checksum:\n{log}"
-        );
+        // The server logs right after its reply, so the line may come a
+        // moment after the client is done.
+        let want = format!("sink bytes={BYTES} sha256={}", t.sha256);
+        eventually(Duration::from_secs(5), || {
+            let log = sink.server_log();
+            anyhow::ensure!(log.contains(&want), "{name} did not log {want}:\n{log}");
+            Ok(())
+        })
+        .expect("the server's checksum");
     }
     let path_of = |n: &testbed::Node| {
         let status = n.get("/v1/status").expect("status");
