@@ -136,22 +136,7 @@ impl TunnelSocket {
     /// CAP_NET_ADMIN, which the error says.
     pub fn set_busy_poll(&self, us: u32) -> io::Result<()> {
         let v = libc::c_int::try_from(us).unwrap_or(libc::c_int::MAX);
-        // SAFETY: a valid socket, a valid option and a c_int value of the
-        // right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BUSY_POLL,
-                std::ptr::from_ref(&v).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        set_int_opt(&self.socket, libc::SOL_SOCKET, libc::SO_BUSY_POLL, v)
     }
 
     /// The bound address.
@@ -250,13 +235,23 @@ fn grow_buffers(socket: &Socket) {
 
 /// Turns `UDP_GRO` on or off.
 fn set_udp_gro(socket: &UdpSocket, on: bool) -> io::Result<()> {
-    let v: libc::c_int = on.into();
-    // SAFETY: a valid socket, a valid option and a c_int value of the right size.
+    set_int_opt(socket, libc::SOL_UDP, libc::UDP_GRO, on.into())
+}
+
+/// Sets an integer socket option.
+fn set_int_opt(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid socket and a c_int value of the right size; a level or
+    // option the kernel does not know is refused with an error, not UB.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
+            level,
+            opt,
             std::ptr::from_ref(&v).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
