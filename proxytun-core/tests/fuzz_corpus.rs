@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("parse", proxytun_core::fuzzing::parse),
     ("rewrite", proxytun_core::fuzzing::rewrite),
     ("decap", proxytun_core::fuzzing::decap),
     ("icmp_error", proxytun_core::fuzzing::icmp_error),
     ("flow_table", proxytun_core::fuzzing::flow_table),
+    ("coalesce", proxytun_core::fuzzing::coalesce),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -65,6 +66,11 @@ fn icmp_error_corpus() {
 #[test]
 fn flow_table_corpus() {
     replay(TARGETS[4].0, TARGETS[4].1);
+}
+
+#[test]
+fn coalesce_corpus() {
+    replay(TARGETS[5].0, TARGETS[5].1);
 }
 
 /// Every target has a directory: a new target without a corpus fails here.

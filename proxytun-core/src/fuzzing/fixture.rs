@@ -182,6 +182,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "flow_table",
         (0u8..120).map(|i| i.wrapping_mul(37)).collect(),
     ));
+    for d in super::coalesce::seeds() {
+        out.push(("coalesce", d));
+    }
     out
 }
 

@@ -9,6 +9,7 @@
 //!
 //! Panicking on a broken invariant is the point here, so the asserts stay.
 
+mod coalesce;
 mod decap;
 mod fixture;
 mod flow_table;
@@ -16,6 +17,7 @@ mod icmp_error;
 mod parse;
 mod rewrite;
 
+pub use coalesce::coalesce;
 pub use decap::decap;
 pub use fixture::seeds;
 pub use flow_table::flow_table;
