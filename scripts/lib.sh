@@ -37,8 +37,11 @@ install_deps() {
     # podman, runc and busybox: the CNI test runs a real container from a
     # local image (runc: crun refuses this machine's hybrid cgroups); systemd-analyze: the unit file's check;
     # tcpdump: the underlay capture of the encrypted-tunnel test; python3: UDP
-    # probes that need a connected socket (ICMP errors, isolation).
-    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3)
+    # probes that need a connected socket (ICMP errors, isolation);
+    # promtool: the alert rules' check; lintian: the .deb's check;
+    # mmdebstrap and systemd-nspawn: the Debian system the package test
+    # boots with systemd as PID 1.
+    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3 promtool lintian mmdebstrap systemd-nspawn)
     local missing=()
     local t
     for t in "${tools[@]}"; do
@@ -49,7 +52,7 @@ install_deps() {
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 ||
-        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3"
+        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3 prometheus lintian mmdebstrap systemd-container"
     note "installing packages for: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # etcd-server's postinst may try to start a system etcd; without systemd
@@ -57,7 +60,8 @@ install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         iproute2 iputils-ping iperf3 bind9-dnsutils curl socat jq \
         etcd-server etcd-client protobuf-compiler \
-        podman containernetworking-plugins runc busybox-static systemd tcpdump python3 >/dev/null
+        podman containernetworking-plugins runc busybox-static systemd tcpdump python3 \
+        prometheus lintian mmdebstrap systemd-container >/dev/null
 }
 
 # Makes cargo reachable under sudo, which resets PATH: looks in the
