@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, build, unit tests and the end-to-end
-# tests (two-node clusters in network namespaces; needs root).
+# tests (two-node clusters in network namespaces; needs root), then the
+# Debian package and its unit under a booted systemd.
 #
 #   sudo ./scripts/test.sh            everything
 #   sudo ./scripts/test.sh -p tests   only the end-to-end tests (args go to cargo test)
@@ -46,6 +47,14 @@ else
     # run with `[tun] offload = false` (no vnet header, no UDP GSO/GRO).
     heading "cargo test -p tests, offloads forced off"
     PROXYTUN_TEST_OFFLOAD=off cargo test -p tests --no-fail-fast -- --test-threads=2
+
+    # What an operator installs: the .deb (release build, man pages,
+    # completions), lintian on it, then the package installed and its unit
+    # run in a Debian system booted with systemd as PID 1 (docs/packaging.md).
+    heading "package: scripts/package.sh --check (cargo-deb, lintian)"
+    deb=$(scripts/package.sh --check | tail -n 1)
+    heading "package: the unit under a booted systemd (tests/tests/package.rs)"
+    PROXYTUN_DEB="$(realpath "$deb")" cargo test -p tests --test package -- --ignored --test-threads=1
 fi
 
 heading "all checks passed in $((SECONDS - started)) s"

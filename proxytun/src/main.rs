@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use proxytun::cli::ClientCommand;
 use proxytun::config::DEFAULT_SOCKET;
 
 /// A service-networking dataplane for container and edge clusters.
 #[derive(Debug, Parser)]
-#[command(name = "proxytun", version, about)]
+#[command(name = "proxytun", version, about, after_long_help = FILES)]
 struct Cli {
     /// The daemon's management socket (for the client commands).
     #[arg(long, global = true, env = "PROXYTUN_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -17,6 +17,17 @@ struct Cli {
     #[command(subcommand)]
     cmd: Command,
 }
+
+/// The end of `proxytun --help` and of `man proxytun`: where things live.
+const FILES: &str = "\
+Files:
+  /etc/proxytun/proxytun.toml   the node's config (every key: docs/operations.md)
+  /etc/proxytun/cluster.key     the cluster key (proxytun keygen --out FILE)
+  /run/proxytun/api.sock        the management API the client commands use
+  /var/lib/proxytun             attachments and allocations, kept across restarts
+  /usr/lib/cni/proxytun-cni     the CNI plugin (also in /opt/cni/bin)
+
+The unit is proxytun.service; logs: journalctl -u proxytun.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -32,6 +43,22 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print the completion script of SHELL on stdout, e.g.
+    /// `proxytun completions bash > /etc/bash_completion.d/proxytun`
+    /// (the package installs bash, zsh and fish scripts).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, one per command, into DIR (the package build
+    /// runs this; `man proxytun` reads them).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -49,6 +76,15 @@ fn main() -> ExitCode {
                 println!("{}: ok (node {})", config.display(), c.node.name);
                 Ok(())
             }),
+        Command::Completions { shell } => {
+            proxytun::cli::generate::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { out } => {
+            proxytun::cli::generate::manpages(Cli::command(), &out).map(|pages| {
+                println!("{} man pages in {}", pages.len(), out.display());
+            })
+        }
         Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

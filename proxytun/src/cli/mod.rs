@@ -6,12 +6,14 @@
 //!
 //! One file per command group: `status` (status, peers, counters),
 //! `instances` (services, instances, attach, detach, remote), `flows`,
-//! `policy`, `log_level`, `keygen`; `api` is the client and its
+//! `policy`, `log_level`, `keygen`; `generate` makes the man pages and
+//! completions from the command line; `api` is the client and its
 //! error mapping, `render` the tables. This module holds the command
 //! line and the dispatch; the groups never import it.
 
 mod api;
 mod flows;
+pub mod generate;
 mod instances;
 mod keygen;
 mod log_level;
