@@ -50,7 +50,10 @@ impl AdminServer {
             .with_context(|| format!("read the admin listener's address ({listen})"))?;
         let ctrl = sources.ctrl.clone();
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(metrics::SourcesCollector(sources)));
+        registry.register_collector(Box::new(metrics::SourcesCollector {
+            sources,
+            ready: ready.clone(),
+        }));
         let app = server::router(server::AppState {
             registry: Arc::new(registry),
             ready,

@@ -11,11 +11,12 @@
 //!
 //! One file per family of series, written in this order: `traffic`
 //! (packets, bytes, drops, I/O errors, flows), `table`, `peers`
-//! (health and keepalives), `dns`, `store`; `encode` holds the
-//! writers they share.
+//! (health and keepalives), `dns`, `store`, `health` (`/ready` and
+//! `/live` as gauges); `encode` holds the writers they share.
 
 mod dns;
 mod encode;
+mod health;
 mod peers;
 mod store;
 mod table;
@@ -28,9 +29,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use super::sources::MetricsSources;
+use super::sources::{MetricsSources, Readiness};
 use crate::shell::shared::IoReadings;
 use encode::gauge_labelled;
+pub use health::HealthReadings;
 pub use peers::PeerReading;
 use proxytun_core::CountersSnapshot;
 pub use store::StoreReadings;
@@ -57,11 +59,13 @@ pub struct Readings {
     pub dns: Option<DnsStats>,
     /// The store.
     pub store: StoreReadings,
+    /// What `/ready` and `/live` answer.
+    pub health: HealthReadings,
 }
 
 impl Readings {
-    /// Reads every source once.
-    pub fn gather(sources: &MetricsSources) -> Self {
+    /// Reads every source once, and the readiness flag.
+    pub fn gather(sources: &MetricsSources, ready: &Readiness) -> Self {
         let snap = sources.snapshots.borrow().clone();
         let peers = sources
             .ctrl
@@ -84,6 +88,10 @@ impl Readings {
             table: TableReadings::read(&snap),
             dns: sources.dns.as_ref().map(|d| d.stats()),
             store: StoreReadings::from_json(&(sources.store)()),
+            health: HealthReadings {
+                ready: ready.get(),
+                live: sources.ctrl.threads_alive(),
+            },
         }
     }
 
@@ -103,6 +111,7 @@ impl Readings {
             dns::encode(enc, d)?;
         }
         self.store.encode(enc)?;
+        self.health.encode(enc)?;
         Ok(())
     }
 
@@ -124,13 +133,19 @@ impl Collector for Fixed {
     }
 }
 
-/// The live collector: reads [`MetricsSources`] at every scrape.
+/// The live collector: reads [`MetricsSources`] and the flag `/ready`
+/// reports at every scrape.
 #[derive(Debug)]
-pub struct SourcesCollector(pub MetricsSources);
+pub struct SourcesCollector {
+    /// The daemon's counters, peers, snapshot, resolver and store.
+    pub sources: MetricsSources,
+    /// The readiness flag (the same one `/ready` answers from).
+    pub ready: Readiness,
+}
 
 impl Collector for SourcesCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        Readings::gather(&self.0).encode(&mut encoder)
+        Readings::gather(&self.sources, &self.ready).encode(&mut encoder)
     }
 }
 

@@ -101,6 +101,10 @@ fn readings(dns: bool) -> Readings {
             backend: "etcd".into(),
             connected: false,
         },
+        health: HealthReadings {
+            ready: true,
+            live: false,
+        },
     }
 }
 
@@ -127,6 +131,8 @@ fn every_family_with_its_exact_values() {
         ("proxytun_dns_queries", "counter"),
         ("proxytun_dns_answers", "counter"),
         ("proxytun_store_connected", "gauge"),
+        ("proxytun_ready", "gauge"),
+        ("proxytun_live", "gauge"),
     ] {
         assert_eq!(f.get(name).map(String::as_str), Some(ty), "{name}\n{text}");
     }
@@ -232,6 +238,8 @@ fn every_family_with_its_exact_values() {
     );
     want("proxytun_store_info{backend=\"etcd\"}", "1");
     want("proxytun_store_connected", "0");
+    want("proxytun_ready", "1");
+    want("proxytun_live", "0");
 }
 
 #[test]
