@@ -121,6 +121,8 @@ fn the_package_installs_and_its_unit_runs_under_systemd() {
         "/usr/share/bash-completion/completions/proxytun",
         "/usr/share/zsh/vendor-completions/_proxytun",
         "/usr/share/fish/vendor_completions.d/proxytun.fish",
+        "/usr/share/proxytun/grafana/proxytun.json",
+        "/usr/share/proxytun/prometheus/alerts.yml",
     ] {
         assert!(
             listed.lines().any(|l| l == path),
