@@ -45,12 +45,13 @@ pub(super) async fn fetch(api: &Api) -> Result<Answers, Failure> {
 /// No connection or no answer is `Unreachable`; an answer that is an API
 /// error or not JSON is `Refused`.
 fn classify(e: &anyhow::Error) -> Failure {
-    let message = format!("{e:#}");
     match e.downcast_ref::<ClientError>() {
-        Some(ClientError::NotJson { .. } | ClientError::Request { .. }) | None => {
-            Failure::Refused(message)
+        // Its message already ends with its cause: no `{:#}` chain.
+        Some(ce @ (ClientError::NotJson { .. } | ClientError::Request { .. })) => {
+            Failure::Refused(ce.to_string())
         }
-        Some(_) => Failure::Unreachable(message),
+        Some(ce) => Failure::Unreachable(ce.to_string()),
+        None => Failure::Refused(format!("{e:#}")),
     }
 }
 
@@ -68,6 +69,7 @@ mod tests {
             Err(Failure::Unreachable(m)) => {
                 assert!(m.contains("cannot connect to"), "{m}");
                 assert!(m.contains("nothing.sock"), "{m}");
+                assert_eq!(m.matches("os error").count(), 1, "the cause once: {m}");
             }
             other => panic!("expected unreachable, got {other:?}"),
         }

@@ -31,7 +31,7 @@ pub fn draw(frame: &mut Frame, screen: &Screen, now: Instant) {
         status,
     );
     match &screen.snapshot {
-        Some(s) => draw_snapshot(frame, s, body),
+        Some(s) => draw_snapshot(frame, screen, s, body, now),
         None => frame.render_widget(
             Paragraph::new("waiting for the first answer of the daemon…")
                 .block(Block::bordered().title(" proxytun top ")),
@@ -40,55 +40,56 @@ pub fn draw(frame: &mut Frame, screen: &Screen, now: Instant) {
     }
 }
 
-fn draw_snapshot(frame: &mut Frame, s: &Snapshot, area: Rect) {
+fn draw_snapshot(frame: &mut Frame, screen: &Screen, s: &Snapshot, area: Rect, now: Instant) {
     let rows = |n: usize| n.clamp(1, MAX_ROWS) as u16 + 3;
     let [header, peers, services, drops] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(6),
         Constraint::Length(rows(s.peers.len())),
         Constraint::Length(rows(s.services.len())),
         Constraint::Min(4),
     ])
     .areas(area);
-    frame.render_widget(header_block(s), header);
+    frame.render_widget(header_block(screen, s, now), header);
     frame.render_widget(peers_table(&s.peers), peers);
     frame.render_widget(services_table(s), services);
     frame.render_widget(drops_table(s), drops);
 }
 
-fn header_block(s: &Snapshot) -> Paragraph<'_> {
+/// The title says whether the daemon answers; the lines what it runs.
+fn header_block<'a>(screen: &Screen, s: &'a Snapshot, now: Instant) -> Paragraph<'a> {
     let dim = Style::new().add_modifier(Modifier::DIM);
-    let traffic: Vec<Span> = TRAFFIC
-        .iter()
-        .zip(&s.traffic)
-        .enumerate()
-        .flat_map(|(i, ((_, words), r))| {
-            let sep = if i == 0 { "" } else { " · " };
-            [
-                Span::raw(format!("{sep}{words} ")),
-                Span::styled(
-                    per_second(r.rate),
-                    Style::new().add_modifier(Modifier::BOLD),
-                ),
-            ]
-        })
-        .collect();
     let mut traffic_line = vec![Span::styled("packets/s  ", dim)];
-    traffic_line.extend(traffic);
+    for (i, ((_, words), r)) in TRAFFIC.iter().zip(&s.traffic).enumerate() {
+        let sep = if i == 0 { "" } else { " · " };
+        traffic_line.push(Span::raw(format!("{sep}{words} ")));
+        traffic_line.push(Span::styled(
+            per_second(r.rate),
+            Style::new().add_modifier(Modifier::BOLD),
+        ));
+    }
     let lines = vec![
         Line::from(vec![Span::styled("state      ", dim), Span::raw(&s.state)]),
+        Line::from(vec![Span::styled("path       ", dim), Span::raw(&s.path)]),
         Line::from(vec![
-            Span::styled("path       ", dim),
-            Span::raw(format!(
-                "{} · {} · {} active flows",
-                s.path, s.device, s.flows_active
-            )),
+            Span::styled("device     ", dim),
+            Span::raw(format!("{} · {} active flows", s.device, s.flows_active)),
         ]),
         Line::from(traffic_line),
     ];
+    let (daemon, style) = match (&screen.problem, screen.age(now)) {
+        (None, _) => ("up".to_owned(), Style::new().add_modifier(Modifier::BOLD)),
+        (Some(_), age) => (
+            format!(
+                "NOT ANSWERING, data {} old",
+                age.map_or("-".to_owned(), duration)
+            ),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ),
+    };
     Paragraph::new(lines).block(
         Block::bordered()
-            .title(format!(" proxytun top · node {} ", s.node))
-            .title_style(Style::new().add_modifier(Modifier::BOLD)),
+            .title(format!(" proxytun top · node {} · {daemon} ", s.node))
+            .title_style(style),
     )
 }
 
@@ -204,9 +205,9 @@ fn drops_table(s: &Snapshot) -> Table<'static> {
         .collect();
     let total: u64 = s.drops.iter().map(|d| d.total).sum();
     let title = format!(
-        " Drops ({total} in {} reasons; {} reasons at zero) ",
-        s.drops.len(),
-        s.drops_at_zero
+        " Drops ({total} in {}; {} at zero) ",
+        reasons(s.drops.len()),
+        reasons(s.drops_at_zero)
     );
     Table::new(
         rows,
@@ -219,6 +220,15 @@ fn drops_table(s: &Snapshot) -> Table<'static> {
     )
     .header(header_row(&["REASON", "TOTAL", "PER SECOND", "ROSE"]))
     .block(Block::bordered().title(title))
+}
+
+/// `1 reason`, `3 reasons`.
+fn reasons(n: usize) -> String {
+    if n == 1 {
+        "1 reason".to_owned()
+    } else {
+        format!("{n} reasons")
+    }
 }
 
 /// A table's title, saying how many rows did not fit.

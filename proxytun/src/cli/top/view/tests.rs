@@ -60,7 +60,7 @@ fn screen_after(refreshes: &[Answers], gap: Duration) -> (Screen, Instant) {
 fn header_shows_node_state_and_packet_path() {
     let (screen, now) = screen_after(&[answers(0, 10), answers(0, 30)], Duration::from_secs(2));
     let l = lines(&render(&screen, now, 120, 40));
-    assert!(l[0].contains(" proxytun top · node a "), "{}", l[0]);
+    assert!(l[0].contains(" proxytun top · node a · up "), "{}", l[0]);
     assert!(
         l[1].contains(
             "state      table v7 · 1 service · 2 instances (1 local) · 1 peer · store local"
@@ -69,16 +69,19 @@ fn header_shows_node_state_and_packet_path() {
         l[1]
     );
     assert!(
-        l[2].contains(
-            "path       offload (vnet header, UDP GSO/GRO) · ptun0 mtu 1400 · 3 active flows"
-        ),
+        l[2].contains("path       offload (vnet header, UDP GSO/GRO) "),
         "{}",
         l[2]
     );
     assert!(
-        l[3].contains("packets/s  from containers 10/s · to containers 0.0/s · to peers 0.0/s · from peers 0.0/s"),
+        l[3].contains("device     ptun0 mtu 1400 · 3 active flows "),
         "{}",
         l[3]
+    );
+    assert!(
+        l[4].contains("packets/s  from containers 10/s · to containers 0.0/s · to peers 0.0/s · from peers 0.0/s"),
+        "{}",
+        l[4]
     );
 }
 
@@ -136,7 +139,7 @@ fn drops_show_their_rate_and_the_ones_that_rose_stand_out() {
     let l = lines(&b);
     assert!(
         l.iter()
-            .any(|r| r.contains(" Drops (12 in 2 reasons; 1 reasons at zero) ")),
+            .any(|r| r.contains(" Drops (12 in 2 reasons; 1 reason at zero) ")),
         "{}",
         l.join("\n")
     );
@@ -180,7 +183,13 @@ fn an_unreachable_daemon_is_a_status_line_over_the_last_data() {
         l[39]
     );
     assert_eq!(b.cell((0, 39)).map(|c| c.bg), Some(Color::Red));
+    // The last data stays, and the title says how old it is.
     row_with(&l, "192.0.2.2:50103");
+    assert!(
+        l[0].contains(" proxytun top · node a · NOT ANSWERING, data 3.0 s old "),
+        "{}",
+        l[0]
+    );
 }
 
 #[test]
