@@ -5,7 +5,8 @@
 //! both nodes and its flows; it rides out its daemon's restart; `q` quits
 //! with status 0 and gives the terminal back (main screen, raw mode off).
 //! Against a socket where nothing listens it shows the daemon as
-//! unreachable and keeps running; without a terminal it refuses.
+//! unreachable and keeps running; without a terminal it refuses. Ctrl-C,
+//! Esc, SIGTERM and SIGHUP give the terminal back too.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -25,7 +26,7 @@ const ROWS: u16 = 40;
 const COLS: u16 = 120;
 /// How long the screen may take to show what a check waits for.
 const SCREEN_DEADLINE: Duration = Duration::from_secs(10);
-/// How long `top` may take to exit after `q`.
+/// How long `top` may take to exit after a quit key or a signal.
 const EXIT_DEADLINE: Duration = Duration::from_secs(3);
 
 const ENTER_ALT: &[u8] = b"\x1b[?1049h";
@@ -159,7 +160,7 @@ impl Top {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "`proxytun top` still runs {EXIT_DEADLINE:?} after the quit key; the screen:\n{}",
+                    "`proxytun top` still runs {EXIT_DEADLINE:?} after it was told to stop; the screen:\n{}",
                     self.screen()
                 );
             }
@@ -192,14 +193,33 @@ impl Top {
     }
 
     /// Quits with `q` and checks the exit and the terminal given back.
-    fn quit_and_check_restored(mut self) -> Result<()> {
-        self.press(b"q")?;
+    fn quit_and_check_restored(self) -> Result<()> {
+        self.stop_and_check_restored(Stop::Keys(b"q"))
+    }
+
+    /// Stops it as `how` says, then checks it exited with status 0 within
+    /// [`EXIT_DEADLINE`], left the alternate screen it had entered, and
+    /// turned raw mode off.
+    fn stop_and_check_restored(mut self, how: Stop) -> Result<()> {
+        match how {
+            Stop::Keys(keys) => self.press(keys)?,
+            Stop::Signal(sig) => {
+                let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                if unsafe { libc::kill(pid, sig) } != 0 {
+                    bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+                }
+            }
+        }
         let st = self.wait_exit()?;
         let screen = self.screen();
-        anyhow::ensure!(st.success(), "`q` exited with {st}; the screen:\n{screen}");
+        anyhow::ensure!(
+            st.success(),
+            "{how:?} exited with {st}; the screen:\n{screen}"
+        );
         anyhow::ensure!(
             !self.parser.screen().alternate_screen(),
-            "still on the alternate screen after exit:\n{screen}"
+            "still on the alternate screen after {how:?}:\n{screen}"
         );
         let entered = find_last(&self.raw, ENTER_ALT);
         let left = find_last(&self.raw, LEAVE_ALT);
@@ -211,10 +231,19 @@ impl Top {
         let lflag = self.lflag()?;
         anyhow::ensure!(
             lflag & libc::ICANON != 0 && lflag & libc::ECHO != 0,
-            "raw mode left on after exit (c_lflag {lflag:#o})"
+            "raw mode left on after {how:?} (c_lflag {lflag:#o})"
         );
         Ok(())
     }
+}
+
+/// How a test ends `top`.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Bytes typed into the terminal.
+    Keys(&'static [u8]),
+    /// A signal sent to the process.
+    Signal(libc::c_int),
 }
 
 impl Drop for Top {
@@ -401,4 +430,26 @@ fn top_without_a_daemon_shows_it_unreachable_and_without_a_terminal_refuses() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn ctrl_c_esc_and_sigterm_also_give_the_terminal_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nobody-listens.sock");
+    for how in [
+        Stop::Keys(b"\x03"),
+        Stop::Keys(b"\x1b"),
+        Stop::Signal(libc::SIGTERM),
+        Stop::Signal(libc::SIGHUP),
+    ] {
+        let mut top = Top::spawn(&socket, &[]).expect("start top");
+        top.wait_for("the status line", |rows| {
+            status(rows).starts_with("daemon unreachable: ")
+        })
+        .expect("the screen");
+        top.assert_took_the_terminal()
+            .expect("raw mode and alternate screen");
+        top.stop_and_check_restored(how)
+            .unwrap_or_else(|e| panic!("{how:?}: {e:#}"));
+    }
 }

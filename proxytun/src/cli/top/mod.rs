@@ -57,7 +57,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Runs the view until a quit key or SIGTERM/SIGHUP; the daemon going away
+/// Runs the view until a quit key or SIGTERM, SIGHUP or SIGINT; the daemon going away
 /// is shown, not an error. Refuses to start without a terminal on stdout,
 /// where a one-shot `proxytun status` is what a script wants.
 pub async fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
@@ -69,6 +69,8 @@ pub async fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
     }
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    // Ctrl-C arrives as a key in raw mode; this is `kill -INT`.
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let mut tui = Tui::enter()?;
     let (tx, mut rx) = mpsc::channel(1);
     let refresher = tokio::spawn(refresh(Api(Client::new(socket)), args.interval, tx));
@@ -97,6 +99,7 @@ pub async fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
             },
             _ = term.recv() => break Ok(()),
             _ = hup.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
         }
     };
     refresher.abort();
