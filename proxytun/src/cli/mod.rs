@@ -6,7 +6,8 @@
 //!
 //! One file per command group: `status` (status, peers, counters),
 //! `instances` (services, instances, attach, detach, remote), `flows`,
-//! `policy`, `log_level`, `keygen`; `generate` makes the man pages and
+//! `policy`, `log_level`, `keygen`; `top` (the live terminal view, a loop
+//! of its own rather than one request); `generate` makes the man pages and
 //! completions from the command line; `api` is the client and its
 //! error mapping, `render` the tables. This module holds the command
 //! line and the dispatch; the groups never import it.
@@ -22,6 +23,7 @@ mod render;
 mod status;
 #[cfg(test)]
 mod tests;
+mod top;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,7 @@ pub use policy::PolicyCommand;
 use render::show;
 pub use render::Output;
 pub use status::PeerCommand;
+pub use top::TopArgs;
 
 /// The commands that talk to a running daemon.
 #[derive(Debug, Subcommand)]
@@ -91,6 +94,9 @@ pub enum ClientCommand {
         /// A `tracing` filter: `debug`, `info,proxytun=trace`, …
         level: Option<String>,
     },
+    /// Watch this node live in the terminal: peers with RTT and liveness,
+    /// flows per service, drop counters with their rates (q quits).
+    Top(TopArgs),
 }
 
 /// Runs one client command against the daemon's socket and prints the
@@ -98,6 +104,10 @@ pub enum ClientCommand {
 /// message is the server's; the caller prints it as `error: <message>`
 /// and exits non-zero.
 pub async fn run(cmd: ClientCommand, socket: &Path) -> anyhow::Result<()> {
+    // A loop on the terminal until a quit key, not one answer to print.
+    if let ClientCommand::Top(args) = cmd {
+        return top::run(socket, args).await;
+    }
     let out = execute(cmd, socket).await?;
     print!("{out}");
     Ok(())
@@ -138,6 +148,9 @@ pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String
         ClientCommand::Detach { instance } => instances::detach(&api, &instance).await?,
         ClientCommand::Peer(cmd) => status::peer(&api, cmd).await?,
         ClientCommand::Remote(cmd) => instances::remote(&api, cmd).await?,
+        ClientCommand::Top(_) => anyhow::bail!(
+            "`proxytun top` draws on a terminal and has no text to return; use `proxytun status`"
+        ),
     };
     Ok(out)
 }
