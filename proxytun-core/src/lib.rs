@@ -21,6 +21,7 @@
 //! checked by [`packet::parse`] first.
 
 pub mod access;
+pub mod affinity;
 pub mod checksum;
 pub mod config;
 pub mod counters;

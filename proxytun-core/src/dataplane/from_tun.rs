@@ -66,6 +66,7 @@ impl Dataplane {
         let Dataplane {
             table,
             balancer,
+            affinity,
             peers,
             config,
             ..
@@ -120,14 +121,20 @@ impl Dataplane {
         }
         let timeout = config.peer_timeout;
         let cost = |loc: Location| peers.cost(loc, now, timeout);
+        let mut pick = |svc| match vip {
+            Vip::RoundRobin(_) => balancer.round_robin(svc, table, cost),
+            Vip::Closest(_) => balancer.closest(svc, table, cost),
+            Vip::Instance(i) => Some(i),
+        };
         let chosen = match (vip, service) {
             (Vip::Instance(i), _) => i,
-            (Vip::RoundRobin(_), Some(svc)) => balancer
-                .round_robin(svc, table, cost)
-                .ok_or(DropReason::NoInstance)?,
-            (Vip::Closest(_), Some(svc)) => balancer
-                .closest(svc, table, cost)
-                .ok_or(DropReason::NoInstance)?,
+            (_, Some(svc)) => match svc.affinity {
+                None => pick(svc),
+                Some(ttl) => affinity
+                    .choose(info.dst, info.src, ttl, now, table, svc, cost, || pick(svc))
+                    .map(|c| c.instance()),
+            }
+            .ok_or(DropReason::NoInstance)?,
             (_, None) => return Err(DropReason::NoInstance),
         };
         let instance = table.instance(chosen).ok_or(DropReason::NoInstance)?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access::{DenialView, Denials};
+use crate::affinity::Affinity;
 use crate::config::CoreConfig;
 use crate::counters::{add_len, inc, Counters, DropReason};
 use crate::flow::{FlowKey, FlowTable, FlowView};
@@ -66,6 +67,7 @@ pub struct Dataplane {
     flows: FlowTable,
     replies: ReplyCache,
     balancer: Balancer,
+    affinity: Affinity,
     peers: Peers,
     misses: Misses,
     counters: Arc<Counters>,
@@ -97,6 +99,8 @@ impl Dataplane {
     /// it for data) and accepts only datagrams that open with the same key.
     pub fn with_sealer(config: CoreConfig, table: Arc<Table>, sealer: Arc<Sealer>) -> Self {
         let opener = sealer.opener();
+        // As many pins as flows: one per client and ServiceIP at most.
+        let max_pins = config.max_flows;
         let mut peers = Peers::default();
         peers.set_endpoints(table.peer_endpoints());
         Dataplane {
@@ -105,6 +109,7 @@ impl Dataplane {
             flows: FlowTable::default(),
             replies: ReplyCache::default(),
             balancer: Balancer::default(),
+            affinity: Affinity::new(max_pins),
             peers,
             misses: Misses::default(),
             denials: Denials::default(),
@@ -288,6 +293,7 @@ impl Dataplane {
             }
         });
         next = min_opt(next, self.replies.expire(now, cfg));
+        self.affinity.purge(now);
         let earliest = now.checked_add(SWEEP_GRANULARITY).unwrap_or(now);
         self.next_sweep = next.map(|n| n.max(earliest));
     }

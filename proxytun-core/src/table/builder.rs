@@ -141,6 +141,7 @@ impl TableBuilder {
             rr4,
             rr6,
             closest: None,
+            affinity: None,
             instances: Vec::new(),
         });
         self.add_vip(IpAddr::V4(rr4), Vip::RoundRobin(id), name);
@@ -158,6 +159,16 @@ impl TableBuilder {
         let name = svc.name.clone();
         self.add_vip(IpAddr::V4(v4), Vip::Closest(service), &name);
         self.add_vip(IpAddr::V6(v6), Vip::Closest(service), &name);
+        self
+    }
+
+    /// Gives `service` client affinity with timeout `ttl` (see
+    /// [`crate::affinity`]).
+    pub fn affinity(&mut self, service: ServiceId, ttl: std::time::Duration) -> &mut Self {
+        match self.table.services.get_mut(service.0) {
+            Some(svc) => svc.affinity = Some(ttl),
+            None => self.fail(TableError::UnknownService(format!("affinity {ttl:?}"))),
+        }
         self
     }
 

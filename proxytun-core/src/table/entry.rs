@@ -77,6 +77,9 @@ pub struct ServiceEntry {
     pub rr6: Ipv6Addr,
     /// Closest ServiceIPs (IPv4, IPv6), if the service has them.
     pub closest: Option<(Ipv4Addr, Ipv6Addr)>,
+    /// Client affinity's timeout, when the service has `affinity = client`
+    /// (see [`crate::affinity`]); `None`: every new flow is balanced.
+    pub affinity: Option<std::time::Duration>,
     /// Its instances, in the order they were added.
     pub instances: Vec<InstanceId>,
 }

@@ -189,6 +189,12 @@ impl Table {
         self.instance(*self.by_name.get(name)?)
     }
 
+    /// The id of an instance by name (`app/service/n`): what a pin that
+    /// outlives a table swap resolves through.
+    pub fn instance_id_by_name(&self, name: &str) -> Option<InstanceId> {
+        self.by_name.get(name).copied()
+    }
+
     /// An instance by id.
     pub fn instance(&self, id: InstanceId) -> Option<&InstanceEntry> {
         self.instances.get(id.0)
