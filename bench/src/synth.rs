@@ -111,6 +111,7 @@ impl Synthetic {
                     name,
                     rr_ip: self.rr(s),
                     closest_ip: Some(self.closest(s)),
+                    affinity: Default::default(),
                 },
             );
         }

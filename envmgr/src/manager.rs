@@ -18,6 +18,7 @@
 //! instances, `table.rs` is the working form of the state, `netns.rs`
 //! checks namespace paths.
 
+mod affinity;
 mod allocate;
 mod attach;
 mod cluster_view;

@@ -9,6 +9,7 @@
 //! are re-exported here, so `model::ServiceName` and `model::Policy` read
 //! as before.
 
+mod affinity;
 mod names;
 mod policy;
 
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub use affinity::{Affinity, AffinityMode, DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S};
 pub use names::{check_label, check_runtime_id, valid_ifname, InstanceKey, NameError, ServiceName};
 pub use policy::{
     AllowRule, Policy, PolicyError, PortRange, RuleTarget, MAX_ALLOW_RULES, MAX_RULE_PORTS,
@@ -48,6 +50,10 @@ pub struct Service {
     /// always has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closest_ip: Option<DualAddr>,
+    /// Client affinity (docs/api.md): absent in records written before it
+    /// existed or that keep the default.
+    #[serde(default, skip_serializing_if = "Affinity::is_default")]
+    pub affinity: Affinity,
 }
 
 /// Where an instance runs.

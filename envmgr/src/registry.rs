@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use futures::future::BoxFuture;
 
 use crate::error::Result;
-use crate::model::{DualAddr, Instance, InstanceKey, Peer, Policy, Service, ServiceName};
+use crate::model::{Affinity, DualAddr, Instance, InstanceKey, Peer, Policy, Service, ServiceName};
 
 /// An instance to claim cluster-wide for a local attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,15 @@ pub trait Registry: Send + Sync + fmt::Debug + 'static {
     /// Writes the cluster's isolation policy, so every node's watch picks
     /// it up.
     fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>>;
+
+    /// Sets a service's client affinity in its cluster-wide record, so
+    /// every node's watch picks it up; returns the updated record.
+    /// [`crate::Error::NotFound`] when the cluster has no such service.
+    fn set_affinity<'a>(
+        &'a self,
+        name: &'a ServiceName,
+        affinity: Affinity,
+    ) -> BoxFuture<'a, Result<Service>>;
 }
 
 /// What the rest of the cluster runs, as far as this node is interested.

@@ -358,6 +358,7 @@ mod tests {
             name: name.clone(),
             rr_ip: p.service_pair("10.30.1.1".parse().expect("ip")),
             closest_ip: Some(p.service_pair("10.30.1.3".parse().expect("ip"))),
+            affinity: Default::default(),
         });
         s.instances.push(Instance {
             key: InstanceKey { name, number: 0 },

@@ -42,6 +42,7 @@ pub fn snapshot(version: u64, services: &[(&str, &str, u32)]) -> Snapshot {
                 name: name.clone(),
                 rr_ip: dual(base + 1),
                 closest_ip: Some(dual(base + 2)),
+                affinity: Default::default(),
             },
         );
         for n in 0..*count {

@@ -148,6 +148,7 @@ impl Layout {
             name: self.service_name(s),
             rr_ip: self.block_addr(creator, 1 + 2 * k),
             closest_ip: Some(self.block_addr(creator, 2 + 2 * k)),
+            affinity: Default::default(),
         }
     }
 

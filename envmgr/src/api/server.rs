@@ -52,6 +52,10 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         .route("/v1/status", get(status::<K>))
         .route("/v1/services", get(list_services::<K>))
         .route("/v1/services/{app}/{service}", get(get_service::<K>))
+        .route(
+            "/v1/services/{app}/{service}/affinity",
+            axum::routing::put(put_affinity::<K>),
+        )
         .route("/v1/instances", get(list_instances::<K>))
         .route("/v1/instances/{app}/{service}/{n}", get(get_instance::<K>))
         .route(

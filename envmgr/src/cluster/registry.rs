@@ -14,7 +14,7 @@ use super::session::Inner;
 use super::txn::gets;
 use crate::alloc;
 use crate::error::{Error, Result};
-use crate::model::{DualAddr, InstanceKey, Policy, Service, ServiceName};
+use crate::model::{Affinity, DualAddr, InstanceKey, Policy, Service, ServiceName};
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, Registry};
 
@@ -131,6 +131,7 @@ impl EtcdRegistry {
                 name: name.clone(),
                 rr_ip: self.plan.service_pair(rr),
                 closest_ip: Some(self.plan.service_pair(closest)),
+                affinity: Default::default(),
             };
             let owner = name.to_string();
             let vip = |kind| {
@@ -326,6 +327,46 @@ pub(crate) async fn withdraw(inner: &Inner, c: &mut Client, key: &InstanceKey) -
     )))
 }
 
+impl EtcdRegistry {
+    /// Rewrites the service record with `affinity`, guarded by its
+    /// revision so a concurrent write is never lost.
+    async fn set_affinity_inner(
+        &self,
+        mut c: Client,
+        name: &ServiceName,
+        affinity: Affinity,
+    ) -> Result<Service> {
+        let sk = self.inner.keys.service(name);
+        for _ in 0..RACE_RETRIES {
+            let got = c.get(sk.as_str(), None).await.map_err(unavailable)?;
+            let Some(kv) = got.kvs().first() else {
+                return Err(Error::NotFound(format!(
+                    "no service {name} in the cluster; attach an instance of it first"
+                )));
+            };
+            let mut svc: Service = keys::decode(kv.key(), kv.value()).map_err(corrupt)?;
+            if svc.affinity == affinity {
+                return Ok(svc);
+            }
+            svc.affinity = affinity;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    sk.as_str(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::put(sk.as_str(), keys::encode(&svc), None)]);
+            if c.txn(txn).await.map_err(unavailable)?.succeeded() {
+                tracing::info!(service = %name, mode = ?affinity.mode, timeout_s = affinity.timeout_s, "cluster: affinity written");
+                return Ok(svc);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "service {name}: the record kept changing; retry"
+        )))
+    }
+}
+
 impl Registry for EtcdRegistry {
     fn status(&self) -> serde_json::Value {
         let st = self.inner.status().clone();
@@ -356,6 +397,16 @@ impl Registry for EtcdRegistry {
 
     fn release<'a>(&'a self, key: &'a InstanceKey) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.with_session("release", move |c, _| self.release_inner(c, key)))
+    }
+
+    fn set_affinity<'a>(
+        &'a self,
+        name: &'a ServiceName,
+        affinity: Affinity,
+    ) -> BoxFuture<'a, Result<Service>> {
+        Box::pin(self.with_session("affinity", move |c, _| {
+            self.set_affinity_inner(c, name, affinity)
+        }))
     }
 
     fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>> {

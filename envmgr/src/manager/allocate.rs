@@ -85,6 +85,7 @@ impl<K: Kernel> Manager<K> {
                 name: name.clone(),
                 rr_ip: self.settings.plan.service_pair(v4),
                 closest_ip: Some(self.settings.plan.service_pair(closest)),
+                affinity: Default::default(),
             },
         );
         Ok(())

@@ -73,7 +73,7 @@ pub enum RemoteCommand {
     },
 }
 
-fn parse_service_name(s: &str) -> Result<ServiceName, String> {
+pub(super) fn parse_service_name(s: &str) -> Result<ServiceName, String> {
     s.parse()
         .map_err(|e: envmgr::model::NameError| e.to_string())
 }
@@ -209,6 +209,7 @@ pub(super) fn format_services(v: &Value) -> anyhow::Result<String> {
                 text(&s["rr_ip"]["v4"]),
                 text(&s["rr_ip"]["v6"]),
                 text(&s["closest_ip"]["v4"]),
+                affinity_cell(&s["affinity"]),
                 if numbers.is_empty() {
                     "-".to_owned()
                 } else {
@@ -218,9 +219,24 @@ pub(super) fn format_services(v: &Value) -> anyhow::Result<String> {
         })
         .collect();
     Ok(table(
-        &["SERVICE", "RR_IP", "RR_IP6", "CLOSEST_IP", "INSTANCES"],
+        &[
+            "SERVICE",
+            "RR_IP",
+            "RR_IP6",
+            "CLOSEST_IP",
+            "AFFINITY",
+            "INSTANCES",
+        ],
         &rows,
     ))
+}
+
+/// `client 600s`, or `-` for none.
+fn affinity_cell(a: &Value) -> String {
+    match a["mode"].as_str() {
+        Some("client") => format!("client {}s", text(&a["timeout_s"])),
+        _ => "-".to_owned(),
+    }
 }
 
 pub(super) fn format_instances(v: &Value) -> anyhow::Result<String> {

@@ -5,13 +5,14 @@
 //! answers, as aligned tables by default or as the raw JSON with `--json`.
 //!
 //! One file per command group: `status` (status, peers, counters),
-//! `instances` (services, instances, attach, detach, remote), `flows`,
+//! `instances` (services, instances, attach, detach, remote), `affinity`, `flows`,
 //! `policy`, `log_level`, `keygen`; `top` (the live terminal view, a loop
 //! of its own rather than one request); `generate` makes the man pages and
 //! completions from the command line; `api` is the client and its
 //! error mapping, `render` the tables. This module holds the command
 //! line and the dispatch; the groups never import it.
 
+mod affinity;
 mod api;
 mod flows;
 pub mod generate;
@@ -31,6 +32,7 @@ use clap::Subcommand;
 use envmgr::api::Client;
 use envmgr::model::InstanceKey;
 
+pub use affinity::AffinityArgs;
 use api::Api;
 pub use api::ApiFailure;
 use instances::parse_instance_key;
@@ -77,6 +79,10 @@ pub enum ClientCommand {
     },
     /// Attach a container (a network namespace) as an instance of APP/SERVICE.
     Attach(AttachArgs),
+    /// Set a service's client affinity: `client` sends every new flow from
+    /// one client address to the instance of its previous flow (iperf3,
+    /// FTP, several gRPC channels land together); `none` balances each.
+    Affinity(AffinityArgs),
     /// Detach a local instance: removes its veth and its table entry.
     Detach {
         /// The instance, written APP/SERVICE/N.
@@ -145,6 +151,7 @@ pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String
             show(api.get("/v1/counters").await?, o, status::format_counters)?
         }
         ClientCommand::Attach(a) => instances::attach(&api, a).await?,
+        ClientCommand::Affinity(a) => affinity::affinity(&api, a).await?,
         ClientCommand::Detach { instance } => instances::detach(&api, &instance).await?,
         ClientCommand::Peer(cmd) => status::peer(&api, cmd).await?,
         ClientCommand::Remote(cmd) => instances::remote(&api, cmd).await?,

@@ -22,6 +22,9 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
         if let Some(closest) = &svc.closest_ip {
             b.closest(id, closest.v4, closest.v6);
         }
+        if let Some(ttl) = svc.affinity.client_timeout() {
+            b.affinity(id, ttl);
+        }
         ids.insert(name, id);
     }
     for peer in snapshot.peers.values() {
@@ -146,6 +149,7 @@ mod tests {
                         v6: p.service_pair(Ipv4Addr::new(10, 30, 1, 1)).v6,
                     },
                     closest_ip: with_closest.then(|| p.service_pair(Ipv4Addr::new(10, 30, 1, 9))),
+                    affinity: Default::default(),
                 },
             )]),
             instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
@@ -221,6 +225,7 @@ mod tests {
                 name: bank,
                 rr_ip: p.service_pair(Ipv4Addr::new(10, 30, 1, 20)),
                 closest_ip: None,
+                affinity: Default::default(),
             },
         );
         snap.policy = Policy {

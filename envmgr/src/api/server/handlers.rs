@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, InstancePath, NamePath, ServicePath};
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{Instance, Policy, Service};
+use crate::model::{Affinity, Instance, Policy, Service};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 
 /// What every handler can reach.
@@ -47,6 +47,7 @@ fn service_json(svc: &Service, instances: Value) -> Value {
         "service": svc.name.service,
         "rr_ip": svc.rr_ip,
         "closest_ip": svc.closest_ip,
+        "affinity": svc.affinity,
         "instances": instances,
     })
 }
@@ -284,6 +285,20 @@ pub(super) async fn put_policy<K: Kernel>(
     ApiJson(policy): ApiJson<Policy>,
 ) -> ApiResult<Json<Policy>> {
     Ok(Json(s.mgr.put_policy(policy).await?))
+}
+
+/// Sets a service's client affinity (`{"mode": "client", "timeout_s":
+/// 600}` or `{"mode": "none"}`); answers with the service. A bad body or
+/// timeout is a 400, an unknown service a 404; neither changes anything.
+pub(super) async fn put_affinity<K: Kernel>(
+    State(s): State<AppState<K>>,
+    ServicePath(name): ServicePath,
+    ApiJson(affinity): ApiJson<Affinity>,
+) -> ApiResult<Json<Value>> {
+    let svc = s.mgr.set_affinity(&name, affinity).await?;
+    let snap = s.mgr.snapshot();
+    let instances: Vec<u32> = snap.instances_of(&name).map(|i| i.key.number).collect();
+    Ok(Json(service_json(&svc, json!(instances))))
 }
 
 /// The dataplane's packet counters.

@@ -27,6 +27,7 @@ impl Registry for FakeRegistry {
                 name: name.clone(),
                 rr_ip: p.service_pair(ip("10.30.200.1")),
                 closest_ip: Some(p.service_pair(ip("10.30.200.2"))),
+                affinity: Default::default(),
             })
         })
     }
@@ -46,6 +47,18 @@ impl Registry for FakeRegistry {
                 number: claim.number.unwrap_or(40 + u32::try_from(n).expect("few")),
             };
             Ok((key, plan(1).service_pair(v4)))
+        })
+    }
+
+    fn set_affinity<'a>(
+        &'a self,
+        name: &'a ServiceName,
+        affinity: crate::model::Affinity,
+    ) -> futures::future::BoxFuture<'a, Result<Service>> {
+        Box::pin(async move {
+            let mut svc = self.service(name, None).await?;
+            svc.affinity = affinity;
+            Ok(svc)
         })
     }
 
@@ -127,6 +140,7 @@ fn svc(name: &str, rr: &str, closest: &str) -> Service {
         name: name.parse().expect("name"),
         rr_ip: p.service_pair(ip(rr)),
         closest_ip: Some(p.service_pair(ip(closest))),
+        affinity: Default::default(),
     }
 }
 

@@ -145,6 +145,7 @@ async fn a_state_without_closest_ips_gets_them_at_open() {
         name: "shop/web".parse().expect("name"),
         rr_ip: s.plan.service_pair(ip("10.30.1.1")),
         closest_ip: None,
+        affinity: Default::default(),
     });
     LocalStore::new(dir.path()).save(&state).expect("save");
     let m = Manager::open_inner(
