@@ -130,3 +130,65 @@ fn client_affinity_keeps_a_clients_connections_on_one_instance() {
         "iperf3 worked with its connections split"
     );
 }
+
+/// shop/web's round-robin ServiceIP as `node` knows it.
+fn rr_of(node: &Node) -> anyhow::Result<IpAddr> {
+    let out = node.cli_ok(&["services", "--json"])?;
+    let list: Value = serde_json::from_str(&out.stdout)?;
+    list.as_array()
+        .and_then(|l| l.iter().find(|s| s["service"] == "web"))
+        .and_then(|s| s["rr_ip"]["v4"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("node {} has no shop/web yet", node.name))?
+        .parse()
+        .map_err(anyhow::Error::from)
+}
+
+#[test]
+fn with_etcd_the_setting_reaches_every_node() {
+    let c = testbed::Cluster3::start("affinity-etcd").expect("cluster");
+    let (_wa, _) = c
+        .server(&c.a, "wa", "shop/web", 1, "web-a")
+        .expect("server a");
+    let (_wb, _) = c
+        .server(&c.b, "wb", "shop/web", 2, "web-b")
+        .expect("server b");
+    let (client, _) = c.client(&c.c, "clc", 1).expect("client on c");
+    c.wait_mesh(Duration::from_secs(10)).expect("mesh");
+    // The client's node learns the service and both instances from etcd
+    // on its first packet to the ServiceIP (a miss, then an interest).
+    let rr = rr_of(&c.a).expect("the ServiceIP, from node a");
+    eventually(Duration::from_secs(15), || {
+        let ip = rr;
+        let seq: Vec<String> = (0..4)
+            .map(|_| client.tcp_hello(ip).map(|h| h.name))
+            .collect::<anyhow::Result<_>>()?;
+        if distinct(&seq) == ["web-a", "web-b"] {
+            Ok(())
+        } else {
+            anyhow::bail!("not rotating over both yet: {seq:?}")
+        }
+    })
+    .expect("round robin over a and b from c");
+
+    // Set on node a; node c, where the client is, balances by it.
+    c.a.cli_ok(&["affinity", "shop/web", "client", "--timeout", "300"])
+        .expect("set on a");
+    eventually(Duration::from_secs(10), || {
+        match affinity_of(&c.c)["mode"].as_str() {
+            Some("client") => Ok(()),
+            other => anyhow::bail!("c shows {other:?}"),
+        }
+    })
+    .expect("the setting reaches node c");
+    let seq = names(&client, rr, 6);
+    assert_eq!(
+        distinct(&seq).len(),
+        1,
+        "client on c with affinity set on a: {seq:?}"
+    );
+    assert_eq!(
+        affinity_of(&c.b)["timeout_s"],
+        300,
+        "node b has the setting too"
+    );
+}
