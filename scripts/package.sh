@@ -55,6 +55,6 @@ if [ "$check" -eq 1 ]; then
     }
     note "lintian $deb"
     # Errors fail the build; warnings are printed for the record.
-    lintian --fail-on error --tag-display-limit 0 "$deb"
+    lintian --fail-on error --tag-display-limit 0 "$deb" >&2
 fi
 echo "$deb"
