@@ -26,11 +26,13 @@ pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod frag;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gro;
 pub mod health;
 pub mod icmp_error;
+pub mod ipv6_ext;
 pub mod keepalive;
 pub mod map;
 pub mod miss;
