@@ -17,6 +17,10 @@ pub const EXT_FRAGMENT: u8 = 44;
 /// Destination options.
 pub const EXT_DEST_OPTS: u8 = 60;
 
+/// The fixed IPv6 header (as `packet` has it; kept here so the walk
+/// depends on nothing but the drop reasons).
+const IPV6_HEADER_LEN: usize = 40;
+
 /// More extension headers than this in one packet is an attack, not a host.
 const MAX_EXT_HEADERS: usize = 8;
 
@@ -58,7 +62,7 @@ pub struct Walk {
 /// destination is not the final one, and rewriting it would be wrong).
 pub fn walk(pkt: &[u8]) -> Result<Walk, DropReason> {
     let mut next = *pkt.get(6).ok_or(DropReason::Malformed)?;
-    let mut at = super::packet::IPV6_HEADER_LEN;
+    let mut at = IPV6_HEADER_LEN;
     let mut frag = None;
     for i in 0..=MAX_EXT_HEADERS {
         let hdr = pkt.get(at..at + 8);

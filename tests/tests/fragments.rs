@@ -12,9 +12,10 @@
 //! that pings with "don't fragment" gets "fragmentation needed" / "packet
 //! too big" with the inner MTU that fits, its kernel remembers it (a UDP
 //! socket's `IP_MTU`, as `tracepath` reads it), and TCP finds the path MTU
-//! on its own: a bulk transfer completes. And the MLD reports and router
-//! solicitations every node's kernel sends into the TUN are not drops. Without the ICMP errors the big
+//! on its own: a bulk transfer completes. Without the ICMP errors the big
 //! packets vanish on the underlay and the ping and the transfer time out.
+//! And the MLD reports and router solicitations every node's kernel sends
+//! into the TUN are not drops.
 
 use std::net::IpAddr;
 use std::time::Duration;
