@@ -200,3 +200,58 @@ proptest! {
         prop_assert_eq!(t.live(now + FRAG_TIMEOUT), 0);
     }
 }
+
+/// A UDP/IPv6 packet behind the chain `exts` of (next-header value,
+/// length in 8-byte units) headers, checksum left as built.
+fn chained(exts: &[(u8, u8)]) -> Vec<u8> {
+    let src: Ipv6Addr = "fdff:18::105".parse().unwrap();
+    let dst: Ipv6Addr = "fdff:30::a".parse().unwrap();
+    let mut udp = Vec::new();
+    etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
+        .udp(1, 2)
+        .write(&mut udp, b"payload")
+        .unwrap();
+    let mut p = udp[..40].to_vec();
+    p[6] = exts.first().map_or(17, |e| e.0);
+    for (i, &(ty, units)) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(17, |e| e.0);
+        let mut h = vec![0u8; (usize::from(units) + 1) * 8];
+        h[0] = next;
+        h[1] = units;
+        if ty == 43 {
+            // Routing type 4 (segment routing), no segments left.
+            h[2] = 4;
+        } else {
+            // PadN over the rest of the options area.
+            h[2] = 1;
+            h[3] = (h.len() - 4) as u8;
+        }
+        p.extend_from_slice(&h);
+    }
+    p.extend_from_slice(&udp[40..]);
+    let plen = (p.len() - 40) as u16;
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
+
+proptest! {
+    /// Extension chains: whatever ours accepts, etherparse reads alike
+    /// (the `parse` fuzz body); hop-by-hop then destination options, the
+    /// chains hosts send, are accepted with the transport behind them.
+    #[test]
+    fn extension_chains_agree_with_etherparse(
+        chain in proptest::collection::vec((prop_oneof![Just(0u8), Just(60u8), Just(43u8)], 0u8..4), 0..5),
+    ) {
+        let p = chained(&chain);
+        crate::fuzzing::parse(&p);
+        let ext: usize = chain.iter().map(|&(_, u)| (usize::from(u) + 1) * 8).sum();
+        let hbh_first_only = chain.iter().skip(1).all(|&(t, _)| t != 0);
+        if hbh_first_only {
+            let info = crate::packet::parse(&p).unwrap();
+            prop_assert_eq!(info.l4_offset, 40 + ext);
+            prop_assert_eq!((info.sport, info.dport), (1, 2));
+        } else {
+            prop_assert_eq!(crate::packet::parse(&p), Err(crate::counters::DropReason::Malformed));
+        }
+    }
+}

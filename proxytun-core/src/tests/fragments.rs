@@ -359,3 +359,24 @@ fn ipv6_with_destination_options_is_forwarded() {
     assert_eq!((seen.src, seen.dst), (CLI1.iip(f), WEB2.ns(f)));
     assert_eq!(seen.payload, b"with options");
 }
+
+#[test]
+fn fragments_to_a_local_instance_hairpin_through_the_tun() {
+    for f in FAMS {
+        let (mut a, _) = nodes();
+        let now = Instant::now();
+        let payload = pattern(5000);
+        let dgram = udp_datagram(CLI1.ns(f), 4000, WEB1.iip(f), 7001, &payload);
+        let out: Vec<Vec<u8>> = fragment(&dgram, 1400, 21)
+            .into_iter()
+            .map(|frag| {
+                let (v, out) = tun(&mut a, frag, now);
+                assert_eq!(v, TunVerdict::Tun);
+                out
+            })
+            .collect();
+        let seen = check(&reassemble(&out));
+        assert_eq!((seen.src, seen.dst), (CLI1.iip(f), WEB1.ns(f)));
+        assert_eq!(seen.payload, payload);
+    }
+}
