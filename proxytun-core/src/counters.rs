@@ -54,9 +54,17 @@ drop_reasons! {
     ProtectionMismatch => "protection_mismatch",
     /// Packet failed length or field validation.
     Malformed => "malformed",
-    /// IPv4 fragment or IPv6 fragment header: flows need the transport ports.
+    /// ICMP error quoting a non-first fragment: it carries no ports to find a flow by.
     Fragment => "fragment",
-    /// IPv6 extension header other than fragment.
+    /// Later fragment whose first fragment did not come before it (or too long ago).
+    FragmentNoFirst => "fragment_no_first",
+    /// IPv6 fragment overlapping one already forwarded, or of a datagram that had one (RFC 5722).
+    FragmentOverlap => "fragment_overlap",
+    /// First fragment of a new datagram while the fragment table had no free slot for it.
+    FragmentTableFull => "fragment_table_full",
+    /// Packet larger than the tunnel to its peer carries; an ICMP "fragmentation needed" or "packet too big" went back instead.
+    TooBig => "too_big",
+    /// IPv6 extension header the dataplane does not walk (AH, ESP, mobility, a routing header with segments left).
     Ipv6ExtHeader => "ipv6_ext_header",
     /// Transport other than TCP, UDP, ICMP.
     UnsupportedProtocol => "unsupported_protocol",
@@ -129,6 +137,12 @@ pub struct Counters {
     pub keepalive_pings_rx: AtomicU64,
     /// Keepalive pongs accepted as RTT samples.
     pub keepalive_pongs_rx: AtomicU64,
+    /// TUN packets to multicast or link-local addresses (MLD reports, router and neighbour solicitations the kernel sends on any interface): ignored, not dropped.
+    pub tun_not_for_us: AtomicU64,
+    /// ICMP "fragmentation needed" / "packet too big" errors written back to the TUN (one per `too_big` drop).
+    pub icmp_too_big_tx: AtomicU64,
+    /// Fragments forwarded, first and later ones (counted in the packet counters too).
+    pub fragments_forwarded: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -160,6 +174,9 @@ impl Counters {
             keepalive_pings_tx: get(&self.keepalive_pings_tx),
             keepalive_pings_rx: get(&self.keepalive_pings_rx),
             keepalive_pongs_rx: get(&self.keepalive_pongs_rx),
+            tun_not_for_us: get(&self.tun_not_for_us),
+            icmp_too_big_tx: get(&self.icmp_too_big_tx),
+            fragments_forwarded: get(&self.fragments_forwarded),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), self.dropped(*r)))
@@ -207,6 +224,12 @@ pub struct CountersSnapshot {
     pub keepalive_pings_rx: u64,
     /// Keepalive pongs accepted as RTT samples.
     pub keepalive_pongs_rx: u64,
+    /// TUN packets to multicast or link-local addresses, ignored.
+    pub tun_not_for_us: u64,
+    /// ICMP too-big errors written back to the TUN.
+    pub icmp_too_big_tx: u64,
+    /// Fragments forwarded.
+    pub fragments_forwarded: u64,
     /// Drops by reason name (every reason present, zero included).
     pub drops: BTreeMap<&'static str, u64>,
 }

@@ -19,6 +19,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::checksum;
 use super::counters::DropReason;
 use super::flow::{Dir, FlowKey, FlowTable};
 use super::packet::{self, IcmpError, Proto};
@@ -181,3 +182,91 @@ pub fn from_tunnel(
     }
     Ok(())
 }
+
+/// Most of the offending packet an ICMPv4 error quotes: the error stays
+/// within 576 bytes (RFC 1812 4.3.2.3).
+const QUOTE4_MAX: usize = 576 - 28;
+/// Most an ICMPv6 error quotes: the error stays within the IPv6 minimum
+/// MTU (RFC 4443 2.4 (c)).
+const QUOTE6_MAX: usize = 1280 - 48;
+/// The smallest MTU an ICMPv6 "packet too big" may announce (RFC 8200 5).
+pub const IPV6_MIN_MTU: u16 = 1280;
+
+/// Turns `buf[..len]`, a packet as its sender sent it, into the ICMP error
+/// that tells the sender it was too big: ICMPv4 "fragmentation needed"
+/// (type 3, code 4) or ICMPv6 "packet too big" (type 2) announcing `mtu`,
+/// from the packet's destination to its source, quoting its first bytes.
+/// Written in place: the quote moves back by the new headers, so nothing
+/// is allocated. Returns the error's length, or `None` when `buf` is no
+/// IP packet with room for a quote of its header and 8 bytes (an IPv6
+/// error never announces less than 1280).
+///
+/// The sender's kernel takes the MTU from it for the route to the
+/// destination (the ServiceIP, as the quote shows it), so TCP lowers its
+/// MSS and a UDP socket sees `EMSGSIZE`, or fragments, from then on.
+pub fn too_big(buf: &mut [u8], len: usize, mtu: u16) -> Option<usize> {
+    let len = len.min(buf.len());
+    let v6 = match buf.first()? >> 4 {
+        4 => false,
+        6 => true,
+        _ => return None,
+    };
+    let (hdr, quote_max, min_quote) = if v6 {
+        (48, QUOTE6_MAX, packet::IPV6_HEADER_LEN + 8)
+    } else {
+        (28, QUOTE4_MAX, packet::IPV4_HEADER_MIN + 8)
+    };
+    let quote = len.checked_sub(hdr)?.min(quote_max);
+    if quote < min_quote {
+        return None;
+    }
+    let mut addrs = [0u8; 32];
+    let n = if v6 { 16 } else { 4 };
+    let (s, d) = if v6 { (8, 24) } else { (12, 16) };
+    addrs[..n].copy_from_slice(&buf[s..s + n]);
+    addrs[16..16 + n].copy_from_slice(&buf[d..d + n]);
+    buf.copy_within(..quote, hdr);
+    let total = hdr + quote;
+    let (src, dst) = (&addrs[16..16 + n], &addrs[..n]);
+    if v6 {
+        let ip = &mut buf[..40];
+        ip.fill(0);
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&((8 + quote) as u16).to_be_bytes());
+        ip[6] = packet::IPPROTO_ICMPV6;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(src);
+        ip[24..40].copy_from_slice(dst);
+        let icmp = &mut buf[40..48];
+        icmp.fill(0);
+        icmp[0] = packet::ICMP6_PACKET_TOO_BIG;
+        let mtu = u32::from(mtu.max(IPV6_MIN_MTU));
+        icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+        let l4_len = (total - 40) as u32;
+        let seed = checksum::pseudo_header_sum(src, dst, packet::IPPROTO_ICMPV6, l4_len);
+        let sum = checksum::checksum_with(seed, &buf[40..total]);
+        buf[42..44].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        let ip = &mut buf[..20];
+        ip.fill(0);
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = packet::IPPROTO_ICMP;
+        ip[12..16].copy_from_slice(src);
+        ip[16..20].copy_from_slice(dst);
+        let sum = checksum::checksum(&buf[..20]);
+        buf[10..12].copy_from_slice(&sum.to_be_bytes());
+        let icmp = &mut buf[20..28];
+        icmp.fill(0);
+        icmp[0] = packet::ICMP4_DEST_UNREACHABLE;
+        icmp[1] = ICMP4_FRAG_NEEDED;
+        icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+        let sum = checksum::checksum(&buf[20..total]);
+        buf[22..24].copy_from_slice(&sum.to_be_bytes());
+    }
+    Some(total)
+}
+
+/// ICMPv4 destination-unreachable code "fragmentation needed and DF set".
+const ICMP4_FRAG_NEEDED: u8 = 4;

@@ -7,7 +7,9 @@
 //! reply cache ([`reply`]), load balancing ([`policy`]), the forwarding view
 //! of the cluster ([`table`]), the tunnel header ([`tunnel`]), keepalives
 //! and peer health ([`keepalive`], [`health`]), the record of unknown
-//! ServiceIPs ([`miss`]) and the counters ([`counters`]).
+//! ServiceIPs ([`miss`]) and the counters ([`counters`]); fragments follow
+//! their first fragment's flow through [`frag`], IPv6 extension headers are
+//! walked by [`ipv6_ext`].
 //!
 //! A crate of its own (the daemon crate `proxytun` depends on it) so that its `Cargo.toml` shows the rule: it depends on
 //! no I/O crate. The leaf modules [`config`], [`map`] and [`time`] hold what
@@ -27,11 +29,13 @@ pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod frag;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gro;
 pub mod health;
 pub mod icmp_error;
+pub mod ipv6_ext;
 pub mod keepalive;
 pub mod map;
 pub mod miss;

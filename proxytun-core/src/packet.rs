@@ -18,8 +18,6 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
-/// IPv6 next-header value of the fragment header.
-const IPV6_FRAGMENT: u8 = 44;
 
 /// TCP FIN flag.
 pub const TCP_FIN: u8 = 0x01;
@@ -158,7 +156,10 @@ fn byte(buf: &[u8], at: usize) -> Result<u8, DropReason> {
 ///
 /// Errors are the drop reason the caller counts: `Malformed` for any length
 /// or field inconsistency, `Fragment` for IPv4 fragments and the IPv6
-/// fragment header, `Ipv6ExtHeader` for other IPv6 extension headers,
+/// fragment header (the dataplane then reads them with
+/// [`crate::frag::parse`]), `Ipv6ExtHeader` for IPv6 extension headers
+/// other than hop-by-hop, destination options, a finished routing header
+/// and the fragment header (those are walked, [`crate::ipv6_ext`]),
 /// `UnsupportedProtocol` for other transports.
 pub fn parse(buf: &[u8]) -> Result<PacketInfo, DropReason> {
     match byte(buf, 0)? >> 4 {
@@ -198,6 +199,7 @@ fn parse_v4(buf: &[u8]) -> Result<PacketInfo, DropReason> {
         false,
         IpAddr::V4(src),
         IpAddr::V4(dst),
+        false,
     )
 }
 
@@ -209,35 +211,57 @@ fn parse_v6(buf: &[u8]) -> Result<PacketInfo, DropReason> {
     if total > buf.len() {
         return Err(DropReason::Malformed);
     }
-    let next = buf[6];
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&buf[8..24]);
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&buf[24..40]);
+    let pkt = &buf[..total];
+    let walk = super::ipv6_ext::walk(pkt)?;
+    if walk.frag.is_some() {
+        return Err(DropReason::Fragment);
+    }
+    let next = walk.next;
     let icmp = match next {
         IPPROTO_ICMPV6 => Some((128, 129)),
         IPPROTO_TCP | IPPROTO_UDP => None,
-        IPV6_FRAGMENT => return Err(DropReason::Fragment),
-        // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP,
-        // shim6 and the experimental values: extension headers we do not walk.
-        0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
-            return Err(DropReason::Ipv6ExtHeader)
-        }
+        // AH, ESP, mobility, HIP, shim6 and the experimental values:
+        // extension headers we do not walk.
+        50 | 51 | 135 | 139 | 140 | 253 | 254 => return Err(DropReason::Ipv6ExtHeader),
         _ => return Err(DropReason::UnsupportedProtocol),
     };
-    parse_l4(
-        &buf[..total],
-        IPV6_HEADER_LEN,
-        next,
-        icmp,
-        true,
-        IpAddr::V6(Ipv6Addr::from(s)),
-        IpAddr::V6(Ipv6Addr::from(d)),
-    )
+    let (src, dst) = v6_addrs(pkt);
+    parse_l4(pkt, walk.offset, next, icmp, true, src, dst, false)
+}
+
+/// The source and destination of an IPv6 packet of at least 40 bytes.
+pub(crate) fn v6_addrs(pkt: &[u8]) -> (IpAddr, IpAddr) {
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&pkt[8..24]);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&pkt[24..40]);
+    (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)))
+}
+
+/// The transport header of a first fragment (`pkt` cut to the fragment's
+/// IP length): like any packet's, but the UDP length may run past the
+/// fragment, since it counts the whole datagram.
+pub(crate) fn parse_first_fragment(
+    pkt: &[u8],
+    off: usize,
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+) -> Result<PacketInfo, DropReason> {
+    let v6 = src.is_ipv6();
+    let icmp = match (proto, v6) {
+        (IPPROTO_ICMP, false) => Some((8, 0)),
+        (IPPROTO_ICMPV6, true) => Some((128, 129)),
+        (IPPROTO_TCP | IPPROTO_UDP, _) => None,
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    parse_l4(pkt, off, proto, icmp, v6, src, dst, true)
 }
 
 /// Parses the transport header at `off` of `pkt` (already cut to the IP length).
-/// `icmp` holds the (echo request, echo reply) types when the protocol is ICMP.
+/// `icmp` holds the (echo request, echo reply) types when the protocol is ICMP;
+/// `fragment`: a first fragment, whose UDP length counts the whole datagram.
+#[allow(clippy::too_many_arguments)]
 fn parse_l4(
     pkt: &[u8],
     off: usize,
@@ -246,6 +270,7 @@ fn parse_l4(
     v6: bool,
     src: IpAddr,
     dst: IpAddr,
+    fragment: bool,
 ) -> Result<PacketInfo, DropReason> {
     let l4 = pkt.get(off..).ok_or(DropReason::Malformed)?;
     let (sport, dport, info) = if let Some((req, rep)) = icmp {
@@ -273,7 +298,7 @@ fn parse_l4(
             return Err(DropReason::Malformed);
         }
         let ulen = usize::from(be16(l4, 4)?);
-        if ulen < UDP_HEADER_LEN || ulen > l4.len() {
+        if ulen < UDP_HEADER_LEN || (ulen > l4.len() && !fragment) {
             return Err(DropReason::Malformed);
         }
         let checksum_zero = be16(l4, 6)? == 0;

@@ -39,6 +39,7 @@ use crate::notify;
 use crate::shell::device::{open_tun, TunnelSocket};
 use crate::shell::io_loop::{self, Control};
 use crate::shell::persist;
+use crate::shell::pmtu;
 use crate::shell::shared::IoCounters;
 use crate::shell::table;
 use crate::shell::view::{ShellView, ViewSources};
@@ -225,7 +226,11 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
             "tun.mtu plus the tunnel overhead exceeds a 1500-byte underlay: full-size packets will be lost unless the underlay MTU is larger (see docs/security.md)"
         );
     }
+    let fixed_mtu = config.tunnel.mtu;
+    let mtus = pmtu::path_mtus(first.peer_endpoints(), fixed_mtu);
+    tracing::info!(?mtus, "underlay path MTU per peer");
     let mut dp = Dataplane::with_sealer(config.core_config(), Arc::new(first), sealer.clone());
+    dp.set_path_mtus(mtus);
     // Flow persistence: established connections survive a restart.
     persist::restore(&mut dp, &config.state.dir);
     let counters = dp.counters();
@@ -286,12 +291,36 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let mut snapshots = mgr.subscribe();
     let sender = handle.sender();
     tokio::spawn(async move {
-        while snapshots.changed().await.is_ok() {
+        // The path MTUs follow the peers of the newest table, and are
+        // asked again now and then (a changed underlay, a learned PMTU).
+        let mut peers = Vec::new();
+        let mut refresh = tokio::time::interval(pmtu::REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = refresh.tick() => {
+                    let mtus = pmtu::path_mtus(&peers, fixed_mtu);
+                    if sender.send(Control::SetPathMtus(mtus)).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let snap = snapshots.borrow_and_update().clone();
             match table::build(&snap) {
                 Ok(table) => {
                     tracing::debug!(version = snap.version, "new table for the dataplane");
+                    peers = table.peer_endpoints().to_vec();
                     if sender.send(Control::SetTable(Arc::new(table))).is_err() {
+                        break;
+                    }
+                    let mtus = pmtu::path_mtus(&peers, fixed_mtu);
+                    if sender.send(Control::SetPathMtus(mtus)).is_err() {
                         break;
                     }
                 }

@@ -9,6 +9,7 @@ use super::{opens, parse_supported, Dataplane};
 use crate::access::{policy_port, Side};
 use crate::counters::{inc, DropReason};
 use crate::flow::{Activity, Dir, Flow, FlowKey};
+use crate::frag;
 use crate::icmp_error;
 use crate::packet::{self, PacketInfo};
 use crate::table::{Location, Table, Vip};
@@ -20,11 +21,30 @@ impl Dataplane {
         pkt: &mut [u8],
         now: Instant,
     ) -> Result<Option<SocketAddr>, DropReason> {
+        // Fragments first: a later one's data may look like anything.
+        if frag::is_v4_fragment(pkt) {
+            return self.tun_fragment(pkt, now);
+        }
         // ICMP errors (helper B): translated by `icmp_error`, never create state.
         if packet::looks_like_icmp_error(pkt) {
             return icmp_error::from_tun(&self.flows, &mut self.replies, pkt);
         }
-        let (info, key) = parse_supported(pkt)?;
+        let (info, key) = match parse_supported(pkt) {
+            Err(DropReason::Fragment) => return self.tun_fragment(pkt, now),
+            r => r?,
+        };
+        self.tun_route(pkt, &info, key, now)
+    }
+
+    /// A parsed packet (or first fragment) from the TUN: its flow or reply
+    /// entry, or a new flow; rewritten in place. Returns like `tun_input`.
+    pub(super) fn tun_route(
+        &mut self,
+        pkt: &mut [u8],
+        info: &PacketInfo,
+        key: FlowKey,
+        now: Instant,
+    ) -> Result<Option<SocketAddr>, DropReason> {
         if let Some((idx, dir)) = self.flows.lookup(&key) {
             if let Some(flow) = self.flows.get_mut(idx) {
                 let routed = match dir {
@@ -37,8 +57,8 @@ impl Dataplane {
                     Dir::Reverse => None,
                 };
                 if let Some((src, dst, peer)) = routed {
-                    let closing = flow.activity.touch(dir, &info, now, &self.config);
-                    if !packet::rewrite(pkt, &info, src, dst) {
+                    let closing = flow.activity.touch(dir, info, now, &self.config);
+                    if !packet::rewrite(pkt, info, src, dst) {
                         return Err(DropReason::Malformed);
                     }
                     self.arm(closing);
@@ -47,12 +67,12 @@ impl Dataplane {
             }
         }
         if let Some(entry) = self.replies.get_mut(&key) {
-            let closing = entry.activity.touch(Dir::Reverse, &info, now, &self.config);
+            let closing = entry.activity.touch(Dir::Reverse, info, now, &self.config);
             let peer = entry.peer;
             self.arm(closing);
             return Ok(Some(peer));
         }
-        self.new_flow(pkt, &info, key, now)
+        self.new_flow(pkt, info, key, now)
     }
 
     /// The slow path: choose an instance, install the flow, rewrite.

@@ -9,10 +9,11 @@ use std::time::Instant;
 use super::{opens, parse_supported, Dataplane, NetVerdict};
 use crate::access::{policy_port, Side};
 use crate::counters::DropReason;
-use crate::flow::{Activity, Dir};
+use crate::flow::{Activity, Dir, FlowKey};
+use crate::frag;
 use crate::icmp_error;
 use crate::keepalive::{self, Kind};
-use crate::packet;
+use crate::packet::{self, PacketInfo};
 use crate::reply::ReplyEntry;
 use crate::table::{Location, Vip};
 use crate::tunnel::{MsgType, HEADER_LEN};
@@ -58,11 +59,33 @@ impl Dataplane {
         pkt: &mut [u8],
         now: Instant,
     ) -> Result<(), DropReason> {
+        // Fragments first: a later one's data may look like anything.
+        if frag::is_v4_fragment(pkt) {
+            return self.tunnel_fragment(from, pkt, now);
+        }
         // ICMP errors (helper B): translated by `icmp_error`, never create state.
         if packet::looks_like_icmp_error(pkt) {
             return icmp_error::from_tunnel(&self.table, &self.flows, &mut self.replies, from, pkt);
         }
-        let (info, key) = parse_supported(pkt)?;
+        let (info, key) = match parse_supported(pkt) {
+            Err(DropReason::Fragment) => return self.tunnel_fragment(from, pkt, now),
+            r => r?,
+        };
+        self.tunnel_route(from, pkt, &info, key, now)
+    }
+
+    /// A parsed inner packet (or first fragment) from member `from`: a
+    /// reply entry (new or known) for a local instance, or a reply on a
+    /// local client's flow, rewritten in place.
+    pub(super) fn tunnel_route(
+        &mut self,
+        from: SocketAddr,
+        pkt: &mut [u8],
+        info: &PacketInfo,
+        key: FlowKey,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let info = *info;
         if let Some((_, instance)) = self.table.local_by_ns(info.dst) {
             // A remote client's packet for a local instance.
             if !self.table.in_service_range(info.src) {

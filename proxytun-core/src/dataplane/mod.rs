@@ -4,9 +4,11 @@
 //! with the (rewritten in place) packet. Nothing here blocks, sleeps, reads
 //! a clock or does I/O.
 
+mod fragments;
 mod from_tun;
 mod from_tunnel;
 mod records;
+mod too_big;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use crate::affinity::Affinity;
 use crate::config::CoreConfig;
 use crate::counters::{add_len, inc, Counters, DropReason};
 use crate::flow::{FlowKey, FlowTable, FlowView};
+use crate::frag::FragTable;
 use crate::health::{PeerHealthView, Peers};
 use crate::keepalive::{self};
+use crate::map::FastMap;
 use crate::miss::Misses;
 use crate::packet::{self, IcmpKind, PacketInfo, L4};
 use crate::policy::Balancer;
@@ -40,8 +44,12 @@ pub enum TunVerdict {
     Tun,
     /// Wrap it in the tunnel header and send it to this peer endpoint.
     Peer(SocketAddr),
-    /// Drop it; the reason was counted.
+    /// Drop it; the reason was counted (or, for a packet to a multicast or
+    /// link-local address, `tun_not_for_us`).
     Drop(DropReason),
+    /// It was too big for the tunnel to its peer (counted as `too_big`):
+    /// write `pkt[..n]`, now the ICMP error that says so, back to the TUN.
+    Icmp(usize),
 }
 
 /// What to do with a datagram received from the tunnel.
@@ -75,6 +83,11 @@ pub struct Dataplane {
     sealer: Arc<Sealer>,
     opener: Opener,
     denials: Denials,
+    frags: FragTable,
+    /// The underlay path MTU to each peer address, as the shell learned it.
+    path_mtu: FastMap<IpAddr, u16>,
+    /// The smallest inner MTU of any peer: packets up to it skip the check.
+    mtu_floor: usize,
 }
 
 /// True when a packet may open a flow or a reply entry.
@@ -117,6 +130,9 @@ impl Dataplane {
             next_sweep: None,
             sealer,
             opener,
+            frags: FragTable::default(),
+            path_mtu: FastMap::default(),
+            mtu_floor: usize::MAX,
         }
     }
 
@@ -138,6 +154,12 @@ impl Dataplane {
     /// Number of live flows.
     pub fn flows_active(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Fragmented datagrams whose later fragments are awaited, as of `now`
+    /// (a scan of the fragment table: for tests and the API).
+    pub fn fragments_active(&self, now: Instant) -> usize {
+        self.frags.live(now)
     }
 
     /// Number of live reply-cache entries.
@@ -306,11 +328,36 @@ impl Dataplane {
 
     /// Handles a packet read from the TUN; see [`TunVerdict`].
     pub fn handle_tun(&mut self, pkt: &mut [u8], now: Instant) -> TunVerdict {
+        let len = pkt.len();
+        self.handle_tun_segmented(pkt, len, now)
+    }
+
+    /// [`Dataplane::handle_tun`] for a packet that leaves as IP packets of
+    /// at most `wire` bytes: its own length, or for a super-packet its
+    /// headers plus the segment size. A packet for a peer whose `wire`
+    /// exceeds the tunnel's inner MTU to that peer becomes an ICMP error
+    /// ([`TunVerdict::Icmp`]).
+    pub fn handle_tun_segmented(
+        &mut self,
+        pkt: &mut [u8],
+        wire: usize,
+        now: Instant,
+    ) -> TunVerdict {
         inc(&self.counters.tun_rx);
         // The rewrite changes no length, so the length read is the length written.
         let len = pkt.len();
         add_len(&self.counters.tun_rx_bytes, len);
-        match self.tun_input(pkt, now) {
+        // Only a packet that may be too big pays for keeping its addresses.
+        let sent_as = (wire > self.mtu_floor)
+            .then(|| crate::frag::addresses(pkt))
+            .flatten();
+        let result = self.tun_input(pkt, now);
+        if let (Ok(Some(peer)), Some(orig)) = (result, sent_as) {
+            if let Some(mtu) = self.inner_mtu(peer).filter(|&m| wire > m) {
+                return self.too_big(pkt, orig, mtu);
+            }
+        }
+        match result {
             Ok(None) => {
                 inc(&self.counters.tun_tx_tun);
                 add_len(&self.counters.tun_tx_tun_bytes, len);
@@ -322,7 +369,11 @@ impl Dataplane {
                 TunVerdict::Peer(peer)
             }
             Err(reason) => {
-                self.counters.count_drop(reason);
+                if too_big::not_for_us(pkt) {
+                    inc(&self.counters.tun_not_for_us);
+                } else {
+                    self.counters.count_drop(reason);
+                }
                 TunVerdict::Drop(reason)
             }
         }

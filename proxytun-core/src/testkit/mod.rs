@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod frag;
 pub mod superpacket;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -439,7 +440,12 @@ pub fn assert_balanced(dp: &Dataplane) {
     let drops: u64 = s.drops.values().sum();
     assert_eq!(
         s.tun_rx + s.tunnel_rx,
-        s.tun_tx_tun + s.tun_tx_peer + s.keepalive_pings_rx + s.keepalive_pongs_rx + drops,
+        s.tun_tx_tun
+            + s.tun_tx_peer
+            + s.keepalive_pings_rx
+            + s.keepalive_pongs_rx
+            + s.tun_not_for_us
+            + drops,
         "{s:?}"
     );
 }

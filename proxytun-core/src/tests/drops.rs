@@ -170,19 +170,62 @@ fn every_drop_reason_is_counted() {
     );
 
     // Parser checks, on the TUN side, both families.
+    // Fragments (see tests/fragments.rs for the working ones): data that
+    // is no multiple of 8, a later fragment without its first, an
+    // overlapping IPv6 one, a full table, and one too big for the tunnel.
     let mut frag = udp4(CLI1.ns(f), rr(WEB, f));
-    frag[6] |= 0x20; // MF
-    p.tun(&mut a, frag, Fragment);
+    frag[6] |= 0x20; // MF, 25 bytes of data
+    p.tun(&mut a, frag, Malformed);
     let mut frag = udp4(CLI1.ns(f), rr(WEB, f));
     frag[7] = 1; // offset 8
-    p.tun(&mut a, frag, Fragment);
+    p.tun(&mut a, frag, FragmentNoFirst);
+    {
+        use crate::testkit::frag::{fragment, pattern, udp_datagram};
+        let v6 = Fam::V6;
+        let now = Instant::now();
+        let dgram = udp_datagram(CLI1.ns(v6), 1, WEB2.iip(v6), 2, &pattern(3000));
+        let frags = fragment(&dgram, 1400, 1);
+        for f in &frags[..2] {
+            assert_eq!(tun(&mut a, f.clone(), now).0, TunVerdict::Peer(B));
+        }
+        p.tun(&mut a, frags[1].clone(), FragmentOverlap);
+        // A full table: new datagrams are refused until entries expire.
+        let mut full = Dataplane::new(CoreConfig::default(), table(Node::A, &cluster()));
+        let c = full.counters();
+        let mut refused = false;
+        for id in 0..2 * crate::frag::FRAG_SLOTS as u32 {
+            let before = c.snapshot();
+            let mut first = fragment(&dgram, 1400, id)[0].clone();
+            match full.handle_tun(&mut first, now) {
+                TunVerdict::Peer(_) => continue,
+                v => assert_eq!(v, TunVerdict::Drop(FragmentTableFull)),
+            }
+            p.counted_once(&before, &c.snapshot(), FragmentTableFull);
+            refused = true;
+            break;
+        }
+        assert!(refused, "the table never fills");
+        assert_balanced(&full);
+        // Too big: counted, and an ICMP error goes back instead.
+        let mut small = Dataplane::new(CoreConfig::default(), table(Node::A, &cluster()));
+        small.set_path_mtus([(B.ip(), 1300)]);
+        let c = small.counters();
+        let before = c.snapshot();
+        let big = udp_datagram(CLI1.ns(v6), 1, WEB2.iip(v6), 2, &pattern(1300));
+        let v = small.handle_tun(&mut big.clone(), now);
+        assert!(matches!(v, TunVerdict::Icmp(_)), "{v:?}");
+        p.counted_once(&before, &c.snapshot(), TooBig);
+    }
+    // An ICMP error quoting a later fragment: no ports to find its flow by.
+    let mut later = build(CLI1.iip(f), 1000, WEB1.ns(f), 80, L::Udp, false);
+    later[7] = 4;
+    let err = super::icmp::unreachable(WEB1.ns(f), CLI1.iip(f), &later);
+    p.tun(&mut a, err, Fragment);
     let mut v6 = build(CLI1.ns(Fam::V6), 1, rr(WEB, Fam::V6), 53, L::Udp, false);
-    v6[6] = 44;
-    p.tun(&mut a, v6.clone(), Fragment);
-    v6[6] = 0;
+    v6[6] = 51; // AH
     p.tun(&mut a, v6.clone(), Ipv6ExtHeader);
-    v6[6] = 60;
-    p.tun(&mut a, v6, Ipv6ExtHeader);
+    v6[6] = 0; // hop-by-hop read over the UDP header: runs past the packet
+    p.tun(&mut a, v6, Malformed);
     let mut gre = udp4(CLI1.ns(f), rr(WEB, f));
     gre[9] = 47;
     p.tun(&mut a, gre, UnsupportedProtocol);

@@ -5,6 +5,7 @@
 
 mod drops;
 mod flows;
+mod fragments;
 mod fuzz;
 mod icmp;
 mod isolation;

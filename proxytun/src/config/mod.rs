@@ -255,6 +255,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(m) = self.tunnel.mtu {
+            if m < 576 {
+                return Err((
+                    "tunnel.mtu",
+                    format!("must be at least 576 (the IPv4 minimum every link carries), got {m}"),
+                ));
+            }
+        }
         self.api.group_id().map_err(|e| ("api.group", e))?;
         for (key, path) in [
             ("api.socket", &self.api.socket),

@@ -98,6 +98,10 @@ fn errors_name_the_key() {
         "tunnel.port"
     );
     assert_eq!(key_of(&format!("{base}[tun]\nmtu = 500\n")), "tun.mtu");
+    assert_eq!(
+        key_of(&format!("{base}[tunnel]\nmtu = 500\n")),
+        "tunnel.mtu"
+    );
     assert_eq!(key_of("[node]\nname = \"a\"\nindex = 300\n"), "node.index");
     assert_eq!(key_of("[node]\nname = \"A_b\"\nindex = 1\n"), "node.name");
     assert_eq!(

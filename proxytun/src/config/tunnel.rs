@@ -37,6 +37,11 @@ pub struct TunnelSection {
     /// default). Trades a little CPU for request/response latency: a reply
     /// that comes within the window is taken without a wake-up.
     pub busy_poll_us: u32,
+    /// The underlay's path MTU to every peer (the largest IP packet it
+    /// carries), when the kernel's route MTU is not the truth; absent: asked
+    /// of the kernel per peer. A container packet that does not fit once
+    /// wrapped gets "fragmentation needed" / "packet too big" back.
+    pub mtu: Option<u16>,
 }
 
 impl Default for TunnelSection {
@@ -50,6 +55,7 @@ impl Default for TunnelSection {
             security: TunnelSecurity::default(),
             key_file: PathBuf::from(DEFAULT_KEY_FILE),
             busy_poll_us: 0,
+            mtu: None,
         }
     }
 }

@@ -206,7 +206,9 @@ impl Egress {
             let mut dp = sh.core();
             let now = Instant::now();
             for s in &mut self.slots[..n] {
-                s.verdict = dp.handle_tun(&mut s.buf[PKT..PKT + s.len], now);
+                let pkt = &mut s.buf[PKT..PKT + s.len];
+                let wire = wire_len(pkt, &s.off);
+                s.verdict = dp.handle_tun_segmented(pkt, wire, now);
             }
             if dp.poll_timeout().is_some_and(|t| t <= now) {
                 dp.handle_timeout(now);
@@ -296,11 +298,36 @@ fn offload_of(h: &VirtioNetHdr) -> Option<Offload> {
     Some(Offload { gso, csum })
 }
 
+/// The largest IP packet `pkt` leaves as: itself, or for a super-packet
+/// its headers plus one segment (what the path MTU must carry).
+fn wire_len(pkt: &[u8], off: &Offload) -> usize {
+    let size = match off.gso {
+        Gso::None => return pkt.len(),
+        Gso::Tcp { mss } => mss,
+        Gso::Udp { size } => size,
+    };
+    offload::layout(pkt).map_or(pkt.len(), |l| (l.l4_end + usize::from(size)).min(pkt.len()))
+}
+
 /// Carries out the core's verdict on one packet.
 fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
     let end = PKT + s.len;
     match s.verdict {
         TunVerdict::Drop(_) => {}
+        TunVerdict::Icmp(n) => {
+            // The core's ICMP error in place of a packet too big for the
+            // tunnel: a plain packet, so a zeroed virtio-net header.
+            let frame = if sh.offload.vnet {
+                s.buf[VNET..PKT].fill(0);
+                &s.buf[VNET..PKT + n]
+            } else {
+                &s.buf[PKT..PKT + n]
+            };
+            if let Err(e) = sh.tun.send(frame) {
+                IoCounters::add(&sh.io.tun_write_errors, 1);
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+        }
         TunVerdict::Tun => {
             // A local instance: back into the TUN whole. With offloads the
             // virtio-net header read with the packet still describes it (the

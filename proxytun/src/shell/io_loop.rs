@@ -50,6 +50,8 @@ use proxytun_core::{Dataplane, PeerHealthView, Table};
 pub enum Control {
     /// A new table built from a new snapshot.
     SetTable(Arc<Table>),
+    /// The underlay path MTU to each peer address (see `shell::pmtu`).
+    SetPathMtus(Vec<(std::net::IpAddr, u16)>),
     /// Send back the flow table and reply cache as JSON.
     DumpFlows(tokio::sync::oneshot::Sender<serde_json::Value>),
     /// Stop both threads.
@@ -121,6 +123,7 @@ impl ControlSender {
     pub fn send(&self, msg: Control) -> anyhow::Result<()> {
         match msg {
             Control::SetTable(t) => self.shared.core().set_table(t),
+            Control::SetPathMtus(m) => self.shared.core().set_path_mtus(m),
             Control::DumpFlows(reply) => {
                 let now = Instant::now();
                 let value = {

@@ -11,6 +11,7 @@ mod egress;
 mod ingress;
 pub mod io_loop;
 pub mod persist;
+pub mod pmtu;
 pub mod shared;
 pub mod table;
 pub mod view;

@@ -50,6 +50,9 @@ fn readings(dns: bool) -> Readings {
     set(&c.keepalive_pings_tx, 11);
     set(&c.keepalive_pings_rx, 12);
     set(&c.keepalive_pongs_rx, 9);
+    set(&c.fragments_forwarded, 13);
+    set(&c.icmp_too_big_tx, 14);
+    set(&c.tun_not_for_us, 15);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::Fragment);
@@ -188,6 +191,9 @@ fn every_family_with_its_exact_values() {
     want("proxytun_io_errors_total{op=\"tunnel_send\"}", "8");
     want("proxytun_io_errors_total{op=\"tun_read\"}", "0");
     want("proxytun_flows_created_total", "3");
+    want("proxytun_fragments_forwarded_total", "13");
+    want("proxytun_icmp_too_big_sent_total", "14");
+    want("proxytun_tun_not_for_us_total", "15");
     want("proxytun_flows_active", "2");
     want("proxytun_reply_cache_entries", "1");
     want("proxytun_table_version", "42");

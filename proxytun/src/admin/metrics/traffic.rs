@@ -86,6 +86,24 @@ pub(super) fn encode(
 
     counter(
         enc,
+        "proxytun_fragments_forwarded",
+        "IP fragments forwarded by the translation of their datagram's first fragment",
+        c.fragments_forwarded,
+    )?;
+    counter(
+        enc,
+        "proxytun_icmp_too_big_sent",
+        "ICMP fragmentation-needed / packet-too-big errors sent back to containers (one per too_big drop)",
+        c.icmp_too_big_tx,
+    )?;
+    counter(
+        enc,
+        "proxytun_tun_not_for_us",
+        "TUN packets to multicast or link-local addresses (MLD, router solicitations): ignored, not drops",
+        c.tun_not_for_us,
+    )?;
+    counter(
+        enc,
         "proxytun_flows_created",
         "Flows installed (first packets of connections to a ServiceIP)",
         c.flows_created,
