@@ -52,7 +52,7 @@ fn iperf3(client: &Container, ip: IpAddr) -> Result<String, String> {
 
 #[test]
 fn client_affinity_keeps_a_clients_connections_on_one_instance() {
-    let mut c = Cluster::two_nodes("affinity").expect("cluster");
+    let mut c = Cluster::two_nodes("stick").expect("cluster");
     let (w1, w2, d) = c.web_on_both().expect("deploy");
     let (client, _) = c.client(&c.a, "cla", 1).expect("client");
     let (other, _) = c.client(&c.a, "clo", 2).expect("second client");
@@ -145,7 +145,7 @@ fn rr_of(node: &Node) -> anyhow::Result<IpAddr> {
 
 #[test]
 fn with_etcd_the_setting_reaches_every_node() {
-    let c = testbed::Cluster3::start("affinity-etcd").expect("cluster");
+    let c = testbed::Cluster3::start("stketcd").expect("cluster");
     let (_wa, _) = c
         .server(&c.a, "wa", "shop/web", 1, "web-a")
         .expect("server a");
