@@ -372,6 +372,7 @@ mod tests {
                 host_veth: "pt01234567".into(),
                 ifname: "eth0".into(),
                 container_id: None,
+                ports: Vec::new(),
             },
         });
         s.peers.push(Peer {

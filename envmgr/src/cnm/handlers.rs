@@ -346,6 +346,7 @@ impl<K: Kernel> Driver<K> {
                 service_ip: net.service_ip,
                 instance_ip: None,
                 container_id: Some(req.endpoint_id.clone()),
+                ports: Vec::new(),
             })
             .await?;
         tracing::info!(endpoint = %req.endpoint_id, instance = %inst.key, sandbox = %req.sandbox_key, "cnm: joined");
