@@ -190,3 +190,43 @@ async fn masquerade_off_leaves_only_published_ports() {
     h.attach("shop/web", "/run/netns/a").await.expect("a");
     assert!(h.m.kernel().nat().is_empty());
 }
+
+#[tokio::test]
+async fn set_ports_replaces_an_instances_mappings() {
+    let h = H::new().await;
+    h.ns.add("/run/netns/a");
+    h.ns.add("/run/netns/b");
+    let a = h.attach("shop/web", "/run/netns/a").await.expect("a");
+    let b =
+        h.m.attach(with_ports("shop/api", "/run/netns/b", &["9090:90"]))
+            .await
+            .expect("b");
+    let ports = |list: &[&str]| -> Vec<PortMapping> {
+        list.iter().map(|p| p.parse().expect("mapping")).collect()
+    };
+    h.m.set_ports(&a.key, ports(&["8080:80"]))
+        .await
+        .expect("publish");
+    assert_eq!(
+        published(&h),
+        ["8080:80/tcp 10.18.1.2", "9090:90/tcp 10.18.1.3"]
+    );
+    // Its own ports may be given again; another's may not.
+    h.m.set_ports(&a.key, ports(&["8080:81"]))
+        .await
+        .expect("republish");
+    let before = (h.observe(), h.m.kernel().nat());
+    let e =
+        h.m.set_ports(&a.key, ports(&["9090:80"]))
+            .await
+            .expect_err("clash");
+    assert_eq!(e.status(), 409, "{e}");
+    assert_eq!((h.observe(), h.m.kernel().nat()), before);
+    h.m.set_ports(&b.key, Vec::new()).await.expect("revoke");
+    assert_eq!(published(&h), ["8080:81/tcp 10.18.1.2"]);
+    assert_eq!(
+        h.m.snapshot().instances[&a.key].placement.ports(),
+        ports(&["8080:81"]).as_slice(),
+        "persisted in the published view"
+    );
+}
