@@ -304,3 +304,126 @@ fn with_masquerade_off_containers_cannot_reach_the_outside() {
     );
     assert!(!ruleset(&c.a).contains("proxytun"));
 }
+
+/// Runs `proxytun-cni` with `CNI_COMMAND=cmd`, as a runtime does; returns
+/// whether it succeeded and its stdout.
+fn cni(cmd: &str, container: &Container, id: &str, stdin: &str) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let bin = testbed::podman::cni_bin().expect("proxytun-cni");
+    let netns = container.path().display().to_string();
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", &netns)
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_PATH",
+            bin.parent().unwrap_or(std::path::Path::new("/")),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start proxytun-cni");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    let out = child.wait_with_output().expect("proxytun-cni");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One CNM protocol call on the plugin socket; (status, body).
+fn cnm(socket: &std::path::Path, method: &str, body: &serde_json::Value) -> (u16, String) {
+    let text = body.to_string();
+    let r = eventually(Duration::from_secs(10), || {
+        testbed::api::request(socket, "POST", method, Some(&text))
+    })
+    .expect("CNM call");
+    (r.status, r.body)
+}
+
+#[test]
+fn cni_port_mappings_and_docker_run_p_publish_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("cnm-a.sock");
+    let text = sock.display().to_string();
+    let c = Cluster::two_nodes_with("natrt", |cfg| {
+        if cfg.name == "a" {
+            cfg.extra = format!("\n[cnm]\nenable = true\nsocket = \"{text}\"\n");
+        }
+    })
+    .expect("cluster");
+    let outsider = Container::new(c.outsider("out", OUTSIDER).expect("outsider"));
+    let node_port = |p: u16| SocketAddr::from((NODE_A, p));
+
+    // CNI: the runtime passes its -p as runtimeConfig.portMappings.
+    let mut k = c.container("k1").expect("container");
+    k.serve("cni1").expect("serve");
+    let conf = json!({"cniVersion": "1.0.0", "name": "ptnet", "type": "proxytun-cni",
+        "socket": c.a.socket(), "app": "shop", "service": "cni",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8090, "containerPort": TCP_PORT, "protocol": "tcp"}]}})
+    .to_string();
+    let (ok, out) = cni("ADD", &k, "ctr-1", &conf);
+    assert!(ok, "ADD: {out}");
+    let hello = tcp_hello_to(&outsider, node_port(8090), "5").expect("CNI-published port");
+    assert_eq!(hello.first_line(), "cni1");
+    let (ok, out) = cni("DEL", &k, "ctr-1", &conf);
+    assert!(ok, "DEL: {out}");
+    assert!(
+        our_table(&c.a).is_none(),
+        "DEL removes the mapping and the table"
+    );
+
+    // Docker: -p arrives in ProgramExternalConnectivity after Join.
+    let net = "3f1e2d4c5b6a798812a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
+    let ep = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+    let ids = json!({"NetworkID": net, "EndpointID": ep});
+    let mut d = c.container("dk").expect("sandbox");
+    d.serve("dk1").expect("serve");
+    for (method, body) in [
+        (
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": net,
+            "Options": {"com.docker.network.generic": {"app": "shop", "service": "front"}},
+            "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}], "IPv6Data": []}),
+        ),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep,
+            "Interface": {"Address": "", "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
+        ),
+        (
+            "/NetworkDriver.Join",
+            json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": d.path(), "Options": {}}),
+        ),
+        (
+            "/NetworkDriver.ProgramExternalConnectivity",
+            json!({"NetworkID": net, "EndpointID": ep,
+            "Options": {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": TCP_PORT,
+                "HostIP": "", "HostPort": 8091, "HostPortEnd": 8091}]}}),
+        ),
+    ] {
+        let (status, body) = cnm(&sock, method, &body);
+        assert_eq!(status, 200, "{method}: {body}");
+    }
+    let hello = tcp_hello_to(&outsider, node_port(8091), "5").expect("docker-published port");
+    assert_eq!(hello.first_line(), "dk1");
+    let (status, body) = cnm(&sock, "/NetworkDriver.RevokeExternalConnectivity", &ids);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        tcp_hello_to(&outsider, node_port(8091), FAIL_FAST).is_err(),
+        "revoked, but still published"
+    );
+    let (status, body) = cnm(&sock, "/NetworkDriver.Leave", &ids);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        our_table(&c.a).is_none(),
+        "the last Leave removes the table"
+    );
+}
