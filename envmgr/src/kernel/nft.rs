@@ -24,10 +24,24 @@ pub async fn apply(spec: &NatSpec) -> Result<(), KernelError> {
     };
     let nft: nftables::schema::Nftables<'static> =
         serde_json::from_value(batch).map_err(|e| fail(format!("internal: bad batch: {e}")))?;
-    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&nft))
+    let empty = spec.is_empty();
+    let result = tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&nft))
         .await
-        .map_err(|e| fail(format!("nft task failed: {e}")))?
-        .map_err(|e| fail(format!("{e} (is the nftables package installed?)")))
+        .map_err(|e| fail(format!("nft task failed: {e}")))?;
+    match result {
+        Ok(()) => Ok(()),
+        // Without nft there is no table of ours to delete: a node whose
+        // containers need no NAT runs without the nftables package.
+        Err(nftables::helper::NftablesError::NftExecution { inner, .. })
+            if empty && inner.kind() == ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(fail(format!(
+            "{e}; published ports and masquerade need nft (install the nftables package) \
+             or set [network] masquerade = false"
+        ))),
+    }
 }
 
 /// True when a socket of this node already holds the mapping's node port
