@@ -14,6 +14,8 @@
 //! file of its own: `restore.rs` (open and re-apply at start), `attach.rs`,
 //! `detach.rs`, `remote.rs` (remote instances), `peers.rs`, `policy.rs`,
 //! `cluster_view.rs` (what the cluster store says the other nodes run);
+//! `publish.rs` replaces an instance's published ports (Docker's -p);
+//! `nat.rs` plans the NAT table (published ports, masquerade) for them;
 //! `allocate.rs` picks addresses and numbers for attach and remote
 //! instances, `table.rs` is the working form of the state, `netns.rs`
 //! checks namespace paths.
@@ -23,9 +25,11 @@ mod allocate;
 mod attach;
 mod cluster_view;
 mod detach;
+mod nat;
 mod netns;
 mod peers;
 mod policy;
+mod publish;
 mod remote;
 mod restore;
 mod settings;

@@ -12,6 +12,7 @@
 mod affinity;
 mod names;
 mod policy;
+mod ports;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +26,7 @@ pub use names::{check_label, check_runtime_id, valid_ifname, InstanceKey, NameEr
 pub use policy::{
     AllowRule, Policy, PolicyError, PortRange, RuleTarget, MAX_ALLOW_RULES, MAX_RULE_PORTS,
 };
+pub use ports::{check_mappings, PortError, PortMapping, Protocol};
 
 /// A pair of addresses, one per family: every address we hand out has both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +76,9 @@ pub enum Placement {
         /// attached it; what DEL and GC find it by.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         container_id: Option<String>,
+        /// The node ports published to this container.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ports: Vec<PortMapping>,
     },
     /// Registered by an orchestrator; runs on the named peer node.
     Remote {
@@ -83,6 +88,14 @@ pub enum Placement {
 }
 
 impl Placement {
+    /// The node ports published to a local instance (none for a remote one).
+    pub fn ports(&self) -> &[PortMapping] {
+        match self {
+            Placement::Local { ports, .. } => ports,
+            Placement::Remote { .. } => &[],
+        }
+    }
+
     /// The runtime's container id and the interface, for a local
     /// attachment a runtime (CNI, CNM) made: what DEL, GC and Leave find
     /// it by.

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::PortMapping;
+
 /// Attach a container (by netns path or pid) as an instance of `app/service`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +45,11 @@ pub struct AttachRequest {
     /// runtime can detach by this id alone (`DELETE /v1/attachments?container_id=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// Node ports published to the container (`proxytun attach --publish
+    /// 8080:80/tcp`, CNI's `portMappings`): traffic to the node's addresses
+    /// on `host_port` reaches the container's `container_port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 /// Register an instance that runs on a peer node.

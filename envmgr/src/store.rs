@@ -29,6 +29,9 @@ pub const STATE_FILE: &str = "state.json";
 /// The lock file a daemon holds while it uses the state directory.
 pub const LOCK_FILE: &str = "lock";
 
+/// How long [`LocalStore::open_exclusive`] waits for a lock that is taken.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything the node must remember across restarts.
 ///
 /// Lists rather than maps: JSON object keys must be strings, and lists keep
@@ -176,15 +179,26 @@ impl LocalStore {
                 path: path.clone(),
                 source,
             })?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { path }),
-            Err((_, errno)) => {
-                return Err(StoreError::Io {
-                    action: "lock",
-                    path,
-                    source: errno.into(),
-                })
+        // A daemon killed while it was starting a child (`nft`) may leave
+        // the lock with that child for a moment after its own death: wait
+        // a bounded while before calling the directory taken.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut file = file;
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => break lock,
+                Err((f, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { path }),
+                Err((_, errno)) => {
+                    return Err(StoreError::Io {
+                        action: "lock",
+                        path,
+                        source: errno.into(),
+                    })
+                }
             }
         };
         Ok(Self {
@@ -373,6 +387,7 @@ mod tests {
                 host_veth: "pt01234567".into(),
                 ifname: "eth0".into(),
                 container_id: None,
+                ports: Vec::new(),
             },
         });
         s.peers.push(Peer {

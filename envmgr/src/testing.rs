@@ -14,8 +14,9 @@ use futures::FutureExt as _;
 use serde_json::{json, Value};
 
 use crate::api::DataplaneView;
-use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
+use crate::kernel::{BridgeSpec, Kernel, KernelError, NatSpec, VethSpec};
 use crate::manager::Settings;
+use crate::model::PortMapping;
 use crate::plan::AddressPlan;
 
 /// Settings of node `n1` (index 1, default ranges) keeping its state in
@@ -29,6 +30,8 @@ pub fn settings(state_dir: PathBuf) -> Settings {
         state_dir,
         tunnel_port: 50103,
         resolv: None,
+        masquerade: true,
+        masquerade_except: Default::default(),
     }
 }
 
@@ -84,6 +87,17 @@ impl Kernel for RecordingKernel {
     async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {
         self.record(format!("detach {host_veth}"));
         Ok(())
+    }
+    async fn set_nat(&self, spec: &NatSpec) -> Result<(), KernelError> {
+        // Recorded only when there is something to publish, so callers'
+        // call lists stay as they were for attachments without ports.
+        for p in &spec.publish {
+            self.record(format!("publish {} {}", p.mapping, p.to));
+        }
+        Ok(())
+    }
+    async fn port_in_use(&self, _mapping: &PortMapping) -> Result<bool, KernelError> {
+        Ok(false)
     }
 }
 

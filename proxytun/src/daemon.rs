@@ -104,6 +104,8 @@ async fn open_manager(
         state_dir: config.state.dir.clone(),
         tunnel_port: config.tunnel.port,
         resolv: dns::resolv_conf(config, &plan),
+        masquerade: config.network.masquerade,
+        masquerade_except: config.network.masquerade_except.iter().cloned().collect(),
         plan,
     };
     match config.store.backend {
@@ -445,6 +447,12 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     // the TTL.
     if let Some(c) = cluster {
         c.stop();
+    }
+    // Our NAT table goes with the daemon; the next start rebuilds it from
+    // the stored attachments (after a crash it is still there, and is
+    // replaced whole at start).
+    if let Err(e) = mgr.stop_nat().await {
+        tracing::error!("remove the NAT table: {e}");
     }
     tracing::info!("proxytun stopped; attachments stay in place for the next start");
     served

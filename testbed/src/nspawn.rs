@@ -22,7 +22,7 @@ use crate::support::workspace_root;
 
 /// The packages of the booted system besides Debian's minimal base:
 /// systemd as init, and the tools the package test runs inside.
-const PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,iputils-ping";
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,iputils-ping,nftables";
 
 /// How long a boot may take to reach `running` (or `degraded`).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);

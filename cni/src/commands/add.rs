@@ -34,6 +34,7 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         service_ip: None,
         instance_ip: None,
         container_id: Some(container_id.to_owned()),
+        ports: conf.port_mappings.clone(),
     };
     let (st, body) = client
         .post("/v1/attachments", &req)

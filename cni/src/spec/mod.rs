@@ -8,12 +8,13 @@
 //!
 //! One file per part of the contract: [`error`] (codes and the error
 //! object), [`env`](mod@env) (the `CNI_*` variables and `CNI_ARGS`), [`netconf`]
-//! (stdin), [`result`] (what ADD prints), [`version`] (the versions we
+//! (stdin), [`ports`] (the `portMappings` capability), [`result`] (what ADD prints), [`version`] (the versions we
 //! speak). This module only names them; the parts never import it.
 
 pub mod env;
 pub mod error;
 pub mod netconf;
+pub mod ports;
 pub mod result;
 pub mod version;
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use envmgr::model::PortMapping;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -88,6 +89,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` (GC).
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// `runtimeConfig.portMappings` (the `portMappings` capability).
+    pub port_mappings: Vec<PortMapping>,
 }
 
 /// Only the version, to learn which version to answer errors in before the
@@ -233,6 +236,7 @@ impl NetConf {
             args,
             prev_result,
             valid_attachments,
+            port_mappings: super::ports::port_mappings(map.get("runtimeConfig"))?,
         })
     }
 

@@ -15,7 +15,7 @@ use super::protocol::{
     ActivateResponse, AllocateNetworkRequest, AllocateNetworkResponse, CapabilitiesResponse,
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, DiscoveryNotification,
     EndpointInfoResponse, EndpointRequest, ErrorResponse, IpamData, JoinRequest, JoinResponse,
-    NetworkRequest, ProgramExternalConnectivityRequest, GENERIC_OPTIONS, PORT_MAP_OPTION,
+    NetworkRequest, ProgramExternalConnectivityRequest, GENERIC_OPTIONS,
 };
 use crate::kernel::Kernel;
 use crate::manager::Manager;
@@ -76,6 +76,15 @@ impl CnmError {
 impl From<crate::Error> for CnmError {
     fn from(e: crate::Error) -> Self {
         CnmError::Failed(e.to_string())
+    }
+}
+
+impl From<super::ports::BindingError> for CnmError {
+    fn from(e: super::ports::BindingError) -> Self {
+        match e {
+            super::ports::BindingError::Malformed(m) => CnmError::BadRequest(m),
+            super::ports::BindingError::Unsupported(m) => CnmError::Failed(m),
+        }
     }
 }
 
@@ -185,11 +194,11 @@ impl<K: Kernel> Driver<K> {
                 Err(e) => Err(e),
             },
             "/NetworkDriver.ProgramExternalConnectivity" => match parse(body) {
-                Ok(req) => program_external(req),
+                Ok(req) => self.program_external(req).await,
                 Err(e) => Err(e),
             },
             "/NetworkDriver.RevokeExternalConnectivity" => match parse::<EndpointRequest>(body) {
-                Ok(req) => check_ids(&req.network_id, &req.endpoint_id).and_then(|()| Reply::empty()),
+                Ok(req) => self.revoke_external(req).await,
                 Err(e) => Err(e),
             },
             "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
@@ -346,6 +355,7 @@ impl<K: Kernel> Driver<K> {
                 service_ip: net.service_ip,
                 instance_ip: None,
                 container_id: Some(req.endpoint_id.clone()),
+                ports: Vec::new(),
             })
             .await?;
         tracing::info!(endpoint = %req.endpoint_id, instance = %inst.key, sandbox = %req.sandbox_key, "cnm: joined");
@@ -415,6 +425,39 @@ impl<K: Kernel> Driver<K> {
         Reply::ok(EndpointInfoResponse { value })
     }
 
+    /// `docker run -p`: publishes the bindings to the joined endpoint's
+    /// instance (Docker calls this after `Join`).
+    async fn program_external(
+        &self,
+        req: ProgramExternalConnectivityRequest,
+    ) -> Result<Reply, CnmError> {
+        check_ids(&req.network_id, &req.endpoint_id)?;
+        let ports = super::ports::port_map(req.options.as_ref())?;
+        let joined = self.instances_of_endpoint(&req.endpoint_id);
+        if joined.is_empty() && !ports.is_empty() {
+            return Err(CnmError::Failed(format!(
+                "endpoint {} has not joined: ports are published after Join",
+                req.endpoint_id
+            )));
+        }
+        for inst in joined {
+            self.mgr.set_ports(&inst.key, ports.clone()).await?;
+        }
+        Reply::empty()
+    }
+
+    /// Takes the endpoint's published ports back (before `Leave`).
+    async fn revoke_external(&self, req: EndpointRequest) -> Result<Reply, CnmError> {
+        check_ids(&req.network_id, &req.endpoint_id)?;
+        for inst in self.instances_of_endpoint(&req.endpoint_id) {
+            match self.mgr.set_ports(&inst.key, Vec::new()).await {
+                Ok(_) | Err(crate::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Reply::empty()
+    }
+
     /// `Leave` and `DeleteEndpoint`: detaches whatever the endpoint is
     /// attached as. Nothing attached is success (a repeated Leave, or a
     /// DeleteEndpoint after its Leave).
@@ -441,28 +484,6 @@ fn allocate_network(req: AllocateNetworkRequest) -> Result<Reply, CnmError> {
     check_null_ipam(req.ipv4_data.as_deref(), req.ipv6_data.as_deref())?;
     network_from_options(&req.options.unwrap_or_default(), |_| Ok(()))?;
     Reply::ok(AllocateNetworkResponse::default())
-}
-
-/// Port publishing would need a NAT from the node's address to the
-/// container, which proxytun does not do: refuse it rather than pretend.
-fn program_external(req: ProgramExternalConnectivityRequest) -> Result<Reply, CnmError> {
-    check_ids(&req.network_id, &req.endpoint_id)?;
-    let ports = req
-        .options
-        .as_ref()
-        .and_then(|o| o.get(PORT_MAP_OPTION))
-        .filter(|v| match v {
-            Value::Null => false,
-            Value::Array(a) => !a.is_empty(),
-            _ => true,
-        });
-    if let Some(ports) = ports {
-        return Err(CnmError::Failed(format!(
-            "publishing ports (docker run -p) is not supported on proxytun networks (asked for {ports}); \
-             reach the container through its service's ServiceIP instead"
-        )));
-    }
-    Reply::empty()
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CnmError> {

@@ -10,6 +10,7 @@
 //! - [`protocol`]: the wire types, with Docker's field names.
 //! - [`networks`]: the networks Docker created, persisted.
 //! - [`handlers`]: what each method does ([`Driver::handle`]).
+//! - [`ports`]: `docker run -p` bindings as published ports.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use crate::manager::Manager;
 
 pub mod handlers;
 pub mod networks;
+pub mod ports;
 pub mod protocol;
 
 pub use handlers::{CnmError, Driver, Reply};

@@ -431,12 +431,21 @@ async fn kernel_failure_on_join_is_an_err_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn port_publishing_is_refused() {
+async fn docker_run_p_publishes_the_ports_until_revoked() {
     let h = Harness::new().await;
+    let sandbox = NetnsChild::start();
+    h.ok(
+        "/NetworkDriver.CreateNetwork",
+        &create_network(NET, json!({"app": "shop", "service": "front"})),
+    )
+    .await;
+    h.ok("/NetworkDriver.CreateEndpoint", &create_endpoint(NET, EP))
+        .await;
     let with_ports = json!({
         "NetworkID": NET, "EndpointID": EP,
         "Options": {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]},
     });
+    // Before Join there is nothing to publish to.
     let msg = h
         .err(
             "/NetworkDriver.ProgramExternalConnectivity",
@@ -444,8 +453,42 @@ async fn port_publishing_is_refused() {
             500,
         )
         .await;
-    assert!(msg.contains("-p"), "{msg}");
-    let without = json!({"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [], "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}});
+    assert!(msg.contains("after Join"), "{msg}");
+    h.ok("/NetworkDriver.Join", &join(NET, EP, &sandbox.netns()))
+        .await;
+    h.ok("/NetworkDriver.ProgramExternalConnectivity", &with_ports)
+        .await;
+    let inst = h.mgr.find_container(EP, "eth0").await.expect("joined");
+    let ports: Vec<String> = inst
+        .placement
+        .ports()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(ports, ["8080:80/tcp"]);
+    assert!(
+        h.kernel
+            .calls()
+            .iter()
+            .any(|c| c == &format!("publish 8080:80/tcp {}", inst.ns_addr.v4)),
+        "{:?}",
+        h.kernel.calls()
+    );
+    // What cannot be published is refused, naming the -p.
+    let range = json!({
+        "NetworkID": NET, "EndpointID": EP,
+        "Options": {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8090}]},
+    });
+    let msg = h
+        .err("/NetworkDriver.ProgramExternalConnectivity", &range, 500)
+        .await;
+    assert!(msg.contains("8080-8090:80"), "{msg}");
+    h.ok("/NetworkDriver.RevokeExternalConnectivity", &ids(NET, EP))
+        .await;
+    let inst = h.mgr.find_container(EP, "eth0").await.expect("joined");
+    assert!(inst.placement.ports().is_empty());
+    // No bindings at all is fine, joined or not.
+    let without = json!({"NetworkID": NET, "EndpointID": EP2, "Options": {"com.docker.network.portmap": [], "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}});
     h.ok("/NetworkDriver.ProgramExternalConnectivity", &without)
         .await;
 }

@@ -1,5 +1,6 @@
 //! The real [`Kernel`]: applies bridge, routes and veth attachments with
-//! rtnetlink (no `ip` subprocesses), idempotently.
+//! rtnetlink (no `ip` subprocesses), idempotently; the NAT table through
+//! nftables (`kernel/nft.rs`).
 //!
 //! Work inside a container's namespace runs on a dedicated thread that
 //! `setns`es into it (see `netns.rs`); the daemon's own threads never change
@@ -25,7 +26,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::Handle;
 
 use self::error::kerr;
+use super::nat::NatSpec;
 use super::spec::{BridgeSpec, Kernel, KernelError, VethSpec};
+use crate::model::PortMapping;
 
 pub use self::bridge::bridge_mac;
 pub use self::veth::AttachOutcome;
@@ -83,5 +86,13 @@ impl Kernel for Netlink {
 
     async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {
         veth::detach(&self.handle, host_veth).await
+    }
+
+    async fn set_nat(&self, spec: &NatSpec) -> Result<(), KernelError> {
+        super::nft::apply(spec).await
+    }
+
+    async fn port_in_use(&self, mapping: &PortMapping) -> Result<bool, KernelError> {
+        super::nft::port_in_use(mapping)
     }
 }

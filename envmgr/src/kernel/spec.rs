@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::DualAddr;
+use super::nat::NatSpec;
+use crate::model::{DualAddr, PortMapping};
 
 /// A kernel change that failed, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -88,4 +89,14 @@ pub trait Kernel: Send + Sync + 'static {
 
     /// Deletes the veth pair; succeeds if it is already gone.
     fn detach(&self, host_veth: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Makes our NAT table match `spec` (creating, replacing or deleting
+    /// it) in one transaction; on error the ruleset is as it was.
+    fn set_nat(&self, spec: &NatSpec) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// True when a socket on the node already holds `mapping`'s node port.
+    fn port_in_use(
+        &self,
+        mapping: &PortMapping,
+    ) -> impl Future<Output = Result<bool, KernelError>> + Send;
 }

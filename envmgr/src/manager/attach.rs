@@ -2,7 +2,8 @@
 //!
 //! Validate the request and the namespace, allocate its addresses (from
 //! this node's block, or claimed through the cluster registry), create the
-//! veth, persist, publish, then write its resolv.conf. A failed kernel step
+//! veth and its published ports (nat.rs), persist, publish, then write its
+//! resolv.conf. A failed kernel step
 //! or store write undoes the veth and the cluster claim, so a refused attach
 //! changes nothing. A runtime repeating its ADD gets the instance it has.
 
@@ -88,6 +89,7 @@ impl<K: Kernel> Manager<K> {
                 }
             }
         }
+        self.check_ports(&table, &req.ports).await?;
         let ns_v4 = {
             let used: BTreeSet<Ipv4Addr> = table.ns_addrs().into_keys().collect();
             alloc::lowest_free_ns_addr(self.settings.plan.node_subnet(), &used).ok_or_else(
@@ -135,6 +137,7 @@ impl<K: Kernel> Manager<K> {
                 host_veth: host_veth.clone(),
                 ifname: ifname.to_owned(),
                 container_id: req.container_id.clone(),
+                ports: req.ports.clone(),
             },
         };
         next.instances.insert(key, inst.clone());
@@ -145,16 +148,26 @@ impl<K: Kernel> Manager<K> {
             self.release_claim(&inst.key).await;
             return Err(kernel_error(e));
         }
+        if let Err(e) = self.apply_nat(&next).await {
+            self.undo_attach(&inst, &host_veth).await;
+            return Err(e);
+        }
         if let Err(e) = self.commit(&mut table, next) {
-            if let Err(undo) = self.kernel.detach(&host_veth).await {
-                tracing::error!(instance = %inst.key, "undo attach after store failure: {undo}");
-            }
-            self.release_claim(&inst.key).await;
+            self.undo_nat(&table).await;
+            self.undo_attach(&inst, &host_veth).await;
             return Err(e);
         }
         write_resolv(&self.settings, &inst);
         tracing::info!(instance = %inst.key, ns_addr = %inst.ns_addr.v4, instance_ip = %inst.instance_ip.v4, "attached");
         Ok(inst)
+    }
+
+    /// Removes the veth and the cluster claim of an attach that failed.
+    async fn undo_attach(&self, inst: &Instance, host_veth: &str) {
+        if let Err(undo) = self.kernel.detach(host_veth).await {
+            tracing::error!(instance = %inst.key, "undo attach: {undo}");
+        }
+        self.release_claim(&inst.key).await;
     }
 
     /// The local instance a runtime attached as container `container_id`

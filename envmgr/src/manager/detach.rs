@@ -1,6 +1,7 @@
 //! Detach: a local instance leaves the node.
 //!
-//! Validate (it exists and runs here), remove the veth, persist, publish,
+//! Validate (it exists and runs here), remove the veth and its published
+//! ports (the NAT table, gone with the last of them), persist, publish,
 //! then remove its resolv.conf and withdraw its cluster claim. A failed
 //! store write re-creates the veth, so a refused detach changes nothing.
 
@@ -31,7 +32,14 @@ impl<K: Kernel> Manager<K> {
             .detach(&spec.host_veth)
             .await
             .map_err(kernel_error)?;
+        if let Err(e) = self.apply_nat(&next).await {
+            if let Err(undo) = self.kernel.attach(&spec).await {
+                tracing::error!(instance = %key, "undo detach after a NAT failure: {undo}");
+            }
+            return Err(e);
+        }
         if let Err(e) = self.commit(&mut table, next) {
+            self.undo_nat(&table).await;
             if let Err(undo) = self.kernel.attach(&spec).await {
                 tracing::error!(instance = %key, "undo detach after store failure: {undo}");
             }

@@ -4,7 +4,8 @@
 //!
 //! The order is the manager's usual one: validate (the stored state against
 //! the settings), change the kernel (bridge, missing veths), persist (the
-//! state is always written at start), then publish.
+//! state is always written at start), then publish. The NAT table
+//! (published ports, masquerade) is rebuilt from the stored attachments.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use tokio::sync::{watch, Mutex};
 
+use super::nat::nat_spec;
 use super::netns::{NetnsProbe, NsProblem, SysNetns};
 use super::settings::Settings;
 use super::table::Table;
@@ -171,6 +173,12 @@ impl<K: Kernel> Manager<K> {
         if released {
             table.version += 1;
         }
+        // The NAT table from the stored attachments: after a crash it is
+        // still there and is replaced whole, after a stop it is re-created.
+        kernel
+            .set_nat(&nat_spec(&settings, &table))
+            .await
+            .context("restore the NAT table (published ports, masquerade)")?;
         // Always write at start: a state directory that cannot be written
         // is found now, not at the first request.
         store

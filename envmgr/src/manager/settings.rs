@@ -2,6 +2,7 @@
 //! file once, at start. A module of its own so the table and every
 //! operation can read them without depending on the manager itself.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::plan::AddressPlan;
@@ -25,4 +26,10 @@ pub struct Settings {
     /// Containers' resolv.conf, written on attach and at start, removed on
     /// detach; `None` when the node runs no resolver.
     pub resolv: Option<ResolvConf>,
+    /// Containers reach addresses outside the cluster with the node's
+    /// address (`[network] masquerade`).
+    pub masquerade: bool,
+    /// Apps whose containers are never masqueraded (`[network]
+    /// masquerade_except`): they keep their own address on the way out.
+    pub masquerade_except: BTreeSet<String>,
 }

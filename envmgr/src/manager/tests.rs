@@ -9,6 +9,7 @@
 mod attach;
 mod cluster;
 mod detach;
+mod nat;
 mod peers;
 mod probe;
 mod restore;
@@ -27,9 +28,9 @@ use super::netns::{NetnsProbe, NsId, NsProblem};
 use super::{Manager, Settings};
 use crate::alloc;
 use crate::error::{Error, Result};
-use crate::kernel::{BridgeSpec, Kernel, KernelError, VethSpec};
+use crate::kernel::{BridgeSpec, Kernel, KernelError, NatSpec, VethSpec};
 use crate::model::{
-    DualAddr, Instance, InstanceKey, Peer, Placement, Service, ServiceName, Snapshot,
+    DualAddr, Instance, InstanceKey, Peer, Placement, PortMapping, Service, ServiceName, Snapshot,
 };
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, ClusterView, Registry};
@@ -54,6 +55,13 @@ struct FakeKernel {
     fail_attach: AtomicBool,
     fail_detach: AtomicBool,
     fail_bridge: AtomicBool,
+    /// The NAT last applied (what the kernel's table would hold).
+    nat: StdMutex<NatSpec>,
+    /// How many times the NAT was applied.
+    nat_applied: AtomicU64,
+    fail_nat: AtomicBool,
+    /// Node ports (`"8080/tcp"`) a program on the node holds.
+    busy_ports: StdMutex<BTreeSet<String>>,
 }
 
 impl FakeKernel {
@@ -62,6 +70,9 @@ impl FakeKernel {
     }
     fn present(&self) -> BTreeSet<String> {
         self.present.lock().expect("lock").clone()
+    }
+    fn nat(&self) -> NatSpec {
+        self.nat.lock().expect("lock").clone()
     }
     fn record(&self, c: Call) {
         self.calls.lock().expect("lock").push(c);
@@ -116,6 +127,20 @@ impl Kernel for FakeKernel {
         }
         self.present.lock().expect("lock").remove(host_veth);
         Ok(())
+    }
+
+    async fn set_nat(&self, spec: &NatSpec) -> Result<(), KernelError> {
+        if self.fail_nat.load(Ordering::SeqCst) {
+            return Err(Self::fail("replace nftables table inet proxytun"));
+        }
+        self.nat_applied.fetch_add(1, Ordering::SeqCst);
+        *self.nat.lock().expect("lock") = spec.clone();
+        Ok(())
+    }
+
+    async fn port_in_use(&self, m: &PortMapping) -> Result<bool, KernelError> {
+        let key = format!("{}/{}", m.host_port, m.protocol.as_str());
+        Ok(self.busy_ports.lock().expect("lock").contains(&key))
     }
 }
 
@@ -199,6 +224,8 @@ fn settings(dir: &Path) -> Settings {
         state_dir: dir.to_owned(),
         tunnel_port: 50103,
         resolv: None,
+        masquerade: true,
+        masquerade_except: Default::default(),
     }
 }
 
@@ -286,6 +313,7 @@ fn req(app_service: &str, ns: &str) -> AttachRequest {
         service_ip: None,
         instance_ip: None,
         container_id: None,
+        ports: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Args, Subcommand};
-use envmgr::model::{DualAddr, Instance, InstanceKey, Placement, ServiceName};
+use envmgr::model::{DualAddr, Instance, InstanceKey, Placement, PortMapping, ServiceName};
 use envmgr::requests::{AttachRequest, RemoteInstanceRequest};
 use serde_json::Value;
 
@@ -39,9 +39,18 @@ pub struct AttachArgs {
     /// Pin the instance IP (IPv4; the IPv6 mirror follows).
     #[arg(long, value_name = "IP")]
     pub instance_ip: Option<Ipv4Addr>,
+    /// Publish a node port to the container, HOST:CONTAINER[/tcp|/udp]
+    /// (repeatable), e.g. 8080:80/tcp.
+    #[arg(long, short = 'p', value_name = "HOST:CONTAINER[/PROTO]", value_parser = parse_port_mapping)]
+    pub publish: Vec<PortMapping>,
     /// Print the API's raw JSON answer.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--publish`'s value, with the message saying how to write it.
+fn parse_port_mapping(s: &str) -> Result<PortMapping, String> {
+    s.parse().map_err(|e: envmgr::model::PortError| e.0)
 }
 
 /// `proxytun remote …`.
@@ -106,6 +115,7 @@ pub(super) async fn attach(api: &Api, a: AttachArgs) -> anyhow::Result<String> {
         service_ip: a.service_ip,
         instance_ip: a.instance_ip,
         container_id: None,
+        ports: a.publish,
     };
     let v = api.post("/v1/attachments", &req).await?;
     if a.json {
@@ -131,9 +141,22 @@ pub(super) async fn attach(api: &Api, a: AttachArgs) -> anyhow::Result<String> {
             ("namespace address".to_owned(), pair(&inst.ns_addr)),
             ("instance IP".to_owned(), pair(&inst.instance_ip)),
             ("service IP".to_owned(), service_ip),
+            ("published".to_owned(), published(inst.placement.ports())),
         ],
         "",
     ))
+}
+
+/// The published ports, as `--publish` takes them.
+fn published(ports: &[PortMapping]) -> String {
+    if ports.is_empty() {
+        return "-".to_owned();
+    }
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `proxytun detach`.

@@ -189,6 +189,14 @@ impl Config {
         envmgr::model::check_label("node", &self.node.name)
             .map_err(|e| ("node.name", e.to_string()))?;
         self.plan().validate().map_err(|e| (e.key, e.message))?;
+        for app in &self.network.masquerade_except {
+            envmgr::model::check_label("app", app).map_err(|e| {
+                (
+                    "network.masquerade_except",
+                    format!("{e}; list app names, e.g. [\"shop\"]"),
+                )
+            })?;
+        }
         self.check_store()?;
         let ka = self.tunnel.keepalive_ms;
         if !(50..=60_000).contains(&ka) {

@@ -30,6 +30,13 @@ pub struct NetworkSection {
     pub services: Ipv4Net,
     /// Its IPv6 mirror.
     pub services6: Ipv6Net,
+    /// Containers reach addresses outside the cluster (the underlay, the
+    /// internet) with the node's address. Cluster addresses are never
+    /// masqueraded.
+    pub masquerade: bool,
+    /// Apps whose containers are not masqueraded even when `masquerade`
+    /// is on (they need a route back to the container subnet).
+    pub masquerade_except: Vec<String>,
 }
 
 impl Default for NetworkSection {
@@ -41,6 +48,8 @@ impl Default for NetworkSection {
             node_prefix: p.node_prefix,
             services: p.services,
             services6: p.services6,
+            masquerade: true,
+            masquerade_except: Vec::new(),
         }
     }
 }

@@ -255,3 +255,31 @@ fn tunnel_security_and_key_file_keys() {
         "tunnel.key_file"
     );
 }
+
+#[test]
+fn masquerade_keys_default_on_and_bad_values_name_the_key() {
+    let base = "[node]\nname = \"a\"\nindex = 1\n";
+    let c = parse(base).expect("valid");
+    assert!(c.network.masquerade, "masquerade is on by default");
+    assert!(c.network.masquerade_except.is_empty());
+    let c = parse(&format!(
+        "{base}[network]\nmasquerade = false\nmasquerade_except = [\"shop\"]\n"
+    ))
+    .expect("valid");
+    assert!(!c.network.masquerade);
+    assert_eq!(c.network.masquerade_except, ["shop"]);
+    assert_eq!(
+        key_of(&format!("{base}[network]\nmasquerade = \"yes\"\n")),
+        "network.masquerade"
+    );
+    assert_eq!(
+        key_of(&format!("{base}[network]\nmasquerade_except = \"shop\"\n")),
+        "network.masquerade_except"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{base}[network]\nmasquerade_except = [\"Shop!\"]\n"
+        )),
+        "network.masquerade_except"
+    );
+}

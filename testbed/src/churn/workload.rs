@@ -250,6 +250,19 @@ fn inventory(c: &Cluster) -> Result<std::collections::BTreeSet<String>> {
                 ));
             }
         }
+        // The daemon's nftables table (published ports, masquerade): a
+        // rule a detached container left behind shows up here.
+        let ruleset = node
+            .host()
+            .exec_ok("nft", &["list", "ruleset"], Duration::from_secs(10))?;
+        for line in ruleset
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            set.insert(format!("node {} nft {line}", node.name));
+        }
     }
     Ok(set)
 }

@@ -53,6 +53,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
         netns,
         pid,
         container_id,
+        ports,
     } = &a.placement
     else {
         panic!("local");
@@ -60,6 +61,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
     assert_eq!(host_veth, &alloc::host_veth_name(&a.key, &BTreeSet::new()));
     assert_eq!(ifname, "eth0");
     assert_eq!(container_id, &None);
+    assert!(ports.is_empty());
     assert_eq!(netns, Path::new("/run/netns/a"));
     assert_eq!(*pid, None);
     let attach = h.m.kernel().calls()[1].clone();
