@@ -40,8 +40,9 @@ install_deps() {
     # probes that need a connected socket (ICMP errors, isolation);
     # promtool: the alert rules' check; lintian: the .deb's check;
     # mmdebstrap and systemd-nspawn: the Debian system the package test
-    # boots with systemd as PID 1.
-    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3 promtool lintian mmdebstrap systemd-nspawn)
+    # boots with systemd as PID 1; nft: the daemon's NAT table (published
+    # ports, masquerade).
+    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3 promtool lintian mmdebstrap systemd-nspawn nft)
     local missing=()
     local t
     for t in "${tools[@]}"; do
@@ -52,7 +53,7 @@ install_deps() {
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 ||
-        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3 prometheus lintian mmdebstrap systemd-container"
+        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3 prometheus lintian mmdebstrap systemd-container nftables"
     note "installing packages for: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # etcd-server's postinst may try to start a system etcd; without systemd
@@ -61,7 +62,7 @@ install_deps() {
         iproute2 iputils-ping iperf3 bind9-dnsutils curl socat jq \
         etcd-server etcd-client protobuf-compiler \
         podman containernetworking-plugins runc busybox-static systemd tcpdump python3 \
-        prometheus lintian mmdebstrap systemd-container >/dev/null
+        prometheus lintian mmdebstrap systemd-container nftables >/dev/null
 }
 
 # Makes cargo reachable under sudo, which resets PATH: looks in the
