@@ -29,6 +29,7 @@ mod policy;
 mod remote;
 mod restore;
 mod settings;
+mod shared_netns;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -212,6 +213,7 @@ fn veth_spec(settings: &Settings, inst: &Instance) -> Option<VethSpec> {
         netns,
         host_veth,
         ifname,
+        default_route,
         ..
     } = &inst.placement
     else {
@@ -227,6 +229,7 @@ fn veth_spec(settings: &Settings, inst: &Instance) -> Option<VethSpec> {
         subnet: plan.node_subnet(),
         subnet6: plan.node_subnet6(),
         gateway: plan.gateway(),
+        default_route: *default_route,
         mtu: settings.mtu,
     })
 }

@@ -373,6 +373,7 @@ mod tests {
                 host_veth: "pt01234567".into(),
                 ifname: "eth0".into(),
                 container_id: None,
+                default_route: true,
             },
         });
         s.peers.push(Peer {

@@ -74,6 +74,7 @@ fn local_snapshot(layout: &Layout, plan: &AddressPlan, interest: &[u32]) -> Snap
                     host_veth: format!("ptb{k:07}"),
                     ifname: "eth0".into(),
                     container_id: None,
+                    default_route: true,
                 },
             },
         );

@@ -92,6 +92,7 @@ fn snapshot(
                     host_veth: "ptx".into(),
                     ifname: "eth0".into(),
                     container_id: None,
+                    default_route: true,
                 },
             },
         );

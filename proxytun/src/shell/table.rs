@@ -115,6 +115,7 @@ mod tests {
             host_veth: "pt00000001".into(),
             ifname: "eth0".into(),
             container_id: None,
+            default_route: true,
         };
         let remote = Placement::Remote { node: "b".into() };
         let insts = [

@@ -53,6 +53,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
         netns,
         pid,
         container_id,
+        default_route,
     } = &a.placement
     else {
         panic!("local");
@@ -62,6 +63,10 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
     assert_eq!(container_id, &None);
     assert_eq!(netns, Path::new("/run/netns/a"));
     assert_eq!(*pid, None);
+    assert!(
+        *default_route,
+        "the first interface of a netns holds the default routes"
+    );
     let attach = h.m.kernel().calls()[1].clone();
     assert_eq!(
         attach,
@@ -74,6 +79,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
             subnet: plan(1).node_subnet(),
             subnet6: plan(1).node_subnet6(),
             gateway: plan(1).gateway(),
+            default_route: true,
             mtu: 1400,
         })
     );
