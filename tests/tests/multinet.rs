@@ -136,3 +136,112 @@ fn multinet_two_services_survive_detach_and_restart() {
     assert_eq!(client.tcp_hello(api_rr).expect("b -> api").name, "multi");
     assert_eq!(multi.tcp_hello(far_d.rr.v4).expect("m -> far").name, "far1");
 }
+
+/// Runs the real CNI plugin as a runtime does: `CNI_COMMAND=cmd`, the
+/// `CNI_*` variables in `env`, the netconf on stdin. Returns whether it
+/// succeeded and its stdout as JSON (`Null` when empty).
+fn cni(cmd: &str, env: &[(&str, &str)], stdin: &str) -> Result<(bool, serde_json::Value)> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let bin = testbed::podman::cni_bin()?;
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", cmd)
+        .env(
+            "CNI_PATH",
+            bin.parent().unwrap_or(std::path::Path::new("/")),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = if raw.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&raw)?
+    };
+    Ok((out.status.success(), v))
+}
+
+/// The plugin's answer, required to be a success.
+fn cni_ok(cmd: &str, env: &[(&str, &str)], stdin: &str) -> serde_json::Value {
+    let (ok, v) = cni(cmd, env, stdin).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    assert!(ok, "{cmd} {env:?} failed: {v}");
+    v
+}
+
+#[test]
+fn cni_two_networks_are_two_instances() {
+    let c = Cluster::two_nodes("cnimulti").expect("cluster");
+    let k = c.container("k").expect("container");
+    let ns = k.path().to_string_lossy().into_owned();
+    let sock = c.a.socket().to_owned();
+    // Two network configs, one per service, as a runtime lists them.
+    let conf = |service: &str, prev: Option<&serde_json::Value>| {
+        let mut v = json!({"cniVersion": "1.0.0", "name": format!("pt-{service}"),
+            "type": "proxytun-cni", "socket": &sock, "app": "shop", "service": service});
+        if let Some(p) = prev {
+            v["prevResult"] = p.clone();
+        }
+        v.to_string()
+    };
+    let env = |ifname: &'static str| {
+        [
+            ("CNI_CONTAINERID", "ctr-m"),
+            ("CNI_NETNS", ns.as_str()),
+            ("CNI_IFNAME", ifname),
+        ]
+    };
+    let web = cni_ok("ADD", &env("eth0"), &conf("web", None));
+    let api = cni_ok("ADD", &env("eth1"), &conf("api", None));
+    assert_eq!(web["interfaces"][0]["name"], "eth0");
+    assert_eq!(api["interfaces"][0]["name"], "eth1");
+    assert_eq!(web["routes"].as_array().map(Vec::len), Some(2), "{web}");
+    assert_eq!(
+        api["routes"],
+        json!([]),
+        "the second network adds no default route: {api}"
+    );
+    assert_ne!(web["ips"][0]["address"], api["ips"][0]["address"]);
+    let mut services: Vec<String> =
+        c.a.instances()
+            .expect("instances")
+            .into_iter()
+            .map(|i| i.service)
+            .collect();
+    services.sort();
+    assert_eq!(services, ["api", "web"]);
+    assert_one_default_via(&k, "eth0", "two CNI networks");
+
+    // A repeated ADD of either is the attachment it has.
+    assert_eq!(cni_ok("ADD", &env("eth1"), &conf("api", None)), api);
+
+    // CHECK per interface: each against its own result, not the other's.
+    cni_ok("CHECK", &env("eth0"), &conf("web", Some(&web)));
+    cni_ok("CHECK", &env("eth1"), &conf("api", Some(&api)));
+    let (ok, _) = cni("CHECK", &env("eth1"), &conf("api", Some(&web))).expect("run");
+    assert!(!ok, "CHECK of eth1 against eth0's result must fail");
+
+    // DEL of the first network: the second keeps working, with the routes.
+    cni_ok("DEL", &env("eth0"), &conf("web", None));
+    let left: Vec<String> =
+        c.a.instances()
+            .expect("instances")
+            .into_iter()
+            .map(|i| i.service)
+            .collect();
+    assert_eq!(left, ["api"]);
+    assert_one_default_via(&k, "eth1", "after DEL of eth0");
+    cni_ok("CHECK", &env("eth1"), &conf("api", Some(&api)));
+    let (ok, _) = cni("CHECK", &env("eth0"), &conf("web", Some(&web))).expect("run");
+    assert!(!ok, "CHECK of a deleted network must fail");
+    cni_ok("DEL", &env("eth1"), &conf("api", None));
+    assert!(c.a.instances().expect("instances").is_empty());
+}
