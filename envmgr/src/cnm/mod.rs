@@ -10,6 +10,8 @@
 //! - [`protocol`]: the wire types, with Docker's field names.
 //! - [`networks`]: the networks Docker created, persisted.
 //! - [`handlers`]: what each method does ([`Driver::handle`]).
+//! - [`ifname`]: the interface name of a Join, when a container joins
+//!   several proxytun networks.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use crate::kernel::Kernel;
 use crate::manager::Manager;
 
 pub mod handlers;
+pub mod ifname;
 pub mod networks;
 pub mod protocol;
 
