@@ -245,3 +245,116 @@ fn cni_two_networks_are_two_instances() {
     cni_ok("DEL", &env("eth1"), &conf("api", None));
     assert!(c.a.instances().expect("instances").is_empty());
 }
+
+/// One call to the CNM plugin socket that must succeed (200, no `Err`).
+fn docker(sock: &std::path::Path, method: &str, body: &serde_json::Value) -> serde_json::Value {
+    let text = body.to_string();
+    let r = eventually(Duration::from_secs(10), || {
+        testbed::api::request(sock, "POST", method, Some(&text))
+    })
+    .unwrap_or_else(|e| panic!("POST {method}: {e:#}"));
+    let v = r.json().unwrap_or_else(|e| panic!("{method}: {e:#}"));
+    assert!(
+        r.status == 200 && v.get("Err").is_none(),
+        "{method}: HTTP {} {}",
+        r.status,
+        r.body
+    );
+    v
+}
+
+#[test]
+fn docker_two_networks_for_one_container() {
+    const NETS: [(&str, &str); 2] = [
+        (
+            "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f801",
+            "web",
+        ),
+        (
+            "2a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f802",
+            "api",
+        ),
+    ];
+    const EPS: [&str; 2] = [
+        "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1",
+        "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("cnm-a.sock");
+    let text = sock.display().to_string();
+    let c = Cluster::two_nodes_with("dockmult", |cfg| {
+        if cfg.name == "a" {
+            cfg.extra = format!("\n[cnm]\nenable = true\nsocket = \"{text}\"\n");
+        }
+    })
+    .expect("cluster");
+    let mut far = c.container("far").expect("container");
+    far.serve("far1").expect("serve");
+    let far_d = c
+        .deploy("shop/far", &[(&c.b, &far, 1)])
+        .expect("deploy far");
+    let sandbox = c.container("dk").expect("sandbox");
+
+    // docker network connect of one container to two proxytun networks.
+    for ((net, service), ep) in NETS.iter().zip(EPS) {
+        let generic = json!({"app": "shop", "service": service});
+        docker(
+            &sock,
+            "/NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": net, "Options": {"com.docker.network.generic": generic},
+                "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}], "IPv6Data": []}),
+        );
+        docker(
+            &sock,
+            "/NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": net, "EndpointID": ep,
+                "Interface": {"Address": "", "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
+        );
+        docker(
+            &sock,
+            "/NetworkDriver.Join",
+            &json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": sandbox.path(), "Options": {}}),
+        );
+    }
+    let ifnames: Vec<String> = NETS
+        .iter()
+        .zip(EPS)
+        .map(|((net, _), ep)| {
+            let info = docker(
+                &sock,
+                "/NetworkDriver.EndpointOperInfo",
+                &json!({"NetworkID": net, "EndpointID": ep}),
+            );
+            info["Value"]["ifname"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(ifnames, ["eth0", "eth1"]);
+    assert_one_default_via(&sandbox, "eth0", "two Docker networks");
+    assert_eq!(
+        sandbox.tcp_hello(far_d.rr.v4).expect("dk -> far").name,
+        "far1"
+    );
+
+    // Leave of the first network: the second stays, with the routes.
+    docker(
+        &sock,
+        "/NetworkDriver.Leave",
+        &json!({"NetworkID": NETS[0].0, "EndpointID": EPS[0]}),
+    );
+    let left: Vec<String> =
+        c.a.instances()
+            .expect("instances")
+            .into_iter()
+            .filter(|i| i.kind == "local")
+            .map(|i| i.service)
+            .collect();
+    assert_eq!(left, ["api"]);
+    assert_one_default_via(&sandbox, "eth1", "after Leave of the first");
+    let reach = eventually(Duration::from_secs(10), || sandbox.tcp_hello(far_d.rr.v4));
+    assert_eq!(reach.expect("dk -> far after Leave").name, "far1");
+    docker(
+        &sock,
+        "/NetworkDriver.Leave",
+        &json!({"NetworkID": NETS[1].0, "EndpointID": EPS[1]}),
+    );
+}
