@@ -114,7 +114,7 @@ impl<K: Kernel> Manager<K> {
             .await
             .with_context(|| format!("set up bridge {}", settings.bridge))?;
 
-        let mut released = !shared_netns::one_holder_each(&mut table).is_empty();
+        let mut released = !shared_netns::one_holder_each(&mut table, probe.as_ref()).is_empty();
         let locals: Vec<Instance> = table
             .instances
             .values()

@@ -57,12 +57,20 @@ pub(super) fn set_holder(table: &mut Table, key: &InstanceKey, holds: bool) {
     }
 }
 
+/// A netns as restore groups attachments: by identity when the path can be
+/// inspected (two paths to one namespace are one), else by path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Group {
+    Id(NsId),
+    Path(PathBuf),
+}
+
 /// Makes every netns of the table have exactly one holder of the default
 /// routes (the first by key when none or several claim it); returns the
 /// keys whose flag it changed. A state written by hand, or by a daemon
 /// that crashed between two steps, comes back consistent.
-pub(super) fn one_holder_each(table: &mut Table) -> Vec<InstanceKey> {
-    let mut groups: BTreeMap<PathBuf, Vec<(InstanceKey, bool)>> = BTreeMap::new();
+pub(super) fn one_holder_each(table: &mut Table, probe: &dyn NetnsProbe) -> Vec<InstanceKey> {
+    let mut groups: BTreeMap<Group, Vec<(InstanceKey, bool)>> = BTreeMap::new();
     for inst in table.instances.values() {
         if let Placement::Local {
             netns,
@@ -70,8 +78,12 @@ pub(super) fn one_holder_each(table: &mut Table) -> Vec<InstanceKey> {
             ..
         } = &inst.placement
         {
+            let group = match probe.identify(netns) {
+                Ok(id) => Group::Id(id),
+                Err(_) => Group::Path(netns.clone()),
+            };
             groups
-                .entry(netns.clone())
+                .entry(group)
                 .or_default()
                 .push((inst.key.clone(), *default_route));
         }

@@ -228,3 +228,24 @@ async fn resolv_conf_stays_while_one_attachment_does() {
     h.m.detach(&api.key).await.expect("detach api");
     assert!(!etc.path().join("c1").exists(), "removed with the last");
 }
+
+#[tokio::test]
+async fn restart_counts_two_paths_to_one_netns_as_one() {
+    let h = H::new().await;
+    h.ns.add("/run/netns/a");
+    h.ns.alias("/proc/4242/ns/net", "/run/netns/a");
+    h.m.attach(on("shop/web", "/run/netns/a", "eth0"))
+        .await
+        .expect("web");
+    let mut r = on("shop/api", "/proc/4242/ns/net", "eth1");
+    r.netns = None;
+    r.pid = Some(4242);
+    let api = h.m.attach(r).await.expect("api by pid");
+    assert!(!attached_specs(h.m.kernel())[&host_veth(&api)].default_route);
+    let snap = h.m.snapshot();
+    let s = h.m.settings().clone();
+    let h = h.reopen(s, FakeKernel::default()).await.expect("reopen");
+    assert_eq!(h.m.snapshot(), snap, "one holder already: nothing to fix");
+    let specs = attached_specs(h.m.kernel());
+    assert_eq!(specs.values().filter(|s| s.default_route).count(), 1);
+}
