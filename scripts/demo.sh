@@ -73,6 +73,12 @@ for n in a b; do
     note "host $P$n: underlay 192.0.2.$i"
 done
 
+# A host on the underlay that plays the internet: it has no route to the
+# container subnets, so only the nodes' masquerade gets replies back to them.
+newns "${P}out"
+plug_host "${P}sw" "${P}out" 192.0.2.100 pout
+note "host ${P}out: underlay 192.0.2.100, the \"outside\" (no route to containers)"
+
 step "one cluster secret for every node (proxytun keygen)"
 # Every datagram between the nodes is authenticated with this key
 # (tunnel.security = "auth", the default); copy the same file to each node.
@@ -142,6 +148,7 @@ serve "${P}web1" web1
 serve "${P}web2" web2
 serve "${P}cache1" cache1
 serve "${P}db1" db1
+serve "${P}out" outside
 ip netns exec "${P}db1" iperf3 -s -p 5201 >"$WORK/iperf3.out" 2>&1 &
 PIDS+=("$!")
 
@@ -167,7 +174,8 @@ rr_of() {
 }
 
 note "shop/web: instance 1 on node a, instance 2 on node b, one ServiceIP"
-WEB1=$(attach a web1 shop/web 1)
+note "shop/web/1 also published on node a's port 8080 (attach --publish 8080:$TCP/tcp)"
+WEB1=$(attach a web1 shop/web 1 --publish "8080:$TCP/tcp")
 WEB_IP=$(rr_of a shop/web v4)
 WEB2=$(attach b web2 shop/web 2 --service-ip "$WEB_IP")
 remote a b "$WEB2" "$WEB_IP"
@@ -278,6 +286,16 @@ echo "over IPv6 ($WEB_IP6): ${seq_names[*]}"
 step "throughput across nodes: iperf3 to shop/db ($DB_IP) for 3 s"
 show in_ns "${P}client" iperf3 -c "$DB_IP" -p 5201 -t 3 -f m
 show in_ns "${P}client" "$PROBE" tcp-send "$DB_IP:$TCP" --bytes 50000000
+
+step "published port: the underlay (host ${P}out) -> node a 192.0.2.1:8080 -> shop/web/1"
+got=$(show in_ns "${P}out" "$PROBE" tcp-hello "192.0.2.1:8080")
+[ "$(head -n1 <<<"$got")" = web1 ] || die "192.0.2.1:8080 answered by $(head -n1 <<<"$got"), expected web1"
+show ip netns exec "${P}a" nft list table inet proxytun
+
+step "outbound NAT: the client container -> the outside host 192.0.2.100 (masqueraded as node a)"
+got=$(show in_ns "${P}client" "$PROBE" tcp-hello "192.0.2.100:$TCP")
+[ "$(head -n1 <<<"$got")" = outside ] || die "192.0.2.100 answered by $(head -n1 <<<"$got"), expected outside"
+grep -q "server_saw=192.0.2.1:" <<<"$got" || die "the outside host did not see node a's address: $got"
 
 step "what the daemon shows: proxytun status"
 show pt a status

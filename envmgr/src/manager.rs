@@ -33,6 +33,7 @@ mod publish;
 mod remote;
 mod restore;
 mod settings;
+mod shared_netns;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -216,6 +217,7 @@ fn veth_spec(settings: &Settings, inst: &Instance) -> Option<VethSpec> {
         netns,
         host_veth,
         ifname,
+        default_route,
         ..
     } = &inst.placement
     else {
@@ -231,6 +233,7 @@ fn veth_spec(settings: &Settings, inst: &Instance) -> Option<VethSpec> {
         subnet: plan.node_subnet(),
         subnet6: plan.node_subnet6(),
         gateway: plan.gateway(),
+        default_route: *default_route,
         mtu: settings.mtu,
     })
 }

@@ -79,12 +79,23 @@ pub enum Placement {
         /// The node ports published to this container.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ports: Vec<PortMapping>,
+        /// True for the one attachment of its netns whose interface holds
+        /// the default routes (a netns may be attached several times, by
+        /// interface name; the kernel allows one default route). States
+        /// written before several attachments per netns lack it: true.
+        #[serde(default = "yes")]
+        default_route: bool,
     },
     /// Registered by an orchestrator; runs on the named peer node.
     Remote {
         /// The peer's node name; it must be a registered peer.
         node: String,
     },
+}
+
+/// Serde's default for [`Placement::Local`]'s `default_route`.
+fn yes() -> bool {
+    true
 }
 
 impl Placement {

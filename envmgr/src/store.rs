@@ -388,6 +388,7 @@ mod tests {
                 ifname: "eth0".into(),
                 container_id: None,
                 ports: Vec::new(),
+                default_route: true,
             },
         });
         s.peers.push(Peer {

@@ -84,6 +84,10 @@ impl Kernel for RecordingKernel {
     async fn attached(&self, _spec: &VethSpec) -> Result<bool, KernelError> {
         Ok(true)
     }
+    async fn default_route(&self, spec: &VethSpec) -> Result<(), KernelError> {
+        self.record(format!("default_route {}", spec.host_veth));
+        Ok(())
+    }
     async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {
         self.record(format!("detach {host_veth}"));
         Ok(())

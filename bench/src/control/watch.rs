@@ -75,6 +75,7 @@ fn local_snapshot(layout: &Layout, plan: &AddressPlan, interest: &[u32]) -> Snap
                     ifname: "eth0".into(),
                     container_id: None,
                     ports: Vec::new(),
+                    default_route: true,
                 },
             },
         );

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use envmgr::api::client::Client;
-use envmgr::model::{Instance, NodeInfo, ServiceName};
+use envmgr::model::{Instance, NodeInfo, Placement, ServiceName};
 use envmgr::requests::AttachRequest;
 use envmgr::resolv::{search_list, OPTIONS};
 use ipnet::IpNet;
@@ -62,7 +62,7 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
 /// The result of an attachment: the container's interface, its two
 /// namespace addresses with the gateway, the default routes the daemon
 /// installs (`envmgr::kernel::netlink`: `0.0.0.0/0` and `::/0` via the
-/// bridge) and, when the resolver runs, the DNS settings the daemon
+/// bridge; only for the interface that holds them) and, when the resolver runs, the DNS settings the daemon
 /// writes into a named netns' resolv.conf.
 fn result_for(
     conf: &NetConf,
@@ -106,18 +106,35 @@ fn result_for(
                 interface: Some(0),
             },
         ],
-        routes: vec![
-            Route {
-                dst: net(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)?,
-                gw: Some(gw4),
-            },
-            Route {
-                dst: net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)?,
-                gw: Some(gw6),
-            },
-        ],
+        routes: if holds_default_route(inst) {
+            vec![
+                Route {
+                    dst: net(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)?,
+                    gw: Some(gw4),
+                },
+                Route {
+                    dst: net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)?,
+                    gw: Some(gw6),
+                },
+            ]
+        } else {
+            Vec::new()
+        },
         dns,
     })
+}
+
+/// Whether the daemon gave this attachment the netns's default routes: the
+/// first interface of a netns has them, a further one (a second network)
+/// only its addresses.
+fn holds_default_route(inst: &Instance) -> bool {
+    matches!(
+        inst.placement,
+        Placement::Local {
+            default_route: true,
+            ..
+        }
+    )
 }
 
 /// The DNS part of a result from the status' `dns` object (`null` when

@@ -93,6 +93,7 @@ fn snapshot(
                     ifname: "eth0".into(),
                     container_id: None,
                     ports: Vec::new(),
+                    default_route: true,
                 },
             },
         );

@@ -2,8 +2,9 @@
 //! takes the method name and the request body and returns the status and
 //! JSON to answer, so every rule is unit-tested without a socket.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -343,15 +344,17 @@ impl<K: Kernel> Driver<K> {
                 "SandboxKey is empty: Join needs the container's network namespace path".to_owned(),
             ));
         }
+        let sandbox = PathBuf::from(&req.sandbox_key);
+        let ifname = self.join_ifname(&req.endpoint_id, &sandbox, &net.ifname);
         let inst = self
             .mgr
             .attach(AttachRequest {
                 app: net.app.clone(),
                 service: net.service.clone(),
                 instance: None,
-                netns: Some(PathBuf::from(&req.sandbox_key)),
+                netns: Some(sandbox),
                 pid: None,
-                ifname: Some(net.ifname.clone()),
+                ifname: Some(ifname),
                 service_ip: net.service_ip,
                 instance_ip: None,
                 container_id: Some(req.endpoint_id.clone()),
@@ -363,6 +366,32 @@ impl<K: Kernel> Driver<K> {
             disable_gateway_service: true,
             ..JoinResponse::default()
         })
+    }
+
+    /// The interface name for a Join of `eid` into `sandbox`: the one a
+    /// repeated Join already has, else the network's, counted on when
+    /// another proxytun network of the container has it
+    /// ([`super::ifname`]).
+    fn join_ifname(&self, eid: &str, sandbox: &Path, wanted: &str) -> String {
+        let snap = self.mgr.snapshot();
+        let mut taken = BTreeSet::new();
+        for inst in snap.instances.values() {
+            if let Placement::Local {
+                netns,
+                ifname,
+                container_id,
+                ..
+            } = &inst.placement
+            {
+                if container_id.as_deref() == Some(eid) {
+                    return ifname.clone();
+                }
+                if netns == sandbox {
+                    taken.insert(ifname.clone());
+                }
+            }
+        }
+        super::ifname::free_ifname(wanted, &taken)
     }
 
     /// The local instances endpoint `eid` is attached as (one, normally).
@@ -379,13 +408,12 @@ impl<K: Kernel> Driver<K> {
     async fn endpoint_info(&self, req: EndpointRequest) -> Result<Reply, CnmError> {
         check_ids(&req.network_id, &req.endpoint_id)?;
         let net = self.networks.get(&req.network_id);
-        let inst = match &net {
-            Some(n) => self.mgr.find_container(&req.endpoint_id, &n.ifname).await,
-            None => self
-                .instances_of_endpoint(&req.endpoint_id)
-                .into_iter()
-                .next(),
-        };
+        // By endpoint id alone: its interface may not be the network's
+        // (a container on several proxytun networks).
+        let inst = self
+            .instances_of_endpoint(&req.endpoint_id)
+            .into_iter()
+            .next();
         let mut value = Map::new();
         match (inst, net) {
             (Some(inst), _) => {

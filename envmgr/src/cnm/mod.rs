@@ -11,6 +11,8 @@
 //! - [`networks`]: the networks Docker created, persisted.
 //! - [`handlers`]: what each method does ([`Driver::handle`]).
 //! - [`ports`]: `docker run -p` bindings as published ports.
+//! - [`ifname`]: the interface name of a Join, when a container joins
+//!   several proxytun networks.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use crate::kernel::Kernel;
 use crate::manager::Manager;
 
 pub mod handlers;
+pub mod ifname;
 pub mod networks;
 pub mod ports;
 pub mod protocol;

@@ -21,6 +21,8 @@ const NET: &str = "5c7a0b3f2d9e4a1b8c6d7e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3
 const EP: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0ffeeddccbbaa99887766554433221100";
 const EP2: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
+mod multinet;
+
 struct Harness {
     dir: tempfile::TempDir,
     mgr: Arc<Manager<RecordingKernel>>,

@@ -84,6 +84,16 @@ impl Kernel for Netlink {
         veth::attached(&self.handle, spec).await
     }
 
+    async fn default_route(&self, spec: &VethSpec) -> Result<(), KernelError> {
+        // Finishing the attachment with the routes wanted sets them (and
+        // replaces routes via a gone interface).
+        let with_routes = VethSpec {
+            default_route: true,
+            ..spec.clone()
+        };
+        self.ensure_attached(&with_routes).await.map(|_| ())
+    }
+
     async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {
         veth::detach(&self.handle, host_veth).await
     }

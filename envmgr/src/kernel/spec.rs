@@ -55,6 +55,10 @@ pub struct VethSpec {
     pub subnet6: Ipv6Net,
     /// The default gateway (the bridge's addresses).
     pub gateway: DualAddr,
+    /// Whether this interface gets the netns's default routes: only the
+    /// first attachment of a netns does (a second default route would
+    /// clash with the first).
+    pub default_route: bool,
     /// MTU of both ends, so TCP picks an MSS that fits the tunnel.
     pub mtu: u32,
 }
@@ -78,7 +82,8 @@ pub trait Kernel: Send + Sync + 'static {
         services6: Ipv6Net,
     ) -> impl Future<Output = Result<(), KernelError>> + Send;
 
-    /// Creates and configures the veth pair, addresses and default routes.
+    /// Creates and configures the veth pair, addresses and (when
+    /// `spec.default_route`) the default routes.
     /// If the host end already exists and is configured, does nothing; if it
     /// exists half-done, finishes it. On error, removes what it created.
     fn attach(&self, spec: &VethSpec) -> impl Future<Output = Result<(), KernelError>> + Send;
@@ -86,6 +91,15 @@ pub trait Kernel: Send + Sync + 'static {
     /// True when the host end of the attachment exists and is enslaved to
     /// its bridge (a restart uses this to see what to re-create).
     fn attached(&self, spec: &VethSpec) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// Points the netns's default routes (v4 and v6, via `spec.gateway`)
+    /// out of the attachment's interface, replacing routes that point
+    /// elsewhere: the hand-over when the interface that had them leaves
+    /// while another attachment of the netns stays.
+    fn default_route(
+        &self,
+        spec: &VethSpec,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
 
     /// Deletes the veth pair; succeeds if it is already gone.
     fn detach(&self, host_veth: &str) -> impl Future<Output = Result<(), KernelError>> + Send;

@@ -6,6 +6,8 @@
 //! resolv.conf. A failed kernel step
 //! or store write undoes the veth and the cluster claim, so a refused attach
 //! changes nothing. A runtime repeating its ADD gets the instance it has.
+//! One netns may be attached several times: one instance per interface
+//! name, of different services (`shared_netns.rs`).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -13,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use super::netns::{NsId, NsProblem};
 use super::table::Table;
-use super::{describe_problem, kernel_error, service_name, veth_spec, write_resolv, Manager};
+use super::{
+    describe_problem, kernel_error, service_name, shared_netns, veth_spec, write_resolv, Manager,
+};
 use crate::alloc;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
@@ -77,19 +81,32 @@ impl<K: Kernel> Manager<K> {
                 )));
             }
         }
-        for other in table.instances.values() {
-            if let Placement::Local { netns: path, .. } = &other.placement {
-                let same = path == &netns || self.probe.identify(path).ok() == Some(ns_id);
-                if same {
-                    return Err(Error::Conflict(format!(
-                        "network namespace {} is already attached as instance {}",
-                        netns.display(),
-                        other.key
-                    )));
-                }
+        // A netns may be attached several times, keyed by interface name,
+        // each time as an instance of another service.
+        let sharing = shared_netns::sharing(&table, self.probe.as_ref(), &netns, Some(ns_id), None);
+        for other in &sharing {
+            let Placement::Local { ifname: theirs, .. } = &other.placement else {
+                continue;
+            };
+            if other.key.name == name {
+                return Err(Error::Conflict(format!(
+                    "network namespace {} is already attached as instance {} (interface {theirs}) of the same service {name}; a netns is one instance per service",
+                    netns.display(),
+                    other.key
+                )));
+            }
+            if theirs == ifname {
+                return Err(Error::Conflict(format!(
+                    "network namespace {} already has interface {ifname}, attached as instance {}; give another ifname",
+                    netns.display(),
+                    other.key
+                )));
             }
         }
         self.check_ports(&table, &req.ports).await?;
+        // The first interface of a netns gets the default routes; a
+        // further one only its addresses (the routes exist already).
+        let default_route = sharing.is_empty();
         let ns_v4 = {
             let used: BTreeSet<Ipv4Addr> = table.ns_addrs().into_keys().collect();
             alloc::lowest_free_ns_addr(self.settings.plan.node_subnet(), &used).ok_or_else(
@@ -138,6 +155,7 @@ impl<K: Kernel> Manager<K> {
                 ifname: ifname.to_owned(),
                 container_id: req.container_id.clone(),
                 ports: req.ports.clone(),
+                default_route,
             },
         };
         next.instances.insert(key, inst.clone());
@@ -157,7 +175,11 @@ impl<K: Kernel> Manager<K> {
             self.undo_attach(&inst, &host_veth).await;
             return Err(e);
         }
-        write_resolv(&self.settings, &inst);
+        if default_route {
+            // The holder of the default routes owns the resolv.conf (its
+            // app's search list); a further attachment leaves it.
+            write_resolv(&self.settings, &inst);
+        }
         tracing::info!(instance = %inst.key, ns_addr = %inst.ns_addr.v4, instance_ip = %inst.instance_ip.v4, "attached");
         Ok(inst)
     }

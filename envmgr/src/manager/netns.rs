@@ -14,7 +14,7 @@ use std::path::Path;
 use nix::sys::statfs::{statfs, NSFS_MAGIC};
 
 /// Identifies a namespace: two paths to the same namespace have the same id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct NsId {
     /// Device of the nsfs inode.
     pub dev: u64,

@@ -19,7 +19,7 @@ use super::nat::nat_spec;
 use super::netns::{NetnsProbe, NsProblem, SysNetns};
 use super::settings::Settings;
 use super::table::Table;
-use super::{describe_problem, veth_spec, write_resolv, Manager};
+use super::{describe_problem, shared_netns, veth_spec, write_resolv, Manager};
 use crate::alloc;
 use crate::kernel::{BridgeSpec, Kernel};
 use crate::model::{check_label, Instance, ServiceName};
@@ -116,7 +116,7 @@ impl<K: Kernel> Manager<K> {
             .await
             .with_context(|| format!("set up bridge {}", settings.bridge))?;
 
-        let mut released = false;
+        let mut released = !shared_netns::one_holder_each(&mut table, probe.as_ref()).is_empty();
         let locals: Vec<Instance> = table
             .instances
             .values()
@@ -162,10 +162,19 @@ impl<K: Kernel> Manager<K> {
                     // instance stays registered and a later detach cleans up.
                     tracing::warn!(instance = %inst.key, "re-attach failed: {e}");
                 }
+            } else if spec.default_route {
+                // A crash between a detach and its hand-over leaves the
+                // heir without the routes: set them (a no-op when present).
+                if let Err(e) = kernel.default_route(&spec).await {
+                    tracing::warn!(instance = %inst.key, "set the default routes: {e}");
+                }
             }
             // Rewritten at every start, so a changed domain or resolver
-            // address reaches containers that were attached before.
-            write_resolv(&settings, &inst);
+            // address reaches containers that were attached before (by the
+            // holder of the default routes, when a netns has several).
+            if spec.default_route {
+                write_resolv(&settings, &inst);
+            }
         }
         if registry.is_none() && allocate_missing_closest(&mut table, &settings)? {
             released = true;

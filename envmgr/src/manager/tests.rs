@@ -9,6 +9,7 @@
 mod attach;
 mod cluster;
 mod detach;
+mod multinet;
 mod nat;
 mod peers;
 mod probe;
@@ -44,6 +45,7 @@ enum Call {
     SetupBridge(BridgeSpec),
     Attach(VethSpec),
     Attached(String),
+    DefaultRoute(String),
     Detach(String),
 }
 
@@ -118,6 +120,11 @@ impl Kernel for FakeKernel {
     async fn attached(&self, spec: &VethSpec) -> Result<bool, KernelError> {
         self.record(Call::Attached(spec.host_veth.clone()));
         Ok(self.present().contains(&spec.host_veth))
+    }
+
+    async fn default_route(&self, spec: &VethSpec) -> Result<(), KernelError> {
+        self.record(Call::DefaultRoute(spec.host_veth.clone()));
+        Ok(())
     }
 
     async fn detach(&self, host_veth: &str) -> Result<(), KernelError> {

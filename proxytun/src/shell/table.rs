@@ -116,6 +116,7 @@ mod tests {
             ifname: "eth0".into(),
             container_id: None,
             ports: Vec::new(),
+            default_route: true,
         };
         let remote = Placement::Remote { node: "b".into() };
         let insts = [

@@ -165,6 +165,7 @@ fn veth_spec(ctx: &Ctx, netns: &str) -> VethSpec {
         subnet: b.subnet,
         subnet6: b.subnet6,
         gateway: b.gateway,
+        default_route: true,
         mtu: 1400,
     }
 }

@@ -165,7 +165,8 @@ async fn create(
 }
 
 /// Inside the container's namespace: gives the peer `spec.ifname`, MTU,
-/// both addresses, brings it and `lo` up, and sets the default routes. Each
+/// both addresses, brings it and `lo` up, and sets the default routes
+/// (when `spec.default_route`). Each
 /// step only if missing. Returns whether anything changed.
 async fn ensure_container_end(
     h: Handle,
@@ -221,6 +222,10 @@ async fn ensure_container_end(
         .ok_or_else(|| kerr(format!("find lo in netns {ns}"), "no such link"))?;
     changed |= ensure_up(&h, &lo).await?;
 
+    if !spec.default_route {
+        // A further interface of the netns: the first one has the routes.
+        return Ok(changed);
+    }
     for gw in [IpAddr::V4(spec.gateway.v4), IpAddr::V6(spec.gateway.v6)] {
         let action = format!("add default route via {gw} in netns {ns}");
         changed |= ensure_default_route(&h, link.index, gw, action).await?;

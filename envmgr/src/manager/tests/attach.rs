@@ -54,6 +54,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
         pid,
         container_id,
         ports,
+        default_route,
     } = &a.placement
     else {
         panic!("local");
@@ -64,6 +65,10 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
     assert!(ports.is_empty());
     assert_eq!(netns, Path::new("/run/netns/a"));
     assert_eq!(*pid, None);
+    assert!(
+        *default_route,
+        "the first interface of a netns holds the default routes"
+    );
     let attach = h.m.kernel().calls()[1].clone();
     assert_eq!(
         attach,
@@ -76,6 +81,7 @@ async fn attach_allocates_lowest_free_addresses_in_order() {
             subnet: plan(1).node_subnet(),
             subnet6: plan(1).node_subnet6(),
             gateway: plan(1).gateway(),
+            default_route: true,
             mtu: 1400,
         })
     );

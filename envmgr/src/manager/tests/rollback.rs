@@ -88,6 +88,31 @@ async fn rejected_requests_change_nothing() {
         ),
         (
             409,
+            "of the same service shop/web",
+            with(&|r| {
+                r.netns = Some("/run/netns/a".into());
+                r.ifname = Some("eth1".into())
+            }),
+        ),
+        (
+            409,
+            "already has interface eth0, attached as instance shop/web/0",
+            with(&|r| {
+                r.netns = Some("/run/netns/a".into());
+                r.service = "api".into()
+            }),
+        ),
+        (
+            409,
+            "already has interface eth0",
+            with(&|r| {
+                r.netns = None;
+                r.pid = Some(4242);
+                r.service = "api".into()
+            }),
+        ),
+        (
+            409,
             "shop/web/0 already exists",
             with(&|r| r.instance = Some(0)),
         ),
