@@ -289,11 +289,13 @@ show in_ns "${P}client" "$PROBE" tcp-send "$DB_IP:$TCP" --bytes 50000000
 
 step "published port: the underlay (host ${P}out) -> node a 192.0.2.1:8080 -> shop/web/1"
 got=$(show in_ns "${P}out" "$PROBE" tcp-hello "192.0.2.1:8080")
+echo "$got"
 [ "$(head -n1 <<<"$got")" = web1 ] || die "192.0.2.1:8080 answered by $(head -n1 <<<"$got"), expected web1"
 show ip netns exec "${P}a" nft list table inet proxytun
 
 step "outbound NAT: the client container -> the outside host 192.0.2.100 (masqueraded as node a)"
 got=$(show in_ns "${P}client" "$PROBE" tcp-hello "192.0.2.100:$TCP")
+echo "$got"
 [ "$(head -n1 <<<"$got")" = outside ] || die "192.0.2.100 answered by $(head -n1 <<<"$got"), expected outside"
 grep -q "server_saw=192.0.2.1:" <<<"$got" || die "the outside host did not see node a's address: $got"
 
