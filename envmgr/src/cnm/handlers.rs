@@ -3,7 +3,6 @@
 //! JSON to answer, so every rule is unit-tested without a socket.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,23 +11,19 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::networks::{Network, Networks, NetworksError};
+use super::options::{check_null_ipam, network_from_options, OPTIONS_HELP};
 use super::protocol::{
     ActivateResponse, AllocateNetworkRequest, AllocateNetworkResponse, CapabilitiesResponse,
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, DiscoveryNotification,
-    EndpointInfoResponse, EndpointRequest, ErrorResponse, IpamData, JoinRequest, JoinResponse,
+    EndpointInfoResponse, EndpointRequest, ErrorResponse, JoinRequest, JoinResponse,
     NetworkRequest, ProgramExternalConnectivityRequest, GENERIC_OPTIONS,
 };
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{check_label, valid_ifname, Instance, Placement};
+use crate::model::{Instance, Placement};
 use crate::requests::AttachRequest;
 
-/// The interface name inside containers when the network sets none.
-pub const DEFAULT_IFNAME: &str = "eth0";
-
-/// The `-o` options a proxytun network takes, for error messages.
-const OPTIONS_HELP: &str =
-    "-o app=<app> -o service=<service> [-o ifname=<name>] [-o service_ip=<IPv4>]";
+pub use super::options::DEFAULT_IFNAME;
 
 /// A failed call, with the HTTP status it is answered with. The body is
 /// always `{"Err": message}`.
@@ -231,7 +226,8 @@ impl<K: Kernel> Driver<K> {
 
     fn create_network(&self, req: CreateNetworkRequest) -> Result<Reply, CnmError> {
         check_id("NetworkID", &req.network_id)?;
-        check_null_ipam(req.ipv4_data.as_deref(), req.ipv6_data.as_deref())?;
+        check_null_ipam(req.ipv4_data.as_deref(), req.ipv6_data.as_deref())
+            .map_err(CnmError::Failed)?;
         let generic = req
             .options
             .as_ref()
@@ -289,6 +285,7 @@ impl<K: Kernel> Driver<K> {
                 Err(format!("must be in the ServiceIP range {range}"))
             }
         })
+        .map_err(CnmError::Failed)
     }
 
     fn delete_network(&self, req: NetworkRequest) -> Result<Reply, CnmError> {
@@ -509,8 +506,9 @@ impl<K: Kernel> Driver<K> {
 /// are checked like `CreateNetwork`'s so a mistake shows up at once.
 fn allocate_network(req: AllocateNetworkRequest) -> Result<Reply, CnmError> {
     check_id("NetworkID", &req.network_id)?;
-    check_null_ipam(req.ipv4_data.as_deref(), req.ipv6_data.as_deref())?;
-    network_from_options(&req.options.unwrap_or_default(), |_| Ok(()))?;
+    check_null_ipam(req.ipv4_data.as_deref(), req.ipv6_data.as_deref())
+        .map_err(CnmError::Failed)?;
+    network_from_options(&req.options.unwrap_or_default(), |_| Ok(())).map_err(CnmError::Failed)?;
     Reply::ok(AllocateNetworkResponse::default())
 }
 
@@ -530,81 +528,4 @@ fn check_id(what: &'static str, id: &str) -> Result<(), CnmError> {
 fn check_ids(network_id: &str, endpoint_id: &str) -> Result<(), CnmError> {
     check_id("NetworkID", network_id)?;
     check_id("EndpointID", endpoint_id)
-}
-
-/// Docker's IPAM must not have allocated anything: with `--ipam-driver
-/// null` every pool is `0.0.0.0/0` or `::/0` and there is no gateway.
-fn check_null_ipam(v4: Option<&[IpamData]>, v6: Option<&[IpamData]>) -> Result<(), CnmError> {
-    for d in v4.unwrap_or_default().iter().chain(v6.unwrap_or_default()) {
-        let pool = d.pool.as_deref().unwrap_or("");
-        let real_pool = !matches!(pool, "" | "0.0.0.0/0" | "::/0");
-        let gateway = d.gateway.as_deref().unwrap_or("");
-        if real_pool || !gateway.is_empty() {
-            let what = if real_pool {
-                format!("pool {pool}")
-            } else {
-                format!("gateway {gateway}")
-            };
-            return Err(CnmError::Failed(format!(
-                "Docker's IPAM allocated {what} for this network, but proxytun allocates container addresses itself; \
-                 create the network with --ipam-driver null (and no --subnet/--gateway)"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The rules for `-o` options; `check_service_ip` says whether a pinned
-/// ServiceIP is acceptable on this node.
-fn network_from_options(
-    opts: &std::collections::BTreeMap<String, String>,
-    check_service_ip: impl Fn(Ipv4Addr) -> Result<(), String>,
-) -> Result<Network, CnmError> {
-    let fail = |m: String| CnmError::Failed(m);
-    for k in opts.keys() {
-        if !matches!(k.as_str(), "app" | "service" | "ifname" | "service_ip") {
-            return Err(fail(format!(
-                "unknown option -o {k}: a proxytun network takes {OPTIONS_HELP}"
-            )));
-        }
-    }
-    let required = |key: &str| {
-        opts.get(key).cloned().ok_or_else(|| {
-            fail(format!(
-                "missing -o {key}=<{key}>: a proxytun network is one service; create it with \
-                 docker network create -d proxytun {OPTIONS_HELP} --ipam-driver null NAME"
-            ))
-        })
-    };
-    let app = required("app")?;
-    let service = required("service")?;
-    check_label("app", &app).map_err(|e| fail(format!("-o app: {e}")))?;
-    check_label("service", &service).map_err(|e| fail(format!("-o service: {e}")))?;
-    let ifname = opts
-        .get("ifname")
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_IFNAME.to_owned());
-    if !valid_ifname(&ifname) {
-        return Err(fail(format!(
-            "-o ifname={ifname:?} must be 1 to 15 characters of A-Z, a-z, 0-9, '_', '.', '-'"
-        )));
-    }
-    let service_ip = match opts.get("service_ip") {
-        None => None,
-        Some(s) => {
-            let ip: Ipv4Addr = s.parse().map_err(|_| {
-                fail(format!(
-                    "-o service_ip={s:?} must be an IPv4 address, e.g. 10.30.0.10"
-                ))
-            })?;
-            check_service_ip(ip).map_err(|m| fail(format!("-o service_ip={ip} {m}")))?;
-            Some(ip)
-        }
-    };
-    Ok(Network {
-        app,
-        service,
-        ifname,
-        service_ip,
-    })
 }

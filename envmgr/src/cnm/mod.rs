@@ -9,7 +9,8 @@
 //!
 //! - [`protocol`]: the wire types, with Docker's field names.
 //! - [`networks`]: the networks Docker created, persisted.
-//! - [`handlers`]: what each method does ([`Driver::handle`]).
+//! - [`handlers`]: what each method does ([`Driver::handle`]);
+//!   `options`: the rules for a network's `-o` options.
 //! - [`ports`]: `docker run -p` bindings as published ports.
 //! - [`ifname`]: the interface name of a Join, when a container joins
 //!   several proxytun networks.
@@ -32,6 +33,7 @@ use crate::manager::Manager;
 pub mod handlers;
 pub mod ifname;
 pub mod networks;
+mod options;
 pub mod ports;
 pub mod protocol;
 
