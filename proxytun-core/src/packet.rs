@@ -141,7 +141,8 @@ impl PacketInfo {
     }
 }
 
-fn be16(buf: &[u8], at: usize) -> Result<u16, DropReason> {
+/// The big-endian u16 at `at`, or `Malformed` past the end.
+pub(crate) fn be16(buf: &[u8], at: usize) -> Result<u16, DropReason> {
     match buf.get(at..at + 2) {
         Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
         _ => Err(DropReason::Malformed),
@@ -169,7 +170,11 @@ pub fn parse(buf: &[u8]) -> Result<PacketInfo, DropReason> {
     }
 }
 
-fn parse_v4(buf: &[u8]) -> Result<PacketInfo, DropReason> {
+/// The header length and total length of an IPv4 packet, checked against
+/// each other and the buffer: the one header check of both parsers (this
+/// one and the fragment parser's).
+#[inline]
+pub(crate) fn ipv4_lengths(buf: &[u8]) -> Result<(usize, usize), DropReason> {
     if buf.len() < IPV4_HEADER_MIN {
         return Err(DropReason::Malformed);
     }
@@ -178,6 +183,11 @@ fn parse_v4(buf: &[u8]) -> Result<PacketInfo, DropReason> {
     if ihl < IPV4_HEADER_MIN || total < ihl || total > buf.len() {
         return Err(DropReason::Malformed);
     }
+    Ok((ihl, total))
+}
+
+fn parse_v4(buf: &[u8]) -> Result<PacketInfo, DropReason> {
+    let (ihl, total) = ipv4_lengths(buf)?;
     let frag = be16(buf, 6)?;
     if frag & 0x3fff != 0 {
         // MF set or a non-zero offset.

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::counters::DropReason;
 use crate::ipv6_ext;
 use crate::packet::{
-    self, PacketInfo, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN,
-    IPV6_HEADER_LEN,
+    self, be16, PacketInfo, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV4_HEADER_MIN, IPV6_HEADER_LEN,
 };
 
 /// Largest reassembled IP payload (the 16-bit length fields' limit).
@@ -60,22 +60,8 @@ pub fn parse(buf: &[u8]) -> Result<Fragment, DropReason> {
     }
 }
 
-fn be16(buf: &[u8], at: usize) -> Result<u16, DropReason> {
-    match buf.get(at..at + 2) {
-        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
-        _ => Err(DropReason::Malformed),
-    }
-}
-
 fn parse_v4(buf: &[u8]) -> Result<Fragment, DropReason> {
-    if buf.len() < IPV4_HEADER_MIN {
-        return Err(DropReason::Malformed);
-    }
-    let ihl = usize::from(buf[0] & 0x0f) * 4;
-    let total = usize::from(be16(buf, 2)?);
-    if ihl < IPV4_HEADER_MIN || total < ihl || total > buf.len() {
-        return Err(DropReason::Malformed);
-    }
+    let (ihl, total) = packet::ipv4_lengths(buf)?;
     let word = be16(buf, 6)?;
     let (offset, more) = (usize::from(word & 0x1fff) * 8, word & 0x2000 != 0);
     if offset == 0 && !more {

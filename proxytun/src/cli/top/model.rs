@@ -197,34 +197,16 @@ fn rate(
 
 /// Every numeric counter as a dotted key (`drops.no_service`).
 fn flat_counters(v: &Value) -> Result<BTreeMap<String, u64>, ShapeError> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, u64>) {
-        match v {
-            Value::Object(m) => {
-                for (k, child) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, child, out);
-                }
-            }
-            other => {
-                if let Some(n) = other.as_u64() {
-                    out.insert(prefix.to_owned(), n);
-                }
-            }
-        }
-    }
     if !v.is_object() || v.get("error").is_some() {
         return Err(ShapeError {
             endpoint: "/v1/counters",
             expected: "an object of counters",
         });
     }
-    let mut out = BTreeMap::new();
-    walk("", v, &mut out);
-    Ok(out)
+    Ok(crate::cli::render::flatten(v)
+        .into_iter()
+        .filter_map(|(k, text)| text.parse().ok().map(|n| (k, n)))
+        .collect())
 }
 
 /// `table v5 · 2 services · 3 instances (2 local) · 1 peer · store local`.
