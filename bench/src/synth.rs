@@ -119,7 +119,14 @@ impl Synthetic {
             .map(|p| {
                 let name = (self.peer_name)(p);
                 let endpoint = self.endpoint(p);
-                (name.clone(), Peer { name, endpoint })
+                (
+                    name.clone(),
+                    Peer {
+                        name,
+                        endpoint,
+                        public_key: None,
+                    },
+                )
             })
             .collect();
         Snapshot {

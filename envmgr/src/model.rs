@@ -149,6 +149,22 @@ pub struct Peer {
     pub name: String,
     /// Its underlay address and tunnel port.
     pub endpoint: SocketAddr,
+    /// Its public key (64 lowercase hex characters) with per-node tunnel
+    /// keys: its handshakes must prove it; absent with the cluster key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// Checks a node public key's text (64 hex characters) and returns it in
+/// lowercase; the message says what is wrong.
+pub fn check_public_key(key: &str) -> Result<String, String> {
+    let k = key.trim();
+    if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "public_key {key:?} is not 64 hex characters (`proxytun pubkey` on that node prints it)"
+        ));
+    }
+    Ok(k.to_ascii_lowercase())
 }
 
 /// This node's identity and address plan.

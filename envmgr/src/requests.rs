@@ -81,4 +81,7 @@ pub struct PeerRequest {
     pub name: String,
     /// `ip:port` or `ip` (the default tunnel port is then assumed); IPv6 as `[ip]:port`.
     pub endpoint: String,
+    /// Its public key with per-node tunnel keys (64 hex characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }

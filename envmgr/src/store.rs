@@ -394,6 +394,7 @@ mod tests {
         s.peers.push(Peer {
             name: "n2".into(),
             endpoint: "192.0.2.2:50103".parse().expect("sa"),
+            public_key: None,
         });
         s
     }

@@ -100,6 +100,14 @@ drop_reasons! {
     KeepaliveUnexpected => "keepalive_unexpected",
     /// New flow or reply entry the isolation policy forbids (client or receiving node).
     PolicyDenied => "policy_denied",
+    /// Per-node keys: tunnel datagram of a session this node holds no key for (before a handshake, or recorded before a restart).
+    NoSession => "no_session",
+    /// Per-node keys: handshake message that did not verify, or an answer to no handshake of ours.
+    HandshakeFailed => "handshake_failed",
+    /// Per-node keys: handshake start not newer than the last one accepted from that peer (a replay).
+    HandshakeReplay => "handshake_replay",
+    /// Per-node keys: handshake from a member under another static key than the membership lists, or from a member with no key listed.
+    UnknownKey => "unknown_key",
 }
 
 impl fmt::Display for DropReason {
@@ -143,18 +151,37 @@ pub struct Counters {
     pub icmp_too_big_tx: AtomicU64,
     /// Fragments forwarded, first and later ones (counted in the packet counters too).
     pub fragments_forwarded: AtomicU64,
-    drops: [AtomicU64; DropReason::COUNT],
+    /// Per-node keys: handshake starts sent (first tries, retries and re-keys).
+    pub handshakes_sent: AtomicU64,
+    /// Per-node keys: handshake starts of peers answered.
+    pub handshakes_answered: AtomicU64,
+    /// Per-node keys: sessions set up (an answer received, or an answered handshake confirmed).
+    pub handshakes_completed: AtomicU64,
+    /// Per-node keys: peers whose sessions were cut because their key left the membership or changed.
+    pub sessions_cut: AtomicU64,
+    drops: Drops,
+}
+
+/// One counter per [`DropReason`] (more than the 32 elements `Default`
+/// covers for arrays).
+#[derive(Debug)]
+struct Drops([AtomicU64; DropReason::COUNT]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl Counters {
     /// Counts a dropped packet.
     pub fn count_drop(&self, reason: DropReason) {
-        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.drops.0[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Current count for one drop reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize].load(Ordering::Relaxed)
+        self.drops.0[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Plain numbers for the API and metrics.
@@ -177,6 +204,10 @@ impl Counters {
             tun_not_for_us: get(&self.tun_not_for_us),
             icmp_too_big_tx: get(&self.icmp_too_big_tx),
             fragments_forwarded: get(&self.fragments_forwarded),
+            handshakes_sent: get(&self.handshakes_sent),
+            handshakes_answered: get(&self.handshakes_answered),
+            handshakes_completed: get(&self.handshakes_completed),
+            sessions_cut: get(&self.sessions_cut),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), self.dropped(*r)))
@@ -230,6 +261,14 @@ pub struct CountersSnapshot {
     pub icmp_too_big_tx: u64,
     /// Fragments forwarded.
     pub fragments_forwarded: u64,
+    /// Handshake starts sent.
+    pub handshakes_sent: u64,
+    /// Handshake starts answered.
+    pub handshakes_answered: u64,
+    /// Sessions set up by handshakes.
+    pub handshakes_completed: u64,
+    /// Peers whose sessions were cut by a membership key change.
+    pub sessions_cut: u64,
     /// Drops by reason name (every reason present, zero included).
     pub drops: BTreeMap<&'static str, u64>,
 }

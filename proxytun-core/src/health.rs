@@ -214,6 +214,15 @@ impl Peers {
         Some((p.endpoint, len))
     }
 
+    /// Makes a ping to `endpoint` due at once (a new session is confirmed
+    /// with it).
+    pub fn ping_now(&mut self, endpoint: SocketAddr) {
+        if let Some(&i) = self.by_endpoint.get(&endpoint) {
+            self.list[i].next_ping = None;
+            self.due = self.clock;
+        }
+    }
+
     /// A ping from `from` (a member): it counts as hearing from that peer.
     pub fn on_ping(&mut self, from: SocketAddr, now: Instant) {
         if let Some(i) = self.find(from) {

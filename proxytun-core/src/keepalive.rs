@@ -32,6 +32,10 @@ pub const PAYLOAD_LEN: usize = 16;
 pub const KEEPALIVE_LEN: usize = HEADER_LEN + PAYLOAD_LEN;
 /// A sealed keepalive at most: [`KEEPALIVE_LEN`] plus the tag.
 pub const KEEPALIVE_MAX: usize = KEEPALIVE_LEN + super::tunnel::TAG_LEN;
+/// The buffer a shell hands to [`crate::Dataplane::poll_keepalive`]: a
+/// sealed keepalive or a handshake start fits.
+pub const CONTROL_MAX: usize = 160;
+const _: () = assert!(CONTROL_MAX >= KEEPALIVE_MAX && CONTROL_MAX >= crate::handshake::START_LEN);
 /// Kind byte of a ping.
 pub const KIND_PING: u8 = 1;
 /// Kind byte of a pong.

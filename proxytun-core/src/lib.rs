@@ -33,6 +33,7 @@ pub mod frag;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gro;
+pub mod handshake;
 pub mod health;
 pub mod icmp_error;
 pub mod ipv6_ext;

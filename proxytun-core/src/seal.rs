@@ -31,17 +31,22 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::hkdf::{Prk, Salt, HKDF_SHA256};
+use ring::hkdf::Prk;
 use ring::rand::{SecureRandom, SystemRandom};
-use subtle::ConstantTimeEq;
 
-use super::counters::DropReason;
-use super::map::FastMap;
 use super::tunnel::{self, Header, MsgType, Protection, HEADER_LEN, TAG_LEN};
 
+mod key;
+mod node;
+mod open;
 mod window;
+pub use key::{ClusterKey, KeyError};
+pub use node::SendSession;
+use node::SendTable;
+pub use open::{OpenError, Opener};
 pub use window::ReplayWindow;
 
 /// Bytes of the cluster secret.
@@ -58,82 +63,6 @@ pub const MAX_SESSIONS_PER_PEER: usize = 4;
 pub const COUNTER_LIMIT: u64 = 1 << 63;
 /// Header and trailer bytes a sealed datagram adds to its inner packet.
 pub const MAX_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
-
-/// The 32-byte cluster secret every node shares (`tunnel.key_file`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; KEY_LEN]);
-
-impl std::fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret (it ends up in logs otherwise).
-        f.write_str("ClusterKey(..)")
-    }
-}
-
-/// Why a key file's content was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    /// Not 64 characters once surrounding whitespace is trimmed.
-    #[error("expected 64 hex characters (a 32-byte key), found {0} characters")]
-    BadLength(usize),
-    /// A character other than 0-9, a-f, A-F.
-    #[error("expected 64 hex characters (a 32-byte key), found a non-hex character")]
-    NotHex,
-}
-
-impl ClusterKey {
-    /// A key from its raw bytes.
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> ClusterKey {
-        ClusterKey(bytes)
-    }
-
-    /// Parses a key file's content: 64 hex characters, surrounding
-    /// whitespace allowed.
-    pub fn parse_hex(text: &str) -> Result<ClusterKey, KeyError> {
-        let t = text.trim();
-        if t.len() != 2 * KEY_LEN {
-            return Err(KeyError::BadLength(t.chars().count()));
-        }
-        let mut out = [0u8; KEY_LEN];
-        for (o, pair) in out.iter_mut().zip(t.as_bytes().chunks_exact(2)) {
-            let hi = hex_val(pair[0]).ok_or(KeyError::NotHex)?;
-            let lo = hex_val(pair[1]).ok_or(KeyError::NotHex)?;
-            *o = (hi << 4) | lo;
-        }
-        Ok(ClusterKey(out))
-    }
-
-    /// The key as 64 lowercase hex characters (the key file format).
-    pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(2 * KEY_LEN);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-        s
-    }
-
-    /// A new random key from `rng` (the OS RNG in `proxytun keygen`).
-    pub fn generate(rng: &dyn SecureRandom) -> Result<ClusterKey, SealError> {
-        let mut k = [0u8; KEY_LEN];
-        rng.fill(&mut k).map_err(|_| SealError::Rng)?;
-        Ok(ClusterKey(k))
-    }
-
-    fn prk(&self) -> Prk {
-        Salt::new(HKDF_SHA256, HKDF_SALT).extract(&self.0)
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
 
 /// A random session identifier from the OS RNG, chosen once per daemon
 /// start.
@@ -166,6 +95,9 @@ pub enum SealError {
     /// The OS RNG failed.
     #[error("the OS random number generator failed")]
     Rng,
+    /// Per-node keys: no handshake has set up a session with that peer yet.
+    #[error("no tunnel session with that peer yet (handshake pending)")]
+    NoSession,
     /// `ring` refused an operation (never expected with valid lengths).
     #[error("AEAD operation failed")]
     Crypto,
@@ -173,7 +105,11 @@ pub enum SealError {
 
 /// The per-session AEAD key: HKDF-expand of the cluster PRK with
 /// `info = [protection code, session BE]`.
-fn session_key(prk: &Prk, protection: Protection, session: u64) -> Result<LessSafeKey, SealError> {
+pub(super) fn session_key(
+    prk: &Prk,
+    protection: Protection,
+    session: u64,
+) -> Result<LessSafeKey, SealError> {
     let mut info = [0u8; 9];
     info[0] = protection.code();
     info[1..].copy_from_slice(&session.to_be_bytes());
@@ -202,7 +138,12 @@ thread_local! {
 /// key and nonce the ciphertext is a bijection of the plaintext, so a
 /// forgery here is a forgery of AES-GCM. `None` if ring refuses (a packet
 /// longer than GCM allows, which a datagram never is).
-fn auth_tag(key: &LessSafeKey, counter: u64, header: &[u8], packet: &[u8]) -> Option<Tag> {
+pub(super) fn auth_tag(
+    key: &LessSafeKey,
+    counter: u64,
+    header: &[u8],
+    packet: &[u8],
+) -> Option<Tag> {
     SCRATCH.with(|scratch| {
         let mut copy = scratch.borrow_mut();
         copy.clear();
@@ -212,7 +153,7 @@ fn auth_tag(key: &LessSafeKey, counter: u64, header: &[u8], packet: &[u8]) -> Op
     })
 }
 
-fn nonce(counter: u64) -> Nonce {
+pub(super) fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&counter.to_be_bytes());
     Nonce::assume_unique_for_key(n)
@@ -227,6 +168,9 @@ pub struct Sealer {
     counter: AtomicU64,
     key: Option<LessSafeKey>,
     prk: Option<Prk>,
+    /// Per-node keys: the sending session to each peer (handshakes replace
+    /// the table); `None` with the cluster key.
+    node: Option<arc_swap::ArcSwap<SendTable>>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -260,6 +204,68 @@ impl Sealer {
             counter: AtomicU64::new(1),
             key,
             prk,
+            node: None,
+        })
+    }
+
+    /// A sealer for per-node keys: no session until a handshake with a
+    /// peer sets one up ([`crate::handshake`]). Plain mode has no keys, so
+    /// it is refused.
+    pub fn node_keys(protection: Protection) -> Result<Sealer, SealError> {
+        if protection == Protection::Plain {
+            return Err(SealError::MissingKey(protection));
+        }
+        Ok(Sealer {
+            protection,
+            session: 0,
+            counter: AtomicU64::new(1),
+            key: None,
+            prk: None,
+            node: Some(arc_swap::ArcSwap::from_pointee(SendTable::default())),
+        })
+    }
+
+    /// True with per-node keys (sessions per peer, set up by handshakes).
+    pub fn is_node_keys(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The sending session to `to` (per-node keys), if a handshake set one up.
+    pub fn send_session(&self, to: IpAddr) -> Option<Arc<SendSession>> {
+        self.node.as_ref()?.load().get(&to).cloned()
+    }
+
+    /// True when a datagram to `to` can be sealed now: always with the
+    /// cluster key, only after a handshake with per-node keys.
+    pub fn can_send(&self, to: IpAddr) -> bool {
+        self.node
+            .as_ref()
+            .is_none_or(|t| t.load().contains_key(&to))
+    }
+
+    /// Replaces (or with `None` removes) the sending session to `to`. A
+    /// new table is built and swapped in: control-plane rate only.
+    pub(crate) fn set_send(&self, to: IpAddr, session: Option<Arc<SendSession>>) {
+        let Some(t) = &self.node else { return };
+        let mut table = SendTable::clone(&t.load());
+        match session {
+            Some(s) => {
+                table.insert(to, s);
+            }
+            None => {
+                table.remove(&to);
+            }
+        }
+        t.store(Arc::new(table));
+    }
+
+    /// Every peer with a sending session (per-node keys).
+    pub(crate) fn send_peers(&self) -> Vec<(IpAddr, Arc<SendSession>)> {
+        self.node.as_ref().map_or_else(Vec::new, |t| {
+            t.load()
+                .iter()
+                .map(|(ip, s)| (*ip, Arc::clone(s)))
+                .collect()
         })
     }
 
@@ -272,6 +278,7 @@ impl Sealer {
             counter: AtomicU64::new(1),
             key: None,
             prk: None,
+            node: None,
         }
     }
 
@@ -308,239 +315,110 @@ impl Sealer {
         inner_len: usize,
         csum_partial: bool,
     ) -> Result<usize, SealError> {
-        let end = HEADER_LEN + inner_len;
-        let need = end + self.trailer_len();
-        if buf.len() < need {
-            return Err(SealError::TooSmall {
-                need,
-                have: buf.len(),
-            });
+        if self.node.is_some() {
+            return Err(SealError::NoSession);
         }
-        let counter = self.counter.fetch_add(1, Ordering::Relaxed);
-        if counter >= COUNTER_LIMIT {
-            return Err(SealError::Exhausted);
-        }
-        let header = Header {
-            msg,
-            protection: self.protection,
-            session: self.session,
+        let (session, counter, key) = (self.session, &self.counter, self.key.as_ref());
+        seal_raw(
+            self.protection,
+            session,
             counter,
+            key,
+            buf,
+            msg,
+            inner_len,
             csum_partial,
+        )
+    }
+
+    /// [`Sealer::seal_with`] for a datagram to peer address `to`: with
+    /// per-node keys it takes that peer's sending session (one lock-free
+    /// table load), and fails with [`SealError::NoSession`] before a
+    /// handshake set one up; with the cluster key `to` does not matter.
+    pub fn seal_for(
+        &self,
+        to: IpAddr,
+        buf: &mut [u8],
+        msg: MsgType,
+        inner_len: usize,
+        csum_partial: bool,
+    ) -> Result<usize, SealError> {
+        let Some(t) = &self.node else {
+            return self.seal_with(buf, msg, inner_len, csum_partial);
         };
-        tunnel::write(buf, &header);
-        let Some(key) = &self.key else {
-            return Ok(need);
-        };
-        let tag = match self.protection {
-            Protection::Plain => return Ok(need),
-            Protection::Auth => auth_tag(key, counter, &buf[..HEADER_LEN], &buf[HEADER_LEN..end])
-                .ok_or(SealError::Crypto)?,
-            Protection::Encrypt => {
-                let (hdr, rest) = buf.split_at_mut(HEADER_LEN);
-                key.seal_in_place_separate_tag(
-                    nonce(counter),
-                    Aad::from(&hdr[..]),
-                    &mut rest[..inner_len],
-                )
-                .map_err(|_| SealError::Crypto)?
-            }
-        };
-        buf[end..need].copy_from_slice(tag.as_ref());
-        Ok(need)
+        let table = t.load();
+        let s = table.get(&to).ok_or(SealError::NoSession)?;
+        let p = self.protection;
+        seal_raw(
+            p,
+            s.id,
+            &s.counter,
+            Some(&s.key),
+            buf,
+            msg,
+            inner_len,
+            csum_partial,
+        )
     }
 
     /// The receiving side for the same cluster key and protection.
     pub fn opener(&self) -> Opener {
-        Opener {
-            protection: self.protection,
-            prk: self.prk.clone(),
-            peers: FastMap::default(),
-            tick: 0,
-        }
+        Opener::new(self.protection, self.prk.clone(), self.node.is_some())
     }
 }
 
-/// One remembered sending session of a peer.
-struct Session {
-    id: u64,
-    key: LessSafeKey,
-    window: ReplayWindow,
-    /// [`Opener`]'s tick when a datagram of it last verified (for eviction).
-    used: u64,
-}
-
-/// Why a received datagram was refused by [`Opener::open`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    /// The datagram uses another protection than this node.
-    #[error("peer uses tunnel security {0}")]
-    ProtectionMismatch(Protection),
-    /// Too short to hold a tag.
-    #[error("datagram too short for its tag")]
-    TooShort,
-    /// The tag did not verify.
-    #[error("authentication failed")]
-    AuthFailed,
-    /// A counter seen already, or below the window.
-    #[error("replayed datagram")]
-    Replay,
-}
-
-impl From<OpenError> for DropReason {
-    fn from(e: OpenError) -> Self {
-        match e {
-            OpenError::ProtectionMismatch(_) => DropReason::ProtectionMismatch,
-            OpenError::TooShort => DropReason::TunnelTooShort,
-            OpenError::AuthFailed => DropReason::AuthFailed,
-            OpenError::Replay => DropReason::Replay,
-        }
-    }
-}
-
-/// Verifies (and in encrypt mode decrypts) received datagrams and keeps
-/// the replay windows; owned by the core.
-pub struct Opener {
+/// Seals one datagram of `session` in place with the next value of
+/// `counter` (see [`Sealer::seal`]); `key` is `None` only in plain mode.
+#[allow(clippy::too_many_arguments)]
+fn seal_raw(
     protection: Protection,
-    prk: Option<Prk>,
-    peers: FastMap<IpAddr, Vec<Session>>,
-    tick: u64,
-}
-
-impl std::fmt::Debug for Opener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener")
-            .field("protection", &self.protection)
-            .field("peers", &self.peers.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Opener {
-    /// This node's protection.
-    pub fn protection(&self) -> Protection {
-        self.protection
-    }
-
-    /// Checks datagram `dgram` from `from` whose header `h` was parsed:
-    /// protection, then (auth/encrypt) the replay window, the tag, and only
-    /// then records the counter. On success the inner packet is
-    /// `dgram[HEADER_LEN..HEADER_LEN + len]` (decrypted in place in
-    /// encrypt mode) and `len` is returned. A failure changes no state.
-    pub fn open(&mut self, from: IpAddr, dgram: &mut [u8], h: &Header) -> Result<usize, OpenError> {
-        if h.protection != self.protection {
-            return Err(OpenError::ProtectionMismatch(h.protection));
-        }
-        let Some(prk) = &self.prk else {
-            // Plain: nothing to verify.
-            return dgram
-                .len()
-                .checked_sub(HEADER_LEN)
-                .ok_or(OpenError::TooShort);
-        };
-        let inner_len = dgram
-            .len()
-            .checked_sub(HEADER_LEN + TAG_LEN)
-            .ok_or(OpenError::TooShort)?;
-        self.tick += 1;
-        let tick = self.tick;
-        let protection = self.protection;
-        if let Some(s) = self
-            .peers
-            .get_mut(&from)
-            .and_then(|l| l.iter_mut().find(|s| s.id == h.session))
-        {
-            if !s.window.fresh(h.counter) {
-                return Err(OpenError::Replay);
-            }
-            open_with(&s.key, protection, dgram, inner_len, h.counter)?;
-            s.window.mark(h.counter);
-            s.used = tick;
-            return Ok(inner_len);
-        }
-        // A session not seen yet: remembered only once a datagram verifies.
-        if h.counter == 0 {
-            return Err(OpenError::Replay);
-        }
-        // A session belongs to the one address its first good datagram came
-        // from. The key depends on the session alone, so without this a
-        // datagram could be replayed once more from every other member's
-        // (spoofed) address, each with a fresh window.
-        if self
-            .peers
-            .iter()
-            .any(|(ip, l)| *ip != from && l.iter().any(|s| s.id == h.session))
-        {
-            return Err(OpenError::Replay);
-        }
-        let key = session_key(prk, protection, h.session).map_err(|_| OpenError::AuthFailed)?;
-        open_with(&key, protection, dgram, inner_len, h.counter)?;
-        let mut window = ReplayWindow::default();
-        window.mark(h.counter);
-        let list = self.peers.entry(from).or_default();
-        if list.len() >= MAX_SESSIONS_PER_PEER {
-            if let Some(oldest) = list
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(i, _)| i)
-            {
-                list.swap_remove(oldest);
-            }
-        }
-        list.push(Session {
-            id: h.session,
-            key,
-            window,
-            used: tick,
-        });
-        Ok(inner_len)
-    }
-
-    /// Forgets the sessions of addresses for which `keep` is false (peers
-    /// that left the cluster), so their state does not linger.
-    pub fn retain_peers(&mut self, mut keep: impl FnMut(IpAddr) -> bool) {
-        self.peers.retain(|ip, _| keep(*ip));
-    }
-
-    /// Sessions remembered for `from` (for tests and diagnostics).
-    pub fn sessions_of(&self, from: IpAddr) -> Vec<u64> {
-        self.peers
-            .get(&from)
-            .map(|l| l.iter().map(|s| s.id).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// Verifies `dgram` (header, `inner_len` bytes, tag) with `key`; decrypts
-/// in place in encrypt mode.
-fn open_with(
-    key: &LessSafeKey,
-    protection: Protection,
-    dgram: &mut [u8],
+    session: u64,
+    counter: &AtomicU64,
+    key: Option<&LessSafeKey>,
+    buf: &mut [u8],
+    msg: MsgType,
     inner_len: usize,
-    counter: u64,
-) -> Result<(), OpenError> {
+    csum_partial: bool,
+) -> Result<usize, SealError> {
     let end = HEADER_LEN + inner_len;
-    let (msg, tag) = dgram.split_at_mut(end);
-    let tag = Tag::try_from(&tag[..]).map_err(|_| OpenError::TooShort)?;
-    let ok = match protection {
-        Protection::Plain => return Ok(()),
-        Protection::Auth => {
-            let (hdr, packet) = msg.split_at(HEADER_LEN);
-            auth_tag(key, counter, hdr, packet)
-                .is_some_and(|t| bool::from(t.as_ref().ct_eq(tag.as_ref())))
-        }
+    let need = end + protection.trailer_len();
+    if buf.len() < need {
+        return Err(SealError::TooSmall {
+            need,
+            have: buf.len(),
+        });
+    }
+    let counter = counter.fetch_add(1, Ordering::Relaxed);
+    if counter >= COUNTER_LIMIT {
+        return Err(SealError::Exhausted);
+    }
+    let header = Header {
+        msg,
+        protection,
+        session,
+        counter,
+        csum_partial,
+    };
+    tunnel::write(buf, &header);
+    let Some(key) = key else {
+        return Ok(need);
+    };
+    let tag = match protection {
+        Protection::Plain => return Ok(need),
+        Protection::Auth => auth_tag(key, counter, &buf[..HEADER_LEN], &buf[HEADER_LEN..end])
+            .ok_or(SealError::Crypto)?,
         Protection::Encrypt => {
-            let (hdr, body) = msg.split_at_mut(HEADER_LEN);
-            key.open_in_place_separate_tag(nonce(counter), Aad::from(&hdr[..]), tag, body, 0..)
-                .is_ok()
+            let (hdr, rest) = buf.split_at_mut(HEADER_LEN);
+            key.seal_in_place_separate_tag(
+                nonce(counter),
+                Aad::from(&hdr[..]),
+                &mut rest[..inner_len],
+            )
+            .map_err(|_| SealError::Crypto)?
         }
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(OpenError::AuthFailed)
-    }
+    buf[end..need].copy_from_slice(tag.as_ref());
+    Ok(need)
 }
 
 // Checked here so a ring upgrade that changes the tag size fails the build.

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The type byte carries the message type in its low three bits (1 data,
-//! 2 keepalive), the "checksum partial" flag in bit 3 ([`FLAG_CSUM_PARTIAL`])
+//! 2 keepalive, 3 and 4 the two messages of a per-node-key handshake), the "checksum partial" flag in bit 3 ([`FLAG_CSUM_PARTIAL`])
 //! and the protection in its high nibble (0 plain, 1 auth, 2 encrypt). `session` is chosen at random by the sender when it starts
 //! and `counter` counts its datagrams from 1; together they are the AEAD
 //! nonce's input and the replay window's key (see [`super::seal`]). The tag
@@ -33,6 +33,11 @@ pub const VERSION: u8 = 3;
 pub const TYPE_DATA: u8 = 1;
 /// Message type: a keepalive (ping or pong) follows; see [`super::keepalive`].
 pub const TYPE_KEEPALIVE: u8 = 2;
+/// Message type: the first message of a Noise IK handshake (per-node keys,
+/// see [`super::handshake`]); `session` and `counter` are 0.
+pub const TYPE_HANDSHAKE_INIT: u8 = 3;
+/// Message type: the responder's answer to [`TYPE_HANDSHAKE_INIT`].
+pub const TYPE_HANDSHAKE_RESP: u8 = 4;
 /// Type-byte flag of a data datagram: the inner TCP/UDP checksum field
 /// holds only the pseudo-header seed (CHECKSUM_PARTIAL), not a checksum.
 ///
@@ -51,6 +56,10 @@ pub enum MsgType {
     Data,
     /// A keepalive ping or pong ([`TYPE_KEEPALIVE`]).
     Keepalive,
+    /// A handshake's first message ([`TYPE_HANDSHAKE_INIT`]).
+    HandshakeInit,
+    /// A handshake's answer ([`TYPE_HANDSHAKE_RESP`]).
+    HandshakeResp,
 }
 
 impl MsgType {
@@ -58,6 +67,8 @@ impl MsgType {
         match self {
             MsgType::Data => TYPE_DATA,
             MsgType::Keepalive => TYPE_KEEPALIVE,
+            MsgType::HandshakeInit => TYPE_HANDSHAKE_INIT,
+            MsgType::HandshakeResp => TYPE_HANDSHAKE_RESP,
         }
     }
 }
@@ -242,6 +253,8 @@ pub fn parse(buf: &[u8]) -> Result<Header, HeaderError> {
     let msg = match h[3] & 0x07 {
         TYPE_DATA => MsgType::Data,
         TYPE_KEEPALIVE => MsgType::Keepalive,
+        TYPE_HANDSHAKE_INIT => MsgType::HandshakeInit,
+        TYPE_HANDSHAKE_RESP => MsgType::HandshakeResp,
         other => return Err(HeaderError::UnknownType(other)),
     };
     let protection =
@@ -302,8 +315,8 @@ mod tests {
         write_header_of(&mut k, MsgType::Keepalive);
         assert_eq!(parse_header(&k), Ok(MsgType::Keepalive));
         let mut b = buf;
-        b[3] = 3;
-        assert_eq!(parse_header(&b), Err(HeaderError::UnknownType(3)));
+        b[3] = 5;
+        assert_eq!(parse_header(&b), Err(HeaderError::UnknownType(5)));
         let mut b = buf;
         b[3] = 0x31;
         assert_eq!(parse_header(&b), Err(HeaderError::UnknownProtection(3)));

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use envmgr::kernel::netlink::Netlink;
@@ -45,6 +45,7 @@ use crate::shell::table;
 use crate::shell::view::{ShellView, ViewSources};
 use envmgr::model::ServiceName;
 use mdns::DnsServer;
+use proxytun_core::handshake::{Handshaker, Timing};
 use proxytun_core::seal::{self, Sealer};
 use proxytun_core::tunnel;
 use proxytun_core::Dataplane;
@@ -67,7 +68,7 @@ struct Clustered {
 }
 
 /// The etcd client settings from the config.
-fn etcd_settings(config: &Config) -> EtcdSettings {
+fn etcd_settings(config: &Config, public_key: Option<String>) -> EtcdSettings {
     let st = &config.store;
     EtcdSettings {
         endpoints: st.endpoints.clone(),
@@ -79,6 +80,7 @@ fn etcd_settings(config: &Config) -> EtcdSettings {
             key: st.key_file.clone(),
         }),
         request_timeout: Duration::from_millis(st.request_timeout_ms),
+        public_key,
     }
 }
 
@@ -96,6 +98,7 @@ fn cached_index(config: &Config) -> anyhow::Result<Option<u32>> {
 async fn open_manager(
     config: &Config,
     kernel: Netlink,
+    public_key: Option<String>,
 ) -> anyhow::Result<(Arc<Manager<Netlink>>, Option<Clustered>)> {
     let settings = |plan: AddressPlan| Settings {
         node_name: config.node.name.clone(),
@@ -115,7 +118,7 @@ async fn open_manager(
         }
         Backend::Etcd => {
             let cluster = EtcdCluster::start(
-                etcd_settings(config),
+                etcd_settings(config, public_key),
                 config.node.name.clone(),
                 config.advertise_endpoint(),
             )
@@ -165,13 +168,21 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     // The cluster key (not read in plain mode) before anything changes the
     // host: a missing or unsafe key file stops the start untouched.
     let key = config.tunnel.load_key()?;
+    // With per-node keys, this node's key pair (its public half goes into
+    // the node's etcd record).
+    let node_key = config.tunnel.load_node_key()?;
+    let public_key = node_key.as_ref().map(|k| k.public().to_hex());
+    if let Some(k) = &public_key {
+        tracing::info!(public_key = %k, "tunnel keys: per node");
+    }
     let kernel = Netlink::new().context("open a netlink connection")?;
-    let (mgr, clustered) = open_manager(&config, kernel).await?;
+    let (mgr, clustered) = open_manager(&config, kernel, public_key).await?;
     let plan = mgr.settings().plan.clone();
     for p in &config.peer {
         let req = PeerRequest {
             name: p.name.clone(),
             endpoint: p.endpoint.clone(),
+            public_key: p.public_key.clone(),
         };
         mgr.put_peer(req)
             .await
@@ -208,9 +219,13 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let first = table::build(&mgr.snapshot()).context("build the first forwarding table")?;
     // Tunnel security: this start's random session (the key was read first).
     let session = seal::random_session().context("choose a tunnel session")?;
+    let protection = config.tunnel.security.protection();
     let sealer = Arc::new(
-        Sealer::new(config.tunnel.security.protection(), key.as_ref(), session)
-            .context("set up tunnel security")?,
+        match &node_key {
+            Some(_) => Sealer::node_keys(protection),
+            None => Sealer::new(protection, key.as_ref(), session),
+        }
+        .context("set up tunnel security")?,
     );
     tracing::info!(
         security = sealer.protection().name(),
@@ -232,6 +247,18 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let mtus = pmtu::path_mtus(first.peer_endpoints(), fixed_mtu);
     tracing::info!(?mtus, "underlay path MTU per peer");
     let mut dp = Dataplane::with_sealer(config.core_config(), Arc::new(first), sealer.clone());
+    if let Some(k) = node_key {
+        let timing = Timing::with_rekey_after(Duration::from_secs(config.tunnel.rekey_after_s));
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        dp = dp.with_handshaker(Handshaker::new(
+            k,
+            protection,
+            timing,
+            (Instant::now(), wall),
+        ));
+    }
     dp.set_path_mtus(mtus);
     // Flow persistence: established connections survive a restart.
     persist::restore(&mut dp, &config.state.dir);

@@ -129,6 +129,7 @@ impl Layout {
                 Ipv4Addr::new(10, 77, (i >> 8) as u8, (i & 0xff) as u8),
                 TUNNEL_PORT,
             )),
+            public_key: None,
         }
     }
 

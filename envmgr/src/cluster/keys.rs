@@ -178,6 +178,9 @@ pub struct NodeRecord {
     pub index: u32,
     /// Its underlay address and tunnel port.
     pub endpoint: SocketAddr,
+    /// Its public tunnel key with per-node keys (64 hex characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// What a claimed address is used as.
@@ -295,6 +298,7 @@ mod tests {
             name: "a".into(),
             index: 1,
             endpoint: "10.77.0.1:50103".parse().expect("sa"),
+            public_key: None,
         };
         assert_eq!(
             String::from_utf8(encode(&n)).expect("utf8"),

@@ -33,6 +33,7 @@ pub(super) async fn join_index(
             let sk = keys.subnet(rec.index);
             let mut want = rec.clone();
             want.endpoint = inner.endpoint;
+            want.public_key = inner.settings.public_key.clone();
             // Keep subnets/{i} ours (recreate it if it was lost) and the
             // endpoint current, in one txn against the record just read.
             let txn = Txn::new()
@@ -58,7 +59,7 @@ pub(super) async fn join_index(
             });
             match holder {
                 Some(h) if h == inner.node => {
-                    if rec.endpoint != inner.endpoint {
+                    if rec != want {
                         let txn = Txn::new()
                             .when([Compare::mod_revision(
                                 node_key.as_str(),
@@ -109,6 +110,7 @@ pub(super) async fn join_index(
             name: inner.node.clone(),
             index,
             endpoint: inner.endpoint,
+            public_key: inner.settings.public_key.clone(),
         };
         let txn = Txn::new()
             .when([
@@ -144,6 +146,7 @@ pub(crate) async fn ensure_member(
         name: inner.node.clone(),
         index,
         endpoint: inner.endpoint,
+        public_key: inner.settings.public_key.clone(),
     };
     for _ in 0..8 {
         let (node, subnet) = read_pair(client, nk.as_str(), sk.as_str())

@@ -24,6 +24,9 @@ pub struct EtcdSettings {
     /// The longest a single store request may take before the caller gets
     /// [`crate::Error::Unavailable`].
     pub request_timeout: Duration,
+    /// This node's public tunnel key (per-node keys), published in its
+    /// node record so other nodes can check its handshakes.
+    pub public_key: Option<String>,
 }
 
 impl EtcdSettings {
@@ -36,6 +39,7 @@ impl EtcdSettings {
             lease_ttl: Duration::from_secs(10),
             tls: None,
             request_timeout: Duration::from_secs(3),
+            public_key: None,
         }
     }
 }

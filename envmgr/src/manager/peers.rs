@@ -16,8 +16,10 @@ use crate::requests::PeerRequest;
 impl<K: Kernel> Manager<K> {
     /// Creates or moves a peer; returns whether it was created.
     ///
-    /// Putting a peer with the endpoint it already has changes nothing and
-    /// publishes nothing.
+    /// Putting a peer with the endpoint (and key) it already has changes
+    /// nothing and publishes nothing; a new key replaces the old one (a
+    /// rotation), which cuts the peer's tunnel sessions until it handshakes
+    /// under the new key.
     pub async fn put_peer(&self, req: PeerRequest) -> Result<(Peer, bool)> {
         self.refuse_when_clustered("peers")?;
         check_label("node", &req.name).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -28,13 +30,20 @@ impl<K: Kernel> Manager<K> {
             )));
         }
         let endpoint = parse_endpoint(&req.endpoint, self.settings.tunnel_port)?;
+        let public_key = req
+            .public_key
+            .as_deref()
+            .map(crate::model::check_public_key)
+            .transpose()
+            .map_err(Error::Invalid)?;
         let peer = Peer {
             name: req.name,
             endpoint,
+            public_key,
         };
         let mut table = self.table.lock().await;
         let created = match table.peers.get(&peer.name) {
-            Some(old) if old.endpoint == endpoint => return Ok((old.clone(), false)),
+            Some(old) if *old == peer => return Ok((old.clone(), false)),
             Some(_) => false,
             None => true,
         };

@@ -342,6 +342,7 @@ fn peer_req(name: &str, endpoint: &str) -> PeerRequest {
     PeerRequest {
         name: name.into(),
         endpoint: endpoint.into(),
+        public_key: None,
     }
 }
 

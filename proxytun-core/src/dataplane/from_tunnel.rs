@@ -39,13 +39,24 @@ impl Dataplane {
                 // The received datagram had room for our tag: same mode.
                 let len = self
                     .sealer
-                    .seal(dgram, MsgType::Keepalive, len - HEADER_LEN)
-                    .map_err(|_| DropReason::KeepaliveMalformed)?;
+                    .seal_for(
+                        from.ip(),
+                        dgram,
+                        MsgType::Keepalive,
+                        len - HEADER_LEN,
+                        false,
+                    )
+                    .map_err(|e| match e {
+                        crate::seal::SealError::NoSession => DropReason::NoSession,
+                        _ => DropReason::KeepaliveMalformed,
+                    })?;
                 self.peers.on_ping(from, now);
+                crate::counters::inc(&self.counters.keepalive_pings_rx);
                 Ok(NetVerdict::Reply(len))
             }
             Kind::Pong => {
                 self.peers.on_pong(from, &ka, now)?;
+                crate::counters::inc(&self.counters.keepalive_pongs_rx);
                 Ok(NetVerdict::Done)
             }
         }

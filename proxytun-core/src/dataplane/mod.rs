@@ -7,6 +7,7 @@
 mod fragments;
 mod from_tun;
 mod from_tunnel;
+mod handshakes;
 mod records;
 mod too_big;
 
@@ -58,10 +59,10 @@ pub enum NetVerdict {
     /// Write `dgram[HEADER_LEN..HEADER_LEN + n]` (opened and rewritten in
     /// place) to the TUN: the inner packet ends before the tag.
     Tun(usize),
-    /// Send `dgram[..len]` (rewritten in place: a keepalive pong) back to
-    /// the sender, `from`.
+    /// Send `dgram[..len]` (rewritten in place: a keepalive pong, or a
+    /// handshake answer) back to the sender, `from`.
     Reply(usize),
-    /// Consumed by the core (a keepalive pong); nothing to send.
+    /// Consumed by the core (a keepalive pong, a handshake answer); nothing to send.
     Done,
     /// Drop it; the reason was counted.
     Drop(DropReason),
@@ -82,6 +83,8 @@ pub struct Dataplane {
     next_sweep: Option<Instant>,
     sealer: Arc<Sealer>,
     opener: Opener,
+    /// Per-node keys: the handshakes (`None` with the cluster key).
+    handshaker: Option<crate::handshake::Handshaker>,
     denials: Denials,
     frags: FragTable,
     /// The underlay path MTU to each peer address, as the shell learned it.
@@ -130,6 +133,7 @@ impl Dataplane {
             next_sweep: None,
             sealer,
             opener,
+            handshaker: None,
             frags: FragTable::default(),
             path_mtu: FastMap::default(),
             mtu_floor: usize::MAX,
@@ -240,6 +244,7 @@ impl Dataplane {
         self.balancer.follow(&table);
         self.peers.set_endpoints(table.peer_endpoints());
         self.table = table;
+        self.follow_members();
     }
 
     /// The most recent policy denials (at most
@@ -254,7 +259,11 @@ impl Dataplane {
     /// appeared; a shell polls at its next wake-up then, which costs
     /// nothing when there is no peer.
     pub fn next_keepalive(&self) -> Option<Instant> {
-        self.peers.next_due(self.config.keepalive_interval)
+        let ka = self.peers.next_due(self.config.keepalive_interval);
+        match &self.handshaker {
+            Some(h) => min_opt(ka, h.next_due()),
+            None => ka,
+        }
     }
 
     /// Writes the next due keepalive ping into `buf` and says where to send
@@ -263,18 +272,29 @@ impl Dataplane {
     /// `buf` cannot hold a sealed keepalive ([`keepalive::KEEPALIVE_MAX`]
     /// bytes is always enough).
     pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        if let Some(out) = self.poll_handshake(now, buf) {
+            return Some(out);
+        }
         if buf.len() < keepalive::KEEPALIVE_LEN + self.sealer.trailer_len() {
             return None;
         }
-        let (to, len) = self.peers.poll(now, self.config.keepalive_interval, buf)?;
-        // Only fails once the session's counter is exhausted: then nothing
-        // is sent at all.
-        let len = self
-            .sealer
-            .seal(buf, MsgType::Keepalive, len - HEADER_LEN)
-            .ok()?;
-        inc(&self.counters.keepalive_pings_tx);
-        Some((to, len))
+        loop {
+            let (to, len) = self.peers.poll(now, self.config.keepalive_interval, buf)?;
+            // Fails once the session's counter is exhausted (then nothing
+            // is sent at all), and with per-node keys before a handshake
+            // (that peer is skipped: the handshake comes first).
+            match self
+                .sealer
+                .seal_for(to.ip(), buf, MsgType::Keepalive, len - HEADER_LEN, false)
+            {
+                Ok(len) => {
+                    inc(&self.counters.keepalive_pings_tx);
+                    return Some((to, len));
+                }
+                Err(crate::seal::SealError::NoSession) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Each peer endpoint's liveness and smoothed RTT as of `now`, for the API.
@@ -363,6 +383,10 @@ impl Dataplane {
                 add_len(&self.counters.tun_tx_tun_bytes, len);
                 TunVerdict::Tun
             }
+            Ok(Some(peer)) if !self.can_send(peer.ip()) => {
+                self.counters.count_drop(DropReason::NoSession);
+                TunVerdict::Drop(DropReason::NoSession)
+            }
             Ok(Some(peer)) => {
                 inc(&self.counters.tun_tx_peer);
                 add_len(&self.counters.tun_tx_peer_bytes, len);
@@ -396,8 +420,14 @@ impl Dataplane {
                 if !self.table.is_peer(from.ip()) {
                     return Err(DropReason::NotMember);
                 }
+                if matches!(h.msg, MsgType::HandshakeInit | MsgType::HandshakeResp) {
+                    return Ok((h, None));
+                }
                 match self.opener.open(from.ip(), dgram, &h) {
-                    Ok(n) => Ok((h.msg, n)),
+                    Ok(n) => {
+                        self.confirm_session(from.ip());
+                        Ok((h, Some(n)))
+                    }
                     Err(e) => {
                         if let OpenError::ProtectionMismatch(theirs) = e {
                             tracing::debug!(
@@ -411,15 +441,16 @@ impl Dataplane {
                     }
                 }
             })
-            .and_then(|(msg, n)| match msg {
-                MsgType::Data => {
+            .and_then(|(h, opened)| match (h.msg, opened) {
+                (MsgType::Data, Some(n)) => {
                     let pkt = dgram
                         .get_mut(HEADER_LEN..HEADER_LEN + n)
                         .ok_or(DropReason::TunnelTooShort)?;
                     self.tunnel_input(from, pkt, now)
                         .map(|()| NetVerdict::Tun(n))
                 }
-                MsgType::Keepalive => self.keepalive_input(from, dgram, n, now),
+                (MsgType::Keepalive, Some(n)) => self.keepalive_input(from, dgram, n, now),
+                (_, _) => self.handshake_input(from, dgram, &h, now),
             });
         match result {
             Ok(v) => {
@@ -428,9 +459,7 @@ impl Dataplane {
                         inc(&self.counters.tun_tx_tun);
                         add_len(&self.counters.tun_tx_tun_bytes, n);
                     }
-                    NetVerdict::Reply(_) => inc(&self.counters.keepalive_pings_rx),
-                    NetVerdict::Done => inc(&self.counters.keepalive_pongs_rx),
-                    NetVerdict::Drop(_) => {}
+                    NetVerdict::Reply(_) | NetVerdict::Done | NetVerdict::Drop(_) => {}
                 }
                 v
             }

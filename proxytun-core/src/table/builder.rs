@@ -236,6 +236,17 @@ impl TableBuilder {
         self
     }
 
+    /// Adds a peer with its public key (per-node keys): as [`Self::peer`],
+    /// and its handshakes must prove `key`.
+    pub fn peer_with_key(
+        &mut self,
+        endpoint: SocketAddr,
+        key: crate::handshake::PublicKey,
+    ) -> &mut Self {
+        self.table.peer_keys.insert(endpoint.ip(), key);
+        self.peer(endpoint)
+    }
+
     /// Finishes the table, or reports the first inconsistency found.
     pub fn build(self) -> Result<Table, TableError> {
         let TableBuilder {

@@ -57,6 +57,8 @@ pub struct Table {
     by_name: FastMap<Arc<str>, InstanceId>,
     peers: HashSet<IpAddr, foldhash::fast::RandomState>,
     endpoints: Vec<SocketAddr>,
+    /// Per-node keys: each peer's public key as the membership lists it.
+    peer_keys: FastMap<IpAddr, crate::handshake::PublicKey>,
     /// The app of each service, by index: 4 bytes per service, so the
     /// policy check of a new flow stays in cache.
     service_app: Vec<AppId>,
@@ -85,6 +87,7 @@ impl Table {
             by_name: FastMap::default(),
             peers: HashSet::default(),
             endpoints: Vec::new(),
+            peer_keys: FastMap::default(),
             service_app: Vec::new(),
             apps: Vec::new(),
             access: Access::default(),
@@ -219,6 +222,15 @@ impl Table {
     /// nodes keepalives go to.
     pub fn peer_endpoints(&self) -> &[SocketAddr] {
         &self.endpoints
+    }
+
+    /// Per-node keys: every peer with its endpoint and the public key the
+    /// membership lists for it (`None`: no key listed, so no handshake).
+    pub fn peer_members(&self) -> Vec<(IpAddr, SocketAddr, Option<crate::handshake::PublicKey>)> {
+        self.endpoints
+            .iter()
+            .map(|ep| (ep.ip(), *ep, self.peer_keys.get(&ep.ip()).copied()))
+            .collect()
     }
 
     /// The app (tenant) a service belongs to.

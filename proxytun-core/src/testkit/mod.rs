@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod frag;
+pub mod node_keys;
 pub mod superpacket;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

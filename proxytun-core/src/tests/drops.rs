@@ -83,7 +83,7 @@ fn every_drop_reason_is_counted() {
     d[2] = 9;
     p.net(&mut b, A, d, BadVersion);
     let mut d = good.clone();
-    d[3] = 3;
+    d[3] = 5;
     p.net(&mut b, A, d, UnknownType);
     // A data packet's length under the keepalive type.
     let mut d = good.clone();
@@ -311,6 +311,18 @@ fn every_drop_reason_is_counted() {
         false,
     );
     p.tun(&mut iso, to_bank, PolicyDenied);
+
+    // Per-node keys: data before a handshake, a garbled start, a replayed
+    // start, and a start from a member (C) whose key is not listed.
+    let now = Instant::now();
+    let (mut ka, mut kb) = crate::testkit::node_keys::pair(Protection::Auth);
+    p.tun(&mut ka.dp, udp4(CLI1.ns(f), WEB2.iip(f)), NoSession);
+    let start = crate::testkit::node_keys::connect(&mut ka, &mut kb, now);
+    let mut garbled = start.clone();
+    garbled[HEADER_LEN + 40] ^= 1;
+    p.net(&mut kb.dp, A, garbled, HandshakeFailed);
+    p.net(&mut kb.dp, A, start.clone(), HandshakeReplay);
+    p.net(&mut kb.dp, C, start, UnknownKey);
 
     let missing: Vec<_> = DropReason::ALL
         .iter()

@@ -10,6 +10,7 @@ mod fuzz;
 mod icmp;
 mod isolation;
 mod keepalive;
+mod node_keys;
 mod offload;
 mod pair;
 mod policy;

@@ -19,6 +19,10 @@ pub enum PeerCommand {
         name: String,
         /// Its tunnel endpoint: IP, IP:PORT or [IPv6]:PORT.
         endpoint: String,
+        /// Its public key, with `tunnel.keys = "node"` (`proxytun pubkey`
+        /// on that node prints it); a new key replaces the old one.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
     },
     /// Remove a peer node (it must have no instances left).
     Remove {
@@ -43,10 +47,17 @@ pub(super) async fn status(api: &Api, o: Output) -> anyhow::Result<String> {
 /// `proxytun peer add|remove`.
 pub(super) async fn peer(api: &Api, cmd: PeerCommand) -> anyhow::Result<String> {
     Ok(match cmd {
-        PeerCommand::Add { name, endpoint } => {
-            let (status, v) = api
-                .post_status("/v1/peers", &PeerRequest { name, endpoint })
-                .await?;
+        PeerCommand::Add {
+            name,
+            endpoint,
+            public_key,
+        } => {
+            let req = PeerRequest {
+                name,
+                endpoint,
+                public_key,
+            };
+            let (status, v) = api.post_status("/v1/peers", &req).await?;
             let what = if status == 201 { "added" } else { "updated" };
             format!(
                 "{what} peer {} at {}\n",

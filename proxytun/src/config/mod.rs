@@ -328,6 +328,49 @@ impl Config {
                     format!("{:?} is not ip:port or ip ([ip]:port for IPv6)", p.endpoint),
                 ));
             }
+            if let Some(k) = &p.public_key {
+                proxytun_core::handshake::PublicKey::parse_hex(k).map_err(|e| {
+                    (
+                        "peer.public_key",
+                        format!("{:?} of peer {:?}: {e}", k, p.name),
+                    )
+                })?;
+            } else if self.tunnel.keys == tunnel::TunnelKeys::Node {
+                return Err((
+                    "peer.public_key",
+                    format!(
+                        "peer {:?} has none, and tunnel.keys = \"node\" needs every peer's (`proxytun pubkey` on that node prints it)",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        if self.tunnel.keys == tunnel::TunnelKeys::Node {
+            if self.tunnel.security == TunnelSecurity::Plain {
+                return Err((
+                    "tunnel.keys",
+                    "\"node\" needs tunnel.security = \"auth\" or \"encrypt\" (plain has no keys)"
+                        .into(),
+                ));
+            }
+            if !self.tunnel.node_key_file.is_absolute() {
+                return Err((
+                    "tunnel.node_key_file",
+                    format!(
+                        "{} must be an absolute path",
+                        self.tunnel.node_key_file.display()
+                    ),
+                ));
+            }
+            if !(5..=86_400).contains(&self.tunnel.rekey_after_s) {
+                return Err((
+                    "tunnel.rekey_after_s",
+                    format!(
+                        "must be between 5 and 86400 seconds, got {}",
+                        self.tunnel.rekey_after_s
+                    ),
+                ));
+            }
         }
         Ok(())
     }

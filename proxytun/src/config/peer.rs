@@ -13,6 +13,10 @@ pub struct PeerEntry {
     pub name: String,
     /// `ip:port` or `ip`.
     pub endpoint: String,
+    /// Its public key (64 hex characters), required with
+    /// `tunnel.keys = "node"`: its handshakes must prove it.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// `ip:port` (`[ip]:port` for IPv6), or `ip` with `default_port`.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use proxytun_core::handshake::NodeKey;
 use proxytun_core::seal::{ClusterKey, KeyError};
 use proxytun_core::tunnel::Protection;
 
@@ -30,8 +31,18 @@ pub struct TunnelSection {
     /// must use the same (see `docs/security.md`).
     pub security: TunnelSecurity,
     /// The cluster secret (64 hex characters, mode 0600), shared by every
-    /// node; not read when `security = "plain"`.
+    /// node; read only with `keys = "cluster"` and not in plain mode.
     pub key_file: PathBuf,
+    /// Where session keys come from: `"cluster"` (one shared secret, the
+    /// simple mode of a single-site cluster) or `"node"` (each node its own
+    /// key pair, sessions set up by handshakes; see docs/security.md).
+    pub keys: TunnelKeys,
+    /// This node's private key with `keys = "node"` (64 hex characters,
+    /// mode 0600, made by `proxytun keygen --node`).
+    pub node_key_file: PathBuf,
+    /// With `keys = "node"`: a sending session is replaced after this many
+    /// seconds (default 120).
+    pub rekey_after_s: u64,
     /// After a batch of traffic, the dataplane threads keep polling their
     /// input for this many microseconds before they sleep (0: off, the
     /// default). Trades a little CPU for request/response latency: a reply
@@ -54,6 +65,9 @@ impl Default for TunnelSection {
             peer_timeout_ms: 3000,
             security: TunnelSecurity::default(),
             key_file: PathBuf::from(DEFAULT_KEY_FILE),
+            keys: TunnelKeys::Cluster,
+            node_key_file: PathBuf::from(DEFAULT_NODE_KEY_FILE),
+            rekey_after_s: 120,
             busy_poll_us: 0,
             mtu: None,
         }
@@ -62,6 +76,21 @@ impl Default for TunnelSection {
 
 /// Where `tunnel.key_file` points unless configured.
 pub const DEFAULT_KEY_FILE: &str = "/etc/proxytun/cluster.key";
+/// Where `tunnel.node_key_file` points unless configured.
+pub const DEFAULT_NODE_KEY_FILE: &str = "/etc/proxytun/node.key";
+
+/// `tunnel.keys`: one cluster secret (the default, the simple mode) or a
+/// key pair per node with handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKeys {
+    /// Every node holds the same secret (`tunnel.key_file`).
+    #[default]
+    Cluster,
+    /// Every node its own key pair (`tunnel.node_key_file`); the
+    /// membership lists the public keys.
+    Node,
+}
 
 /// `tunnel.security`: authenticated by default, so that a stranger on the
 /// underlay cannot inject packets unless the operator opts out.
@@ -123,28 +152,37 @@ pub enum KeyFileError {
 }
 
 impl TunnelSection {
-    /// Reads the cluster key for `security`: `None` in plain mode (the file
-    /// is not touched), else the key, refusing a file that group or others
-    /// can read.
+    /// With `keys = "node"`: reads this node's key pair from
+    /// `node_key_file` (same checks as the cluster key; the messages name
+    /// `tunnel.node_key_file`). `None` with the cluster key.
+    pub fn load_node_key(&self) -> anyhow::Result<Option<NodeKey>> {
+        if self.keys != TunnelKeys::Node {
+            return Ok(None);
+        }
+        let path = &self.node_key_file;
+        let text = read_secret(path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("tunnel.key_file", "tunnel.node_key_file")
+                    .replace("proxytun keygen --out", "proxytun keygen --node --out")
+                    .replace(" and copy it to every node", "")
+            )
+        })?;
+        NodeKey::parse_hex(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("tunnel.node_key_file: {}: {e}", path.display()))
+    }
+
+    /// Reads the cluster key for `security`: `None` in plain mode or with
+    /// per-node keys (the file is not touched), else the key, refusing a
+    /// file that group or others can read.
     pub fn load_key(&self) -> Result<Option<ClusterKey>, KeyFileError> {
-        use std::os::unix::fs::PermissionsExt;
-        if self.security == TunnelSecurity::Plain {
+        if self.security == TunnelSecurity::Plain || self.keys == TunnelKeys::Node {
             return Ok(None);
         }
         let path = &self.key_file;
-        let read = |reason| KeyFileError::Read {
-            path: path.clone(),
-            reason,
-        };
-        let meta = std::fs::metadata(path).map_err(read)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions {
-                path: path.clone(),
-                mode,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text = read_secret(path)?;
         ClusterKey::parse_hex(&text)
             .map(Some)
             .map_err(|reason| KeyFileError::Content {
@@ -152,6 +190,24 @@ impl TunnelSection {
                 reason,
             })
     }
+}
+
+/// Reads a key file that only its owner may read.
+fn read_secret(path: &std::path::Path) -> Result<String, KeyFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = |reason| KeyFileError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    std::fs::read_to_string(path).map_err(read)
 }
 
 #[cfg(test)]

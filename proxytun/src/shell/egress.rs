@@ -36,7 +36,7 @@ use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::shared::{IoCounters, Shared, MAX_SLEEP};
 use proxytun_core::flow::min_opt;
-use proxytun_core::keepalive::KEEPALIVE_MAX;
+use proxytun_core::keepalive::CONTROL_MAX as KEEPALIVE_MAX;
 use proxytun_core::miss::MISS_RING;
 use proxytun_core::offload::{self, CsumAt, Gso, Offload, Segments, Sums};
 use proxytun_core::packet::{IPPROTO_TCP, IPPROTO_UDP};
@@ -360,7 +360,7 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                 let sums = Sums::Partial;
                 match offload::segment_with_trailer(&s.buf[PKT..end], &s.off, trailer, sums, seg) {
                     Ok(segs) => {
-                        if seal_segments(sh, seg, &segs) {
+                        if seal_segments(sh, to.ip(), seg, &segs) {
                             send_segments(sh, to, seg, &segs);
                         }
                     }
@@ -389,7 +389,10 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
                 }
             }
             let dgram = &mut s.buf[PKT - HEADER_LEN..];
-            match sh.sealer.seal_with(dgram, MsgType::Data, s.len, partial) {
+            match sh
+                .sealer
+                .seal_for(to.ip(), dgram, MsgType::Data, s.len, partial)
+            {
                 Ok(n) => train.push(sh, to, &dgram[..n]),
                 Err(e) => seal_failed(sh, &e, 1),
             }
@@ -461,7 +464,7 @@ impl Train {
 /// Seals each datagram of one super-packet in place (the segmenter left
 /// room for the tag at the end of each). False, with the datagrams
 /// counted, when sealing failed and nothing may be sent.
-fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
+fn seal_segments(sh: &Shared, to: IpAddr, seg: &mut [u8], segs: &Segments) -> bool {
     let trailer = sh.sealer.trailer_len();
     for i in 0..segs.count {
         let Some(range) = segs.datagram(i) else {
@@ -470,7 +473,7 @@ fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
         let inner = range.len().saturating_sub(HEADER_LEN + trailer);
         if let Err(e) = sh
             .sealer
-            .seal_with(&mut seg[range], MsgType::Data, inner, true)
+            .seal_for(to, &mut seg[range], MsgType::Data, inner, true)
         {
             seal_failed(sh, &e, segs.count as u64);
             return false;
@@ -480,10 +483,15 @@ fn seal_segments(sh: &Shared, seg: &mut [u8], segs: &Segments) -> bool {
 }
 
 /// Counts datagrams that could not be sealed (a session whose counter is
-/// exhausted: the daemon must restart) as send errors.
+/// exhausted: the daemon must restart; with per-node keys, a session cut
+/// between the core's verdict and the seal) as send errors.
 fn seal_failed(sh: &Shared, e: &proxytun_core::seal::SealError, count: u64) {
     IoCounters::add(&sh.io.send_errors, count);
-    tracing::warn!(error = %e, "tunnel datagram not sealed, not sent");
+    if *e == proxytun_core::seal::SealError::NoSession {
+        tracing::debug!(error = %e, "tunnel datagram not sealed, not sent");
+    } else {
+        tracing::warn!(error = %e, "tunnel datagram not sealed, not sent");
+    }
 }
 
 /// Sends the datagrams of one super-packet: in as few GSO sends as the

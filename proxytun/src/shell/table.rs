@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use envmgr::model::{Placement, Snapshot};
 
 use proxytun_core::access::Rule;
+use proxytun_core::handshake::PublicKey;
 use proxytun_core::{Location, Table, TableBuilder, TableError};
 
 /// Builds the dataplane's table from a snapshot of the node's view.
@@ -28,7 +29,16 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
         ids.insert(name, id);
     }
     for peer in snapshot.peers.values() {
-        b.peer(peer.endpoint);
+        // A key that does not parse was refused at the API, the config or
+        // the store's decode; one that slipped through makes no session.
+        match peer.public_key.as_deref().map(PublicKey::parse_hex) {
+            Some(Ok(k)) => b.peer_with_key(peer.endpoint, k),
+            Some(Err(e)) => {
+                tracing::warn!(peer = %peer.name, error = %e, "peer public key ignored");
+                b.peer(peer.endpoint)
+            }
+            None => b.peer(peer.endpoint),
+        };
     }
     let policy = &snapshot.policy;
     let rules = policy
@@ -130,6 +140,7 @@ mod tests {
                 Peer {
                     name: "b".into(),
                     endpoint: peer_ep,
+                    public_key: None,
                 },
             );
         }

@@ -120,6 +120,7 @@ impl State {
                         Peer {
                             name: n.name.clone(),
                             endpoint: n.endpoint,
+                            public_key: n.public_key.clone(),
                         },
                     )
                 })

@@ -118,6 +118,7 @@ fn view_with(services: &[Service], instances: &[Instance], peers: &[(&str, &str)
                     Peer {
                         name: (*n).to_owned(),
                         endpoint: e.parse().expect("endpoint"),
+                        public_key: None,
                     },
                 )
             })
