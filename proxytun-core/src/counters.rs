@@ -98,7 +98,7 @@ drop_reasons! {
     KeepaliveBadTime => "keepalive_bad_time",
     /// Pong that answers no ping of ours (unknown peer endpoint or a sequence never sent).
     KeepaliveUnexpected => "keepalive_unexpected",
-    /// New flow or reply entry the isolation policy forbids (client or receiving node).
+    /// New flow or reply entry the isolation policy forbids (client or receiving node); from the TUN, answered with a TCP RST or ICMP error where one applies.
     PolicyDenied => "policy_denied",
 }
 
@@ -143,6 +143,10 @@ pub struct Counters {
     pub icmp_too_big_tx: AtomicU64,
     /// Fragments forwarded, first and later ones (counted in the packet counters too).
     pub fragments_forwarded: AtomicU64,
+    /// TCP RSTs written back to the TUN in answer to segments the isolation policy refused (each also a `policy_denied` drop).
+    pub policy_rejects_tcp_rst: AtomicU64,
+    /// ICMP "administratively prohibited" errors written back to the TUN in answer to UDP datagrams and echo requests the isolation policy refused (each also a `policy_denied` drop).
+    pub policy_rejects_icmp: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -177,6 +181,8 @@ impl Counters {
             tun_not_for_us: get(&self.tun_not_for_us),
             icmp_too_big_tx: get(&self.icmp_too_big_tx),
             fragments_forwarded: get(&self.fragments_forwarded),
+            policy_rejects_tcp_rst: get(&self.policy_rejects_tcp_rst),
+            policy_rejects_icmp: get(&self.policy_rejects_icmp),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), self.dropped(*r)))
@@ -230,6 +236,10 @@ pub struct CountersSnapshot {
     pub icmp_too_big_tx: u64,
     /// Fragments forwarded.
     pub fragments_forwarded: u64,
+    /// TCP RSTs answering packets the isolation policy refused.
+    pub policy_rejects_tcp_rst: u64,
+    /// ICMP "administratively prohibited" errors answering packets the isolation policy refused.
+    pub policy_rejects_icmp: u64,
     /// Drops by reason name (every reason present, zero included).
     pub drops: BTreeMap<&'static str, u64>,
 }
