@@ -98,7 +98,7 @@ drop_reasons! {
     KeepaliveBadTime => "keepalive_bad_time",
     /// Pong that answers no ping of ours (unknown peer endpoint or a sequence never sent).
     KeepaliveUnexpected => "keepalive_unexpected",
-    /// New flow or reply entry the isolation policy forbids (client or receiving node).
+    /// New flow or reply entry the isolation policy forbids (client or receiving node); from the TUN, answered with a TCP RST or ICMP error where one applies.
     PolicyDenied => "policy_denied",
     /// Per-node keys: tunnel datagram of a session this node holds no key for (before a handshake, or recorded before a restart).
     NoSession => "no_session",
@@ -159,6 +159,10 @@ pub struct Counters {
     pub handshakes_completed: AtomicU64,
     /// Per-node keys: peers whose sessions were cut because their key left the membership or changed.
     pub sessions_cut: AtomicU64,
+    /// TCP RSTs written back to the TUN in answer to segments the isolation policy refused (each also a `policy_denied` drop).
+    pub policy_rejects_tcp_rst: AtomicU64,
+    /// ICMP "administratively prohibited" errors written back to the TUN in answer to UDP datagrams and echo requests the isolation policy refused (each also a `policy_denied` drop).
+    pub policy_rejects_icmp: AtomicU64,
     drops: Drops,
 }
 
@@ -208,6 +212,8 @@ impl Counters {
             handshakes_answered: get(&self.handshakes_answered),
             handshakes_completed: get(&self.handshakes_completed),
             sessions_cut: get(&self.sessions_cut),
+            policy_rejects_tcp_rst: get(&self.policy_rejects_tcp_rst),
+            policy_rejects_icmp: get(&self.policy_rejects_icmp),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), self.dropped(*r)))
@@ -269,6 +275,10 @@ pub struct CountersSnapshot {
     pub handshakes_completed: u64,
     /// Peers whose sessions were cut by a membership key change.
     pub sessions_cut: u64,
+    /// TCP RSTs answering packets the isolation policy refused.
+    pub policy_rejects_tcp_rst: u64,
+    /// ICMP "administratively prohibited" errors answering packets the isolation policy refused.
+    pub policy_rejects_icmp: u64,
     /// Drops by reason name (every reason present, zero included).
     pub drops: BTreeMap<&'static str, u64>,
 }

@@ -205,68 +205,155 @@ pub const IPV6_MIN_MTU: u16 = 1280;
 /// destination (the ServiceIP, as the quote shows it), so TCP lowers its
 /// MSS and a UDP socket sees `EMSGSIZE`, or fragments, from then on.
 pub fn too_big(buf: &mut [u8], len: usize, mtu: u16) -> Option<usize> {
+    let [hi, lo] = mtu.to_be_bytes();
+    let v6_mtu = u32::from(mtu.max(IPV6_MIN_MTU)).to_be_bytes();
+    error_in_place(
+        buf,
+        len,
+        (
+            packet::ICMP4_DEST_UNREACHABLE,
+            ICMP4_FRAG_NEEDED,
+            [0, 0, hi, lo],
+        ),
+        (packet::ICMP6_PACKET_TOO_BIG, 0, v6_mtu),
+    )
+}
+
+/// Turns `buf[..len]`, a packet as its sender sent it, into ICMPv4
+/// "destination unreachable, communication administratively prohibited"
+/// (type 3, code 13) or ICMPv6 "destination unreachable, communication
+/// with destination administratively prohibited" (type 1, code 1), from
+/// the packet's destination to its source, quoting it: the answer of a
+/// firewall's REJECT (see [`crate::reject`]). In place like [`too_big`];
+/// the quote takes what of the packet fits in `buf` after the new headers,
+/// so a caller with room after the packet gets it whole (up to the
+/// RFC limits). `None` when that leaves less than its IP header and 8
+/// bytes.
+///
+/// The sender's kernel reports it to the socket: a connected UDP socket
+/// gets `EHOSTUNREACH` (v4) or `EACCES` (v6) from its next call.
+pub fn prohibited(buf: &mut [u8], len: usize) -> Option<usize> {
+    error_in_place(
+        buf,
+        len,
+        (
+            packet::ICMP4_DEST_UNREACHABLE,
+            ICMP4_ADMIN_PROHIBITED,
+            [0; 4],
+        ),
+        (
+            packet::ICMP6_DEST_UNREACHABLE,
+            ICMP6_ADMIN_PROHIBITED,
+            [0; 4],
+        ),
+    )
+}
+
+/// One family's ICMP error: type, code and the 4 bytes after the checksum.
+type ErrorHeader = (u8, u8, [u8; 4]);
+
+/// The body of [`too_big`] and [`prohibited`]: `buf[..len]` becomes the
+/// ICMP error `v4` or `v6` (by the packet's version) about it, from its
+/// destination to its source, quoting as much of it as the limits and
+/// `buf` allow.
+fn error_in_place(buf: &mut [u8], len: usize, v4: ErrorHeader, v6: ErrorHeader) -> Option<usize> {
     let len = len.min(buf.len());
-    let v6 = match buf.first()? >> 4 {
+    let is_v6 = match buf.first()? >> 4 {
         4 => false,
         6 => true,
         _ => return None,
     };
-    let (hdr, quote_max, min_quote) = if v6 {
+    let (hdr, quote_max, min_quote) = if is_v6 {
         (48, QUOTE6_MAX, packet::IPV6_HEADER_LEN + 8)
     } else {
         (28, QUOTE4_MAX, packet::IPV4_HEADER_MIN + 8)
     };
-    let quote = len.checked_sub(hdr)?.min(quote_max);
+    let quote = len.min(quote_max).min(buf.len().checked_sub(hdr)?);
     if quote < min_quote {
         return None;
     }
     let mut addrs = [0u8; 32];
-    let n = if v6 { 16 } else { 4 };
-    let (s, d) = if v6 { (8, 24) } else { (12, 16) };
+    let n = if is_v6 { 16 } else { 4 };
+    let (s, d) = if is_v6 { (8, 24) } else { (12, 16) };
     addrs[..n].copy_from_slice(&buf[s..s + n]);
     addrs[16..16 + n].copy_from_slice(&buf[d..d + n]);
     buf.copy_within(..quote, hdr);
     let total = hdr + quote;
     let (src, dst) = (&addrs[16..16 + n], &addrs[..n]);
-    if v6 {
-        let ip = &mut buf[..40];
-        ip.fill(0);
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&((8 + quote) as u16).to_be_bytes());
-        ip[6] = packet::IPPROTO_ICMPV6;
-        ip[7] = 64;
-        ip[8..24].copy_from_slice(src);
-        ip[24..40].copy_from_slice(dst);
-        let icmp = &mut buf[40..48];
-        icmp.fill(0);
-        icmp[0] = packet::ICMP6_PACKET_TOO_BIG;
-        let mtu = u32::from(mtu.max(IPV6_MIN_MTU));
-        icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
-        let l4_len = (total - 40) as u32;
-        let seed = checksum::pseudo_header_sum(src, dst, packet::IPPROTO_ICMPV6, l4_len);
-        let sum = checksum::checksum_with(seed, &buf[40..total]);
-        buf[42..44].copy_from_slice(&sum.to_be_bytes());
+    let (proto, (ty, code, word)) = if is_v6 {
+        (packet::IPPROTO_ICMPV6, v6)
     } else {
-        let ip = &mut buf[..20];
-        ip.fill(0);
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[8] = 64;
-        ip[9] = packet::IPPROTO_ICMP;
-        ip[12..16].copy_from_slice(src);
-        ip[16..20].copy_from_slice(dst);
-        let sum = checksum::checksum(&buf[..20]);
-        buf[10..12].copy_from_slice(&sum.to_be_bytes());
-        let icmp = &mut buf[20..28];
-        icmp.fill(0);
-        icmp[0] = packet::ICMP4_DEST_UNREACHABLE;
-        icmp[1] = ICMP4_FRAG_NEEDED;
-        icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-        let sum = checksum::checksum(&buf[20..total]);
-        buf[22..24].copy_from_slice(&sum.to_be_bytes());
-    }
+        (packet::IPPROTO_ICMP, v4)
+    };
+    let ip_len = write_ip_header(buf, src, dst, proto, total)?;
+    let icmp = &mut buf[ip_len..ip_len + 8];
+    icmp[0] = ty;
+    icmp[1] = code;
+    icmp[2..4].fill(0);
+    icmp[4..8].copy_from_slice(&word);
+    // ICMPv4's checksum does not cover the IP header; ICMPv6's does.
+    let seed = if is_v6 {
+        checksum::pseudo_header_sum(src, dst, proto, (total - ip_len) as u32)
+    } else {
+        0
+    };
+    let sum = checksum::checksum_with(seed, &buf[ip_len..total]);
+    buf[ip_len + 2..ip_len + 4].copy_from_slice(&sum.to_be_bytes());
     Some(total)
+}
+
+/// Writes a fresh IP header at the start of `buf` for a packet the core
+/// answers with (an ICMP error, a TCP RST): IPv4 (4-byte addresses, no
+/// options, its checksum set) or IPv6 (16-byte addresses, no extension
+/// headers), hop limit 64, `total` bytes long in all. Returns the header's
+/// length, or `None` when `buf` is shorter than `total`, `total` does not
+/// fit the length field or the addresses are of no one family.
+pub(crate) fn write_ip_header(
+    buf: &mut [u8],
+    src: &[u8],
+    dst: &[u8],
+    proto: u8,
+    total: usize,
+) -> Option<usize> {
+    if buf.len() < total || src.len() != dst.len() {
+        return None;
+    }
+    match src.len() {
+        16 => {
+            let payload = u16::try_from(total.checked_sub(40)?).ok()?;
+            let ip = &mut buf[..40];
+            ip.fill(0);
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&payload.to_be_bytes());
+            ip[6] = proto;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(src);
+            ip[24..40].copy_from_slice(dst);
+            Some(40)
+        }
+        4 => {
+            let total = u16::try_from(total).ok().filter(|&t| t >= 20)?;
+            let ip = &mut buf[..20];
+            ip.fill(0);
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[8] = 64;
+            ip[9] = proto;
+            ip[12..16].copy_from_slice(src);
+            ip[16..20].copy_from_slice(dst);
+            let sum = checksum::checksum(&buf[..20]);
+            buf[10..12].copy_from_slice(&sum.to_be_bytes());
+            Some(20)
+        }
+        _ => None,
+    }
 }
 
 /// ICMPv4 destination-unreachable code "fragmentation needed and DF set".
 const ICMP4_FRAG_NEEDED: u8 = 4;
+/// ICMPv4 destination-unreachable code "communication administratively
+/// prohibited" (RFC 1812 5.2.7.1).
+const ICMP4_ADMIN_PROHIBITED: u8 = 13;
+/// ICMPv6 destination-unreachable code "communication with destination
+/// administratively prohibited" (RFC 4443 3.1).
+const ICMP6_ADMIN_PROHIBITED: u8 = 1;

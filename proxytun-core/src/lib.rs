@@ -9,7 +9,8 @@
 //! and peer health ([`keepalive`], [`health`]), the record of unknown
 //! ServiceIPs ([`miss`]) and the counters ([`counters`]); fragments follow
 //! their first fragment's flow through [`frag`], IPv6 extension headers are
-//! walked by [`ipv6_ext`].
+//! walked by [`ipv6_ext`]; packets the isolation policy refuses are
+//! answered with a TCP RST or an ICMP error built by [`reject`].
 //!
 //! A crate of its own (the daemon crate `proxytun` depends on it) so that its `Cargo.toml` shows the rule: it depends on
 //! no I/O crate. The leaf modules [`config`], [`map`] and [`time`] hold what
@@ -43,6 +44,7 @@ pub mod miss;
 pub mod offload;
 pub mod packet;
 pub mod policy;
+pub mod reject;
 pub mod reply;
 pub mod seal;
 pub mod table;

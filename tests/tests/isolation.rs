@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 use testbed::{eventually, Cluster, Container, Node, TCP_PORT, UDP_PORT};
 
-/// How long a refused probe may take: the packets are dropped, so TCP
-/// connect and UDP both time out.
+/// How long a refused probe may take: refused packets are answered (a
+/// RST, an ICMP error: tests/tests/policy_reset.rs), so TCP connect and
+/// UDP fail at once; on the receiving node they are only dropped and time
+/// out.
 const REFUSED: Duration = Duration::from_secs(2);
 
 /// `tcp-hello` and `udp-hello` that must both fail.

@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{opens, parse_supported, Dataplane};
+use super::{opens, parse_supported, Dataplane, TunVerdict};
 use crate::access::{policy_port, Side};
 use crate::counters::{inc, DropReason};
 use crate::flow::{Activity, Dir, Flow, FlowKey};
 use crate::frag;
 use crate::icmp_error;
 use crate::packet::{self, PacketInfo};
+use crate::reject::{self, Answer};
 use crate::table::{Location, Table, Vip};
 
 impl Dataplane {
@@ -75,6 +76,19 @@ impl Dataplane {
         self.new_flow(pkt, info, key, now)
     }
 
+    /// A packet from the TUN that the policy refused (counted already),
+    /// `buf[..len]` as its sender sent it: answered in place with a TCP RST
+    /// or an ICMP error ([`reject::answer`]), or dropped when it gets none.
+    pub(super) fn reject(&mut self, buf: &mut [u8], len: usize) -> TunVerdict {
+        let (counter, n) = match reject::answer(buf, len) {
+            Some((Answer::TcpRst, n)) => (&self.counters.policy_rejects_tcp_rst, n),
+            Some((Answer::Icmp, n)) => (&self.counters.policy_rejects_icmp, n),
+            None => return TunVerdict::Drop(DropReason::PolicyDenied),
+        };
+        inc(counter);
+        TunVerdict::Reject(n)
+    }
+
     /// The slow path: choose an instance, install the flow, rewrite.
     fn new_flow(
         &mut self,
@@ -124,6 +138,18 @@ impl Dataplane {
             }
         }
         if !opens(info) {
+            // A mid-flow packet of a local instance to a client's instance
+            // IP whose reply entry (or flow) the policy forbids: a cut
+            // connection's server side, refused like its client side.
+            if let Vip::Instance(peer) = vip {
+                let reply_port = policy_port(info).map(|_| info.sport);
+                let forbidden = table
+                    .instance(peer)
+                    .is_some_and(|p| !table.allows(p.service, client.service, reply_port));
+                if forbidden {
+                    return Err(DropReason::PolicyDenied);
+                }
+            }
             return Err(DropReason::NoFlow);
         }
         let service = match vip {

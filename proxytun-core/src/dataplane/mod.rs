@@ -51,6 +51,12 @@ pub enum TunVerdict {
     /// It was too big for the tunnel to its peer (counted as `too_big`):
     /// write `pkt[..n]`, now the ICMP error that says so, back to the TUN.
     Icmp(usize),
+    /// The isolation policy refused it (counted as `policy_denied`):
+    /// write `pkt[..n]`, now the TCP RST or ICMP "administratively
+    /// prohibited" error answering it, back to the TUN ([`crate::reject`]).
+    /// `n` may exceed the packet's length when the buffer had room after it
+    /// ([`Dataplane::handle_tun_buf`]).
+    Reject(usize),
 }
 
 /// What to do with a datagram received from the tunnel.
@@ -191,7 +197,8 @@ impl Dataplane {
     ///
     /// Flows and reply entries the new table's isolation policy forbids
     /// are cut too, and counted in `flows_cut_by_policy`; their next
-    /// packets are then refused as `policy_denied` (no TCP RST is sent).
+    /// packets from the TUN are then refused as `policy_denied` and
+    /// answered with a TCP RST or an ICMP error ([`TunVerdict::Reject`]).
     pub fn set_table(&mut self, table: Arc<Table>) {
         let port = |proto: packet::Proto, port: u16| (proto != packet::Proto::Icmp).then_some(port);
         let mut cut = 0u64;
@@ -363,9 +370,25 @@ impl Dataplane {
         wire: usize,
         now: Instant,
     ) -> TunVerdict {
+        let len = pkt.len();
+        self.handle_tun_buf(pkt, len, wire, now)
+    }
+
+    /// [`Dataplane::handle_tun_segmented`] for the packet `buf[..len]` in a
+    /// buffer that may be longer: the room after the packet lets the ICMP
+    /// error answering a small refused packet quote it whole
+    /// ([`TunVerdict::Reject`]).
+    pub fn handle_tun_buf(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        wire: usize,
+        now: Instant,
+    ) -> TunVerdict {
+        let len = len.min(buf.len());
+        let pkt = &mut buf[..len];
         inc(&self.counters.tun_rx);
         // The rewrite changes no length, so the length read is the length written.
-        let len = pkt.len();
         add_len(&self.counters.tun_rx_bytes, len);
         // Only a packet that may be too big pays for keeping its addresses.
         let sent_as = (wire > self.mtu_floor)
@@ -397,6 +420,9 @@ impl Dataplane {
                     inc(&self.counters.tun_not_for_us);
                 } else {
                     self.counters.count_drop(reason);
+                }
+                if reason == DropReason::PolicyDenied {
+                    return self.reject(buf, len);
                 }
                 TunVerdict::Drop(reason)
             }

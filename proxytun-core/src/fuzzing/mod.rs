@@ -15,6 +15,7 @@ mod fixture;
 mod flow_table;
 mod icmp_error;
 mod parse;
+mod reject;
 mod rewrite;
 
 pub use coalesce::coalesce;

@@ -14,12 +14,14 @@ use crate::packet::{self, IcmpKind, PacketInfo, Proto, L4};
 /// the same addresses, protocol, ports, flags and lengths; whenever
 /// [`packet::parse_icmp_error`] accepts, etherparse decodes the quoted IP
 /// header the same way. [`crate::frag::parse`] never panics on the same
-/// bytes.
+/// bytes, and the answer to them as a refused packet is right
+/// ([`super::reject::check_answer`]).
 pub fn parse(data: &[u8]) {
     // The fragment parser reads the same bytes; it must never panic either.
     if let Ok(f) = crate::frag::parse(data) {
         assert!(f.len <= data.len() && f.end() <= 65535);
     }
+    super::reject::check_answer(data);
     let Ok(info) = packet::parse(data) else {
         return;
     };

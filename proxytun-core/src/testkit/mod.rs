@@ -417,9 +417,21 @@ pub fn wrap(pkt: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// TUN input that must be forwarded; returns the verdict and the rewritten packet.
+/// Room the shell leaves after a packet, as far as the core's answers need
+/// it (an ICMPv6 error's headers in front of a whole quote).
+pub const ROOM: usize = 64;
+
+/// TUN input; returns the verdict and the rewritten packet, or for
+/// [`TunVerdict::Reject`] the answer (written with [`ROOM`] after the
+/// packet, as the shell gives it).
 pub fn tun(dp: &mut Dataplane, mut pkt: Vec<u8>, now: Instant) -> (TunVerdict, Vec<u8>) {
-    let v = dp.handle_tun(&mut pkt, now);
+    let len = pkt.len();
+    pkt.resize(len + ROOM, 0);
+    let v = dp.handle_tun_buf(&mut pkt, len, len, now);
+    pkt.truncate(match v {
+        TunVerdict::Reject(n) => n,
+        _ => len,
+    });
     (v, pkt)
 }
 

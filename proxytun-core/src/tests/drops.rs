@@ -302,12 +302,13 @@ fn every_drop_reason_is_counted() {
         super::isolation::table(Node::A, true, Vec::new()),
     );
     let shop = super::isolation::SHOP1.ns(f);
+    // A RST, which gets no answer (others get one: `tests::reject`).
     let to_bank = build(
         shop,
         2000,
         super::isolation::vip(super::isolation::API, f),
         80,
-        L::Syn,
+        L::Rst,
         false,
     );
     p.tun(&mut iso, to_bank, PolicyDenied);

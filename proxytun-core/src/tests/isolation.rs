@@ -25,19 +25,19 @@ pub(super) const SHOP1: Def = Def {
     node: Node::A,
     n: 5,
 };
-const SHOP2: Def = Def {
+pub(super) const SHOP2: Def = Def {
     name: "shop/web/2",
     svc: SHOP,
     node: Node::B,
     n: 6,
 };
-const API1: Def = Def {
+pub(super) const API1: Def = Def {
     name: "bank/api/1",
     svc: API,
     node: Node::A,
     n: 7,
 };
-const API2: Def = Def {
+pub(super) const API2: Def = Def {
     name: "bank/api/2",
     svc: API,
     node: Node::B,
@@ -59,7 +59,7 @@ pub(super) fn vip(svc: usize, f: Fam) -> IpAddr {
     }
 }
 
-fn rule(from: &str, to: &str, ports: &[(u16, u16)]) -> Rule {
+pub(super) fn rule(from: &str, to: &str, ports: &[(u16, u16)]) -> Rule {
     Rule {
         from: from.into(),
         to: to.into(),
@@ -110,7 +110,7 @@ fn client_node_allows_same_app_and_denies_other_apps() {
             (API2.iip(fam), L::Udp),
         ] {
             let (v, _) = tun(&mut dp, build(c, 2000, dst, 80, l, false), now);
-            assert_eq!(v, TunVerdict::Drop(DropReason::PolicyDenied), "{dst} {l:?}");
+            assert!(matches!(v, TunVerdict::Reject(_)), "{dst} {l:?}: {v:?}");
         }
         // A non-SYN segment counts as a policy denial too, not as flowless.
         let (v, _) = tun(
@@ -118,7 +118,7 @@ fn client_node_allows_same_app_and_denies_other_apps() {
             build(c, 2001, vip(API, fam), 80, L::Ack, false),
             now,
         );
-        assert_eq!(v, TunVerdict::Drop(DropReason::PolicyDenied));
+        assert!(matches!(v, TunVerdict::Reject(_)), "{v:?}");
         assert_eq!(denied(&dp), 6);
         assert_eq!(dp.flows_active(), 3);
         let record = dp.denials(now);
@@ -163,17 +163,20 @@ fn isolate_off_and_rules_with_ports() {
             build(c, port, vip(API, Fam::V4), port, L::Udp, false),
             now,
         );
-        assert_eq!(matches!(v, TunVerdict::Drop(_)), !ok, "port {port}: {v:?}");
+        assert_eq!(
+            matches!(v, TunVerdict::Reject(_)),
+            !ok,
+            "port {port}: {v:?}"
+        );
     }
     let (v, _) = tun(
         &mut dp,
         build(c, 3, vip(DB, Fam::V4), 8080, L::Udp, false),
         now,
     );
-    assert_eq!(
-        v,
-        TunVerdict::Drop(DropReason::PolicyDenied),
-        "the rule names bank/api only"
+    assert!(
+        matches!(v, TunVerdict::Reject(_)),
+        "the rule names bank/api only: {v:?}"
     );
     // bank may not call shop: rules are one-way.
     let (v, _) = tun(
@@ -181,7 +184,7 @@ fn isolate_off_and_rules_with_ports() {
         build(API1.ns(Fam::V4), 4, vip(SHOP, Fam::V4), 8080, L::Udp, false),
         now,
     );
-    assert_eq!(v, TunVerdict::Drop(DropReason::PolicyDenied));
+    assert!(matches!(v, TunVerdict::Reject(_)), "{v:?}");
 }
 
 #[test]
@@ -206,19 +209,21 @@ fn set_table_cuts_exactly_the_forbidden_flows() {
     ));
     assert_eq!(dp.flows_active(), 2);
     assert_eq!(dp.counters().snapshot().flows_cut_by_policy, 2);
-    // The cut flows' next packets are policy denials; the others pass.
+    // The cut flows' next packets are policy denials, answered (a RST, an
+    // ICMP error: `tests::reject` checks them); the others pass.
     let (v, _) = tun(
         &mut dp,
         build(c, 4, vip(DB, Fam::V4), 5432, L::Ack, false),
         now,
     );
-    assert_eq!(v, TunVerdict::Drop(DropReason::PolicyDenied));
+    assert!(matches!(v, TunVerdict::Reject(_)), "{v:?}");
     let (v, _) = tun(
         &mut dp,
         build(c, 3, vip(API, Fam::V4), 9999, L::Udp, false),
         now,
     );
-    assert_eq!(v, TunVerdict::Drop(DropReason::PolicyDenied));
+    assert!(matches!(v, TunVerdict::Reject(_)), "{v:?}");
+    assert_eq!(denied(&dp), 2);
     let (v, _) = tun(
         &mut dp,
         build(c, 2, vip(API, Fam::V4), 8080, L::Ack, false),

@@ -15,4 +15,5 @@ mod offload;
 mod pair;
 mod policy;
 mod prop;
+mod reject;
 mod rewrite;

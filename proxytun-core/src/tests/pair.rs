@@ -39,7 +39,9 @@ impl Pair {
         match src_dp.handle_tun(&mut buf[HEADER_LEN..], now) {
             TunVerdict::Tun => Some(buf[HEADER_LEN..].to_vec()),
             TunVerdict::Drop(_) => None,
-            TunVerdict::Icmp(n) => Some(buf[HEADER_LEN..HEADER_LEN + n].to_vec()),
+            TunVerdict::Icmp(n) | TunVerdict::Reject(n) => {
+                Some(buf[HEADER_LEN..HEADER_LEN + n].to_vec())
+            }
             TunVerdict::Peer(to) => {
                 let expected: SocketAddr = match from {
                     Node::A => B,

@@ -206,9 +206,11 @@ impl Egress {
             let mut dp = sh.core();
             let now = Instant::now();
             for s in &mut self.slots[..n] {
-                let pkt = &mut s.buf[PKT..PKT + s.len];
-                let wire = wire_len(pkt, &s.off);
-                s.verdict = dp.handle_tun_segmented(pkt, wire, now);
+                // The whole buffer after `PKT`: room for an answer longer
+                // than the packet (an ICMP error quoting a small one).
+                let buf = &mut s.buf[PKT..];
+                let wire = wire_len(&buf[..s.len], &s.off);
+                s.verdict = dp.handle_tun_buf(buf, s.len, wire, now);
             }
             if dp.poll_timeout().is_some_and(|t| t <= now) {
                 dp.handle_timeout(now);
@@ -314,9 +316,10 @@ fn output(sh: &Shared, s: &mut Slot, seg: &mut [u8], train: &mut Train) {
     let end = PKT + s.len;
     match s.verdict {
         TunVerdict::Drop(_) => {}
-        TunVerdict::Icmp(n) => {
-            // The core's ICMP error in place of a packet too big for the
-            // tunnel: a plain packet, so a zeroed virtio-net header.
+        TunVerdict::Icmp(n) | TunVerdict::Reject(n) => {
+            // The core's answer in place of the packet (an ICMP error for a
+            // packet too big for the tunnel, a RST or ICMP error for one the
+            // policy refused): a plain packet, so a zeroed virtio-net header.
             let frame = if sh.offload.vnet {
                 s.buf[VNET..PKT].fill(0);
                 &s.buf[VNET..PKT + n]

@@ -53,6 +53,8 @@ fn readings(dns: bool) -> Readings {
     set(&c.fragments_forwarded, 13);
     set(&c.icmp_too_big_tx, 14);
     set(&c.tun_not_for_us, 15);
+    set(&c.policy_rejects_tcp_rst, 16);
+    set(&c.policy_rejects_icmp, 17);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::Fragment);
@@ -124,6 +126,7 @@ fn every_family_with_its_exact_values() {
         ("proxytun_io_errors", "counter"),
         ("proxytun_flows_created", "counter"),
         ("proxytun_flows_cut_by_policy", "counter"),
+        ("proxytun_policy_rejects", "counter"),
         ("proxytun_flows_active", "gauge"),
         ("proxytun_reply_cache_entries", "gauge"),
         ("proxytun_table_services", "gauge"),
@@ -194,6 +197,8 @@ fn every_family_with_its_exact_values() {
     want("proxytun_fragments_forwarded_total", "13");
     want("proxytun_icmp_too_big_sent_total", "14");
     want("proxytun_tun_not_for_us_total", "15");
+    want("proxytun_policy_rejects_total{answer=\"tcp_rst\"}", "16");
+    want("proxytun_policy_rejects_total{answer=\"icmp\"}", "17");
     want("proxytun_flows_active", "2");
     want("proxytun_reply_cache_entries", "1");
     want("proxytun_table_version", "42");

@@ -114,6 +114,17 @@ pub(super) fn encode(
         "Flows and reply entries removed because a policy change forbade them",
         c.flows_cut_by_policy,
     )?;
+    let rejects = [
+        ("tcp_rst", c.policy_rejects_tcp_rst),
+        ("icmp", c.policy_rejects_icmp),
+    ]
+    .map(|(answer, n)| (vec![("answer", answer.to_owned())], n));
+    counter_labelled(
+        enc,
+        "proxytun_policy_rejects",
+        "Answers written back to containers for packets the isolation policy refused (each also a policy_denied drop): tcp_rst for TCP segments, icmp (administratively prohibited) for UDP and echo requests",
+        &rejects,
+    )?;
     gauge(
         enc,
         "proxytun_flows_active",
