@@ -11,6 +11,7 @@
 //!
 //! One file per side: `extract.rs` (bodies and path parameters),
 //! `error.rs` (the error answer), `handlers.rs` (what each route does),
+//! `policy.rs` (the policy's routes, with its version and `If-Match`),
 //! `dataplane.rs` (the dataplane's view) and `socket.rs` (the socket file).
 //! This file puts them together: the routes, the last-resort JSON errors,
 //! and serving.
@@ -19,6 +20,7 @@ mod dataplane;
 mod error;
 mod extract;
 mod handlers;
+mod policy;
 mod socket;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ use axum::Router;
 use crate::kernel::Kernel;
 use crate::manager::Manager;
 use handlers::*;
+use policy::{get_policy, put_policy};
 
 pub use dataplane::DataplaneView;
 pub use error::ApiError;
