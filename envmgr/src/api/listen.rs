@@ -9,7 +9,11 @@
 //! not arrived in time, also between keep-alive requests) and a head
 //! size cap (a larger head is answered `431 Request Header Fields Too
 //! Large` by hyper, and the connection is closed). Body limits stay
-//! where they are (the routes' own).
+//! where they are (the routes' own). The read buffer keeps hyper's
+//! default size (~400 KiB, which also ends a head that never completes
+//! with a 431): a smaller one would make the server close with a refused
+//! body's bytes still unread, and the client see a reset instead of the
+//! 413.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -29,9 +33,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers) accepted. Every
 /// request of ours has a head of a few hundred bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
-
-/// hyper's smallest read buffer; the cap on the buffer is never below it.
-const MIN_BUFFER: usize = 8 * 1024;
 
 /// The bounds on a request head that a listener enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +80,7 @@ pub async fn serve_http<L>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.timeout)
-        .max_header_size(limits.max_size)
-        .max_buf_size(limits.max_size.max(MIN_BUFFER));
+        .max_header_size(limits.max_size);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
