@@ -61,5 +61,12 @@ impl Error {
     }
 }
 
+/// A stale policy version is a clash with the state in force.
+impl From<crate::model::StaleVersion> for Error {
+    fn from(e: crate::model::StaleVersion) -> Self {
+        Error::Conflict(e.to_string())
+    }
+}
+
 /// Results of control-plane operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use affinity::{Affinity, AffinityMode, DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S};
 pub use names::{check_label, check_runtime_id, valid_ifname, InstanceKey, NameError, ServiceName};
 pub use policy::{
-    AllowRule, Policy, PolicyError, PortRange, RuleTarget, MAX_ALLOW_RULES, MAX_RULE_PORTS,
+    AllowRule, Policy, PolicyError, PortRange, RuleTarget, StaleVersion, MAX_ALLOW_RULES,
+    MAX_RULE_PORTS,
 };
 pub use ports::{check_mappings, PortError, PortMapping, Protocol};
 

@@ -63,8 +63,16 @@ pub trait Registry: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Writes the cluster's isolation policy, so every node's watch picks
-    /// it up.
-    fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>>;
+    /// it up, and returns the record in force with its cluster-wide
+    /// version. One compare-and-swap: when `read` is given and the stored
+    /// version differs, [`crate::Error::Conflict`] and nothing is written;
+    /// the same rules as stored are not written again (the version stays);
+    /// otherwise the version moves on by one.
+    fn put_policy<'a>(
+        &'a self,
+        policy: &'a Policy,
+        read: Option<u64>,
+    ) -> BoxFuture<'a, Result<Policy>>;
 
     /// Sets a service's client affinity in its cluster-wide record, so
     /// every node's watch picks it up; returns the updated record.

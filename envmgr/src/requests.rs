@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::PortMapping;
+use crate::model::{AllowRule, Policy, PortMapping};
 
 /// Attach a container (by netns path or pid) as an instance of `app/service`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,4 +84,35 @@ pub struct PeerRequest {
     /// Its public key with per-node tunnel keys (64 hex characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+}
+
+/// The body of `PUT /v1/policy`: the whole new policy and, optionally, the
+/// version it was based on (what `GET /v1/policy` gave). A stale version
+/// is refused with 409; without one the write is accepted whatever
+/// changed in between (last writer wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// Isolation on or off ([`Policy::isolate`]).
+    #[serde(default)]
+    pub isolate: bool,
+    /// The allow rules ([`Policy::allow`]).
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+    /// The version the change is based on; no check when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+impl PolicyRequest {
+    /// The policy asked for (its version left at 0: the manager sets it)
+    /// and the version the change is based on.
+    pub fn into_parts(self) -> (Policy, Option<u64>) {
+        let policy = Policy {
+            isolate: self.isolate,
+            allow: self.allow,
+            version: 0,
+        };
+        (policy, self.version)
+    }
 }

@@ -373,7 +373,8 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
             dns: dns.clone(),
             store: Arc::new(move || store_mgr.store_status()),
         };
-        let server = AdminServer::start(config.admin.listen, sources, ready.clone())
+        let limits = crate::config::api::head_limits(config.admin.header_timeout_ms);
+        let server = AdminServer::start(config.admin.listen, limits, sources, ready.clone())
             .await
             .context("start the admin listener (set admin.listen, or admin.enable = false)")?;
         tracing::info!(listen = %server.local_addr(), "admin listener serving /metrics, /live, /ready");
@@ -451,6 +452,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         &config.api.socket,
         mgr.clone(),
         view,
+        crate::config::api::head_limits(config.api.header_timeout_ms),
         stopped(stop_rx),
     )
     .await;

@@ -850,6 +850,18 @@ fn every_config_key_refuses_bad_values() {
             "api.group",
         )],
         vec![case("api", "group", "[1]", "api.group")],
+        vec![case(
+            "api",
+            "header_timeout_ms",
+            "0",
+            "api.header_timeout_ms",
+        )],
+        vec![case(
+            "admin",
+            "header_timeout_ms",
+            "600001",
+            "admin.header_timeout_ms",
+        )],
         vec![case("state", "dir", "\"relative/state\"", "state.dir")],
         vec![case("state", "dir", "false", "state.dir")],
         vec![case("store", "backend", "\"zookeeper\"", "store.backend")],

@@ -11,6 +11,7 @@
 //!
 //! One file per side: `extract.rs` (bodies and path parameters),
 //! `error.rs` (the error answer), `handlers.rs` (what each route does),
+//! `policy.rs` (the policy's routes, with its version and `If-Match`),
 //! `dataplane.rs` (the dataplane's view) and `socket.rs` (the socket file).
 //! This file puts them together: the routes, the last-resort JSON errors,
 //! and serving.
@@ -19,13 +20,13 @@ mod dataplane;
 mod error;
 mod extract;
 mod handlers;
+mod policy;
 mod socket;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{Method, StatusCode, Uri};
@@ -34,9 +35,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 
+use super::listen::{serve_http, HeadLimits};
 use crate::kernel::Kernel;
 use crate::manager::Manager;
 use handlers::*;
+use policy::{get_policy, put_policy};
 
 pub use dataplane::DataplaneView;
 pub use error::ApiError;
@@ -97,23 +100,24 @@ pub async fn serve<K: Kernel>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = bind(socket, None)?;
-    serve_on(listener, socket, mgr, dp, shutdown).await
+    serve_on(listener, socket, mgr, dp, HeadLimits::default(), shutdown).await
 }
 
 /// Serves the API on a listener from [`bind`] until `shutdown` resolves,
-/// then removes the socket file.
+/// then removes the socket file. A connection that does not send a whole
+/// request head within `limits.timeout` is closed, a head over
+/// `limits.max_size` gets 431 ([`serve_http`]).
 pub async fn serve_on<K: Kernel>(
     listener: tokio::net::UnixListener,
     socket: &Path,
     mgr: Arc<Manager<K>>,
     dp: Arc<dyn DataplaneView>,
+    limits: HeadLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let result = axum::serve(listener, router(mgr, dp))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    serve_http(listener, router(mgr, dp), limits, "api", shutdown).await;
     remove_socket(socket, "API");
-    result.with_context(|| format!("serving the API on {}", socket.display()))
+    Ok(())
 }
 
 /// Turns every error response that is not JSON yet (axum's 405, a 404 from

@@ -18,6 +18,8 @@ use crate::model::{Affinity, DualAddr, InstanceKey, Policy, Service, ServiceName
 use crate::plan::AddressPlan;
 use crate::registry::{Claim, Registry};
 
+mod policy;
+
 /// How often a claim is retried after losing a race to another node.
 const RACE_RETRIES: usize = 64;
 
@@ -409,19 +411,13 @@ impl Registry for EtcdRegistry {
         }))
     }
 
-    fn put_policy<'a>(&'a self, policy: &'a Policy) -> BoxFuture<'a, Result<()>> {
+    fn put_policy<'a>(
+        &'a self,
+        policy: &'a Policy,
+        read: Option<u64>,
+    ) -> BoxFuture<'a, Result<Policy>> {
         Box::pin(self.with_session("policy", move |mut c, _| async move {
-            let key = self.inner.keys.policy();
-            // Persistent (no lease): the policy outlives the node that wrote it.
-            c.put(key, keys::encode(policy), None)
-                .await
-                .map_err(unavailable)?;
-            tracing::info!(
-                isolate = policy.isolate,
-                rules = policy.allow.len(),
-                "cluster: policy written"
-            );
-            Ok(())
+            policy::put(&mut c, &self.inner.keys.policy(), policy, read).await
         }))
     }
 }

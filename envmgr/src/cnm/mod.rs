@@ -94,11 +94,10 @@ pub async fn serve_on<K: Kernel>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new().fallback(dispatch::<K>).with_state(driver);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // The same head limits as the API socket (the defaults).
+    crate::api::listen::serve_http(listener, app, Default::default(), "cnm", shutdown).await;
     crate::api::server::remove_socket(socket, "CNM");
-    result.with_context(|| format!("serving the CNM driver on {}", socket.display()))
+    Ok(())
 }
 
 /// Every request comes here: the path names the method.

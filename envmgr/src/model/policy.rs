@@ -31,6 +31,27 @@ pub struct Policy {
     /// The exceptions to isolation.
     #[serde(default)]
     pub allow: Vec<AllowRule>,
+    /// Moves on by one with every change (0: never written), so a writer
+    /// that read the policy can say which version its change is based on
+    /// and a stale one is refused ([`Policy::check_version`]) instead of
+    /// silently undoing a change made in between. With etcd it is stored in
+    /// the cluster's record, so it is the same on every node.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A write based on a version of the policy that is no longer current:
+/// someone changed it after the writer read it (HTTP 409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the policy changed since it was read: version {read} is stale, the current version is \
+     {current}; read it again (GET /v1/policy), re-apply the change and send version {current}"
+)]
+pub struct StaleVersion {
+    /// The version the writer read.
+    pub read: u64,
+    /// The version in force.
+    pub current: u64,
 }
 
 /// One exception to isolation: clients of app `from` may open flows to
@@ -211,6 +232,38 @@ impl Policy {
         Ok(())
     }
 
+    /// True when `other` has the same rules (`isolate` and `allow`), whatever
+    /// the versions: putting such a policy changes nothing.
+    pub fn same_rules(&self, other: &Policy) -> bool {
+        self.isolate == other.isolate && self.allow == other.allow
+    }
+
+    /// Checks a write based on version `read` (`None`: the writer gave no
+    /// version, last writer wins) against this, the policy in force.
+    pub fn check_version(&self, read: Option<u64>) -> Result<(), StaleVersion> {
+        match read {
+            Some(read) if read != self.version => Err(StaleVersion {
+                read,
+                current: self.version,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The policy that replaces this one when `next`'s rules are put: this
+    /// one itself when the rules are the same (nothing changes, the version
+    /// stays), else `next`'s rules with the version moved on by one.
+    pub fn successor(&self, next: &Policy) -> Policy {
+        if self.same_rules(next) {
+            return self.clone();
+        }
+        Policy {
+            isolate: next.isolate,
+            allow: next.allow.clone(),
+            version: self.version + 1,
+        }
+    }
+
     /// True when a client of app `from` may reach service `to` on `port`
     /// (`None`: ICMP echo, allowed only by rules without ports). The slow
     /// reference form; the dataplane compiles the policy instead.
@@ -248,6 +301,7 @@ mod tests {
         let ok = Policy {
             isolate: true,
             allow: vec![rule("shop", "bank/api", &["8080", "9000-9100"])],
+            ..Policy::default()
         };
         assert!(ok.validate().is_ok());
         let cases = [
@@ -260,6 +314,7 @@ mod tests {
             let p = Policy {
                 isolate: true,
                 allow: vec![r],
+                ..Policy::default()
             };
             assert_eq!(p.validate().expect_err("refused").field, field);
         }
@@ -277,6 +332,7 @@ mod tests {
             allow: (0..=MAX_ALLOW_RULES)
                 .map(|i| rule("shop", &format!("a{i}"), &[]))
                 .collect(),
+            ..Policy::default()
         };
         assert_eq!(p.validate().expect_err("too many").field, "allow");
         assert!("0".parse::<PortRange>().is_err());
@@ -315,5 +371,42 @@ mod tests {
         assert!(!p.allows("shop", &bank_api, None));
         assert!(!p.allows("shop", &bank_db, Some(8080)));
         assert!(!p.allows("bank", &shop_web, Some(8080)));
+    }
+
+    #[test]
+    fn versions_refuse_stale_writes_and_move_on_with_changes() {
+        let v0 = Policy::default();
+        assert_eq!(v0.version, 0);
+        assert_eq!(v0.check_version(None), Ok(()), "no version: no check");
+        assert_eq!(v0.check_version(Some(0)), Ok(()));
+        let on = Policy {
+            isolate: true,
+            version: 77,
+            ..Policy::default()
+        };
+        let v1 = v0.successor(&on);
+        assert_eq!(
+            (v1.isolate, v1.version),
+            (true, 1),
+            "the writer's version is ignored"
+        );
+        assert_eq!(v1.successor(&on), v1, "the same rules: nothing moves");
+        let err = v1.check_version(Some(0)).expect_err("stale");
+        assert_eq!(
+            err,
+            StaleVersion {
+                read: 0,
+                current: 1
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("changed since it was read") && msg.contains("current version is 1"));
+        let mut wider = v1.clone();
+        wider.allow.push(rule("shop", "bank", &[]));
+        assert!(!wider.same_rules(&v1));
+        assert_eq!(v1.successor(&wider).version, 2);
+        // Old state files and records have no version: 0.
+        let old: Policy = serde_json::from_str(r#"{"isolate":true,"allow":[]}"#).expect("old");
+        assert_eq!(old.version, 0);
     }
 }

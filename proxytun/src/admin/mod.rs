@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use envmgr::api::{serve_http, HeadLimits};
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,9 +37,11 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `listen` (a taken port is an error naming it) and serves in a
-    /// task on the current runtime.
+    /// task on the current runtime, with the request head bounds `limits`
+    /// (a connection that trickles its head is closed, a huge head is 431).
     pub async fn start(
         listen: SocketAddr,
+        limits: HeadLimits,
         sources: MetricsSources,
         ready: Readiness,
     ) -> anyhow::Result<AdminServer> {
@@ -61,14 +64,17 @@ impl AdminServer {
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = axum::serve(server::Bounded::new(listener), app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the admin listener failed");
-            }
+            let stopped = async move {
+                let _ = stopped.await;
+            };
+            serve_http(
+                server::Bounded::new(listener),
+                app,
+                limits,
+                "admin",
+                stopped,
+            )
+            .await;
         });
         Ok(AdminServer { addr, stop, task })
     }

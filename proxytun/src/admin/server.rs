@@ -10,8 +10,10 @@
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections at once (more wait in
 //! the kernel's accept queue), and each connection lives at most
-//! [`CONNECTION_LIFETIME`], so a client that trickles a request or holds a
-//! keep-alive connection forever cannot keep a slot.
+//! [`CONNECTION_LIFETIME`], so a client that holds a keep-alive connection
+//! forever cannot keep a slot; a client that trickles its request head is
+//! closed sooner, after `admin.header_timeout_ms`, and a head over
+//! [`envmgr::api::MAX_HEAD`] gets 431 (`envmgr::api::serve_http`).
 
 use std::future::Future;
 use std::io;

@@ -8,11 +8,13 @@ use clap::Subcommand;
 use envmgr::model::{AllowRule, Policy, PortRange};
 use serde_json::Value;
 
-use super::api::Api;
+use super::api::{Api, ApiFailure};
 use super::render::Output;
 
-/// `proxytun policy …`: each one reads the policy, changes it and puts
-/// it back whole, so a concurrent writer's change in between is lost.
+/// `proxytun policy …`: each one reads the policy, changes it and puts it
+/// back whole with the version it read; when another writer changed it in
+/// between (409), it reads again and re-applies its change, so neither
+/// change is lost (at most [`ATTEMPTS`] times).
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Turn isolation on (each app its own network) or off (all reach all).
@@ -82,22 +84,24 @@ pub(super) fn format_policy(v: &Value) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `proxytun policy isolate|allow|revoke`: read, change, put whole.
-pub(super) async fn policy(
-    api: &Api,
-    action: PolicyCommand,
-    out: Output,
-) -> anyhow::Result<String> {
-    let mut p: Policy = serde_json::from_value(api.get("/v1/policy").await?)
-        .context("the daemon's answer is not a policy")?;
-    let msg = match action {
+/// How often `isolate`, `allow` and `revoke` read, change and put the
+/// policy before giving up on a policy that other writers keep changing.
+pub(super) const ATTEMPTS: u32 = 5;
+
+/// Applies `action` to the policy read; the message to print.
+fn apply(p: &mut Policy, action: &PolicyCommand) -> anyhow::Result<String> {
+    Ok(match action {
         PolicyCommand::Isolate { state } => {
             p.isolate = state == "on";
             format!("isolation {state}")
         }
         PolicyCommand::Allow { from, to, ports } => {
-            let rule = AllowRule { from, to, ports };
-            let msg = format!("allowed {} -> {}", rule.from, rule.to);
+            let rule = AllowRule {
+                from: from.clone(),
+                to: to.clone(),
+                ports: ports.clone(),
+            };
+            let msg = format!("allowed {from} -> {to}");
             match p
                 .allow
                 .iter_mut()
@@ -110,14 +114,56 @@ pub(super) async fn policy(
         }
         PolicyCommand::Revoke { from, to } => {
             let before = p.allow.len();
-            p.allow.retain(|r| !(r.from == from && r.to == to));
+            p.allow.retain(|r| !(&r.from == from && &r.to == to));
             if p.allow.len() == before {
                 anyhow::bail!("no rule allows {from} -> {to} (see `proxytun policy`)");
             }
             format!("revoked {from} -> {to}")
         }
+    })
+}
+
+/// True for the answer to a write based on a stale version.
+fn is_stale(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiFailure>()
+        .is_some_and(|f| f.status == 409)
+}
+
+/// `proxytun policy isolate|allow|revoke`: read, change, put whole with
+/// the version read; on a 409 (someone wrote in between) again, with a
+/// short pause that grows, at most [`ATTEMPTS`] times.
+pub(super) async fn policy(
+    api: &Api,
+    action: PolicyCommand,
+    out: Output,
+) -> anyhow::Result<String> {
+    let mut attempt = 1;
+    let (msg, v) = loop {
+        let mut p: Policy = serde_json::from_value(api.get("/v1/policy").await?)
+            .context("the daemon's answer is not a policy")?;
+        let msg = apply(&mut p, &action)?;
+        // `p.version` is the version read: the daemon refuses the write
+        // with 409 if the policy moved on since.
+        match api.put("/v1/policy", &p).await {
+            Ok(v) => break (msg, v),
+            Err(e) if is_stale(&e) && attempt < ATTEMPTS => {
+                // A pause that grows, and differs between processes, so
+                // writers that collided do not collide again in lockstep.
+                let jitter = u64::from(std::process::id() % 16);
+                tokio::time::sleep(std::time::Duration::from_millis((20 << attempt) + jitter))
+                    .await;
+                attempt += 1;
+            }
+            Err(e) if is_stale(&e) => {
+                anyhow::bail!(
+                    "the policy kept changing while this command ran: {ATTEMPTS} attempts each \
+                     found another writer's change first (last: {e}); nothing was changed by \
+                     this command, run it again"
+                )
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let v = api.put("/v1/policy", &p).await?;
     if out.json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
     }

@@ -13,6 +13,9 @@ pub struct AdminSection {
     /// Its TCP address: loopback by default, since metrics show the node's
     /// topology; put a scraper-reachable address here deliberately.
     pub listen: SocketAddr,
+    /// How long a client may take to send a whole request head before
+    /// the connection is closed, in ms (as `api.header_timeout_ms`).
+    pub header_timeout_ms: u64,
 }
 
 /// The admin listener's default address.
@@ -23,6 +26,7 @@ impl Default for AdminSection {
         Self {
             enable: true,
             listen: DEFAULT_ADMIN_LISTEN,
+            header_timeout_ms: super::api::DEFAULT_HEADER_TIMEOUT_MS,
         }
     }
 }

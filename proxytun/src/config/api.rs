@@ -15,6 +15,9 @@ pub struct ApiSection {
     /// socket is then `0660` with that group; without it `0600`, root only.
     /// Anyone who can connect controls the node's networking.
     pub group: Option<String>,
+    /// How long a client may take to send a whole request head before
+    /// the connection is closed (a slowloris cannot hold it), in ms.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ApiSection {
@@ -22,8 +25,33 @@ impl Default for ApiSection {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
             group: None,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
         }
     }
+}
+
+/// `api.header_timeout_ms` and `admin.header_timeout_ms` by default.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+
+/// The range of the header timeouts: long enough for any real client,
+/// short enough that a held connection is freed.
+pub const HEADER_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+
+/// Checks a header timeout key; the error is the message for `key`.
+pub fn check_header_timeout(ms: u64) -> Result<(), String> {
+    if HEADER_TIMEOUT_MS.contains(&ms) {
+        return Ok(());
+    }
+    Err(format!(
+        "must be between {} and {} milliseconds, got {ms}",
+        HEADER_TIMEOUT_MS.start(),
+        HEADER_TIMEOUT_MS.end()
+    ))
+}
+
+/// The request head bounds of a listener with header timeout `ms`.
+pub fn head_limits(ms: u64) -> envmgr::api::HeadLimits {
+    envmgr::api::HeadLimits::with_timeout(std::time::Duration::from_millis(ms))
 }
 
 impl ApiSection {

@@ -272,6 +272,10 @@ impl Config {
             }
         }
         self.api.group_id().map_err(|e| ("api.group", e))?;
+        api::check_header_timeout(self.api.header_timeout_ms)
+            .map_err(|e| ("api.header_timeout_ms", e))?;
+        api::check_header_timeout(self.admin.header_timeout_ms)
+            .map_err(|e| ("admin.header_timeout_ms", e))?;
         for (key, path) in [
             ("api.socket", &self.api.socket),
             ("state.dir", &self.state.dir),

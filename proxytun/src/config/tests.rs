@@ -283,3 +283,35 @@ fn masquerade_keys_default_on_and_bad_values_name_the_key() {
         "network.masquerade_except"
     );
 }
+
+#[test]
+fn header_timeouts_are_checked_and_name_the_key() {
+    let base = "[node]\nname = \"a\"\nindex = 1\n";
+    let c = parse(base).expect("defaults");
+    assert_eq!(
+        (c.api.header_timeout_ms, c.admin.header_timeout_ms),
+        (10_000, 10_000)
+    );
+    for (extra, key) in [
+        ("[api]\nheader_timeout_ms = 99\n", "api.header_timeout_ms"),
+        ("[api]\nheader_timeout_ms = -1\n", "api.header_timeout_ms"),
+        (
+            "[admin]\nheader_timeout_ms = 600001\n",
+            "admin.header_timeout_ms",
+        ),
+        (
+            "[admin]\nheader_timeout_ms = \"10s\"\n",
+            "admin.header_timeout_ms",
+        ),
+    ] {
+        let e = parse(&format!("{base}{extra}"))
+            .expect_err(extra)
+            .to_string();
+        assert!(e.contains(key), "{extra:?}: {e}");
+    }
+    let c = parse(&format!("{base}[api]\nheader_timeout_ms = 500\n")).expect("500 ms");
+    assert_eq!(
+        api::head_limits(c.api.header_timeout_ms).timeout,
+        std::time::Duration::from_millis(500)
+    );
+}

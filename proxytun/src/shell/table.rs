@@ -248,6 +248,7 @@ mod tests {
                 to: "bank/api".into(),
                 ports: vec!["8080".parse().expect("port")],
             }],
+            ..Policy::default()
         };
         let t = build(&snap).expect("valid table");
         let id = |a: [u8; 4]| match t.vip(IpAddr::from(a)) {

@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, InstancePath, NamePath, ServicePath};
 use crate::kernel::Kernel;
 use crate::manager::Manager;
-use crate::model::{Affinity, Instance, Policy, Service};
+use crate::model::{Affinity, Instance, Service};
 use crate::requests::{AttachRequest, PeerRequest, RemoteInstanceRequest};
 
 /// What every handler can reach.
@@ -62,7 +62,11 @@ pub(super) async fn status<K: Kernel>(State(s): State<AppState<K>>) -> Json<Valu
         "instances": snap.instances.len(),
         "local_instances": snap.instances.values().filter(|i| i.is_local()).count(),
         "peers": snap.peers.len(),
-        "policy": {"isolate": snap.policy.isolate, "rules": snap.policy.allow.len()},
+        "policy": {
+            "isolate": snap.policy.isolate,
+            "rules": snap.policy.allow.len(),
+            "version": snap.policy.version,
+        },
         "store": s.mgr.store_status(),
         "dataplane": s.dp.status(),
         "dns": s.dp.dns(),
@@ -271,20 +275,6 @@ pub(super) async fn remove_peer<K: Kernel>(
 /// The dataplane's flow table and reply-address cache.
 pub(super) async fn flows<K: Kernel>(State(s): State<AppState<K>>) -> Json<Value> {
     Json(s.dp.flows().await)
-}
-
-/// The isolation policy in force.
-pub(super) async fn get_policy<K: Kernel>(State(s): State<AppState<K>>) -> Json<Policy> {
-    Json(s.mgr.policy())
-}
-
-/// Replaces the whole policy; a refused one (400 naming the field) changes
-/// nothing.
-pub(super) async fn put_policy<K: Kernel>(
-    State(s): State<AppState<K>>,
-    ApiJson(policy): ApiJson<Policy>,
-) -> ApiResult<Json<Policy>> {
-    Ok(Json(s.mgr.put_policy(policy).await?))
 }
 
 /// Sets a service's client affinity (`{"mode": "client", "timeout_s":

@@ -2,6 +2,7 @@
 //! detach releases, and the cluster view merges with local attachments.
 
 use super::*;
+use crate::model::{AllowRule, Policy};
 
 /// A registry that allocates from fixed addresses and records releases;
 /// fails with `Unavailable` on demand, like an unreachable etcd.
@@ -10,6 +11,8 @@ struct FakeRegistry {
     released: StdMutex<Vec<InstanceKey>>,
     down: AtomicBool,
     next_ip: AtomicU64,
+    /// The cluster's policy record, with its version.
+    policy: StdMutex<Policy>,
 }
 
 impl Registry for FakeRegistry {
@@ -74,13 +77,18 @@ impl Registry for FakeRegistry {
 
     fn put_policy<'a>(
         &'a self,
-        _policy: &'a crate::model::Policy,
-    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        policy: &'a Policy,
+        read: Option<u64>,
+    ) -> futures::future::BoxFuture<'a, Result<Policy>> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(Error::Unavailable("etcd is down".into()));
             }
-            Ok(())
+            // The cluster's record: one check-and-write, like the etcd txn.
+            let mut stored = self.policy.lock().expect("lock");
+            stored.check_version(read)?;
+            *stored = stored.successor(policy);
+            Ok(stored.clone())
         })
     }
 }
@@ -270,4 +278,64 @@ async fn cluster_view_merges_with_local_attachments_and_skips_clashes() {
     assert_eq!(snap.instances.len(), 2);
     assert!(snap.instances.contains_key(&a.key));
     assert_eq!(snap.peers.len(), 1);
+}
+
+/// The version is the cluster's: a write based on a version the local
+/// table still shows, but that another node has moved on from, is a 409
+/// and changes nothing here; the right version goes through and the
+/// version moves on.
+#[tokio::test]
+async fn clustered_policy_versions_are_the_registrys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = FakeNs::default();
+    let reg = Arc::new(FakeRegistry::default());
+    let m = clustered(dir.path(), &ns, reg.clone()).await;
+    let rule = |to: &str| AllowRule {
+        from: "shop".into(),
+        to: to.into(),
+        ports: vec![],
+    };
+    let mine = Policy {
+        isolate: true,
+        allow: vec![rule("bank")],
+        ..Policy::default()
+    };
+    let p = m
+        .put_policy(mine.clone(), Some(0))
+        .await
+        .expect("first write");
+    assert_eq!((p.version, m.policy().version), (1, 1));
+    // Another node writes version 2; this node's watch has not told it yet.
+    *reg.policy.lock().expect("lock") = Policy {
+        isolate: true,
+        allow: vec![rule("auth")],
+        version: 2,
+    };
+    let table = m.snapshot().version;
+    let mut later = mine.clone();
+    later.allow.push(rule("mail"));
+    let err = m
+        .put_policy(later.clone(), Some(1))
+        .await
+        .expect_err("stale");
+    assert_eq!(err.status(), 409, "{err}");
+    assert!(err.to_string().contains("current version is 2"), "{err}");
+    assert_eq!(
+        m.snapshot().version,
+        table,
+        "a stale write publishes nothing"
+    );
+    assert_eq!(m.policy(), p, "nor changes the policy here");
+    assert_eq!(
+        reg.policy.lock().expect("lock").version,
+        2,
+        "nor in the cluster"
+    );
+    let p = m
+        .put_policy(later.clone(), Some(2))
+        .await
+        .expect("current version");
+    assert_eq!(p.version, 3);
+    assert_eq!(m.policy(), p);
+    assert_eq!(m.policy().allow, later.allow);
 }

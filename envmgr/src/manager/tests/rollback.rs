@@ -2,6 +2,7 @@
 //! store write changes nothing (not the snapshot, the file or the kernel).
 
 use super::*;
+use crate::model::{AllowRule, Policy};
 
 #[tokio::test]
 async fn rejected_requests_change_nothing() {
@@ -254,6 +255,56 @@ async fn rejected_requests_change_nothing() {
         assert_eq!(h.observe(), before);
     }
 
+    // The policy: a stale or unknown version, or a bad field, changes
+    // nothing; the right version goes through and moves the version on.
+    let on = |to: &str| Policy {
+        isolate: true,
+        allow: vec![AllowRule {
+            from: "shop".into(),
+            to: to.into(),
+            ports: vec![],
+        }],
+        ..Policy::default()
+    };
+    let v1 = h.m.put_policy(on("bank"), Some(0)).await.expect("v0 -> v1");
+    assert_eq!(v1.version, 1);
+    let policy_cases: Vec<(u16, &str, Policy, Option<u64>)> = vec![
+        (
+            409,
+            "version 0 is stale, the current version is 1",
+            on("auth"),
+            Some(0),
+        ),
+        (
+            409,
+            "version 7 is stale, the current version is 1",
+            on("auth"),
+            Some(7),
+        ),
+        (409, "current version is 1", on("bank"), Some(0)),
+        (400, "allow[0].to", on("Bank"), Some(1)),
+    ];
+    for (status, text, p, read) in policy_cases {
+        let before = h.observe();
+        let e =
+            h.m.put_policy(p.clone(), read)
+                .await
+                .expect_err("must be refused");
+        assert_eq!(e.status(), status, "{p:?} at {read:?}: {e}");
+        assert!(e.to_string().contains(text), "{e:?} lacks {text:?}");
+        assert_eq!(h.observe(), before, "{p:?} at {read:?} changed something");
+        assert_eq!(h.m.policy(), v1);
+    }
+    let v2 = h.m.put_policy(on("auth"), Some(1)).await.expect("v1 -> v2");
+    assert_eq!((v2.version, h.m.policy()), (2, v2.clone()));
+    let same = h.m.put_policy(on("auth"), None).await.expect("no version");
+    assert_eq!(same, v2, "the same rules keep the version");
+    let v3 =
+        h.m.put_policy(on("mail"), None)
+            .await
+            .expect("no version: no check");
+    assert_eq!(v3.version, 3);
+
     let before = h.observe();
     let e = h.m.remove_peer("n2").await.expect_err("in use");
     assert_eq!(e.status(), 409);
@@ -351,6 +402,17 @@ async fn store_failure_rolls_back_kernel_and_state() {
     assert_eq!(h.m.snapshot(), before.0);
     assert_eq!(h.file(), before.1);
     assert_eq!(h.m.kernel().present(), BTreeSet::from([veth]));
+
+    // The policy too: its version stays.
+    let before = h.observe();
+    let p = Policy {
+        isolate: true,
+        ..Policy::default()
+    };
+    let e = h.m.put_policy(p, Some(0)).await.expect_err("store");
+    assert_eq!(e.status(), 500);
+    assert_eq!(h.observe(), before);
+    assert_eq!(h.m.policy().version, 0);
 
     // Peers and remote instances too.
     let before = h.observe();
