@@ -25,6 +25,7 @@ mod tests;
 
 mod error;
 mod member;
+mod refusal;
 mod session;
 mod settings;
 mod txn;
@@ -115,12 +116,14 @@ impl EtcdCluster {
             ClusterError::Config("internal: EtcdCluster::start needs a tokio runtime".to_owned())
         })?;
         let (session, _) = watch::channel(None);
+        let (refused, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             keys: Keys::new(&settings.prefix),
             settings,
             node,
             endpoint,
             session,
+            refused,
             status: Mutex::new(ClusterStatus::default()),
         });
         let tasks = Arc::new(Tasks::default());

@@ -7,6 +7,7 @@
 mod join;
 mod registry;
 mod sync;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
