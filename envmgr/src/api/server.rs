@@ -19,6 +19,7 @@ mod dataplane;
 mod error;
 mod extract;
 mod handlers;
+mod nodes;
 mod socket;
 
 use std::future::Future;
@@ -71,6 +72,7 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         )
         .route("/v1/peers", get(list_peers::<K>).post(put_peer::<K>))
         .route("/v1/peers/{name}", delete(remove_peer::<K>))
+        .route("/v1/nodes/{name}", delete(nodes::remove_node::<K>))
         .route("/v1/flows", get(flows::<K>))
         .route("/v1/policy", get(get_policy::<K>).put(put_policy::<K>))
         .route("/v1/counters", get(counters::<K>))

@@ -25,7 +25,9 @@ mod tests;
 
 mod error;
 mod member;
+mod probe;
 mod refusal;
+mod remove;
 mod session;
 mod settings;
 mod txn;

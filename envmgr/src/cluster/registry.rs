@@ -16,7 +16,7 @@ use crate::alloc;
 use crate::error::{Error, Result};
 use crate::model::{Affinity, DualAddr, InstanceKey, Policy, Service, ServiceName};
 use crate::plan::AddressPlan;
-use crate::registry::{Claim, Registry};
+use crate::registry::{Claim, Registry, RemovedNode};
 
 /// How often a claim is retried after losing a race to another node.
 const RACE_RETRIES: usize = 64;
@@ -406,6 +406,12 @@ impl Registry for EtcdRegistry {
     ) -> BoxFuture<'a, Result<Service>> {
         Box::pin(self.with_session("affinity", move |c, _| {
             self.set_affinity_inner(c, name, affinity)
+        }))
+    }
+
+    fn remove_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<RemovedNode>> {
+        Box::pin(self.with_session("node remove", move |c, _| {
+            super::remove::remove_node(&self.inner, c, name)
         }))
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::error::ClusterError;
 use super::keys::Keys;
+use super::probe;
 use super::refusal;
 use super::settings::EtcdSettings;
 
@@ -166,6 +167,17 @@ pub(super) async fn session_task(inner: Arc<Inner>, options: ConnectOptions) {
             },
         )
         .await;
+        // The client's error may hide a TLS refusal ("connection closed"
+        // after a rejected client certificate): ask the server directly.
+        let end = match end {
+            SessionEnd::Outage(e) if inner.settings.tls.is_some() => {
+                match probe::probe(&inner.settings).await {
+                    Some(why) => SessionEnd::Refused(why),
+                    None => SessionEnd::Outage(e),
+                }
+            }
+            end => end,
+        };
         inner.session.send_replace(None);
         {
             let mut st = inner.status();

@@ -6,6 +6,7 @@
 
 mod join;
 mod registry;
+mod remove;
 mod sync;
 mod tls;
 

@@ -127,6 +127,18 @@ impl StoreSection {
                 "store.cert_file and store.key_file go together: give both or neither".into(),
             ));
         }
+        if st.ca_file.is_none() && st.cert_file.is_some() {
+            return Err((
+                "store.ca_file",
+                "store.cert_file is set, so TLS is on: give the CA that signed etcd's server certificate too".into(),
+            ));
+        }
+        if st.ca_file.is_none() && st.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Err((
+                "store.ca_file",
+                "the endpoints are https://: give the CA that signed etcd's server certificate (PEM)".into(),
+            ));
+        }
         if (st.cert_file.is_some() || st.ca_file.is_some())
             && st.endpoints.iter().any(|e| e.starts_with("http://"))
         {

@@ -211,6 +211,16 @@ fn etcd_store_errors_name_the_key() {
         "store.endpoints"
     );
     assert_eq!(
+        key_of(&format!(
+            "{ETCD}cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
+        )),
+        "store.ca_file"
+    );
+    assert_eq!(
+        key_of(&ETCD.replace("http://", "https://")),
+        "store.ca_file"
+    );
+    assert_eq!(
         key_of(&format!("{ETCD}endpoint = \"x\"\n")),
         "store.endpoint"
     );
