@@ -79,7 +79,11 @@ async fn probe_one(config: Arc<ClientConfig>, endpoint: &str) -> io::Result<()> 
     s.write_all(PREFACE).await?;
     s.flush().await?;
     let mut buf = [0u8; 64];
-    s.read(&mut buf).await?;
+    // An answer (etcd's SETTINGS) is fine; a close without an alert says
+    // nothing about TLS either way.
+    if s.read(&mut buf).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(())
 }
 
