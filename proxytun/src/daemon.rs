@@ -79,6 +79,8 @@ fn etcd_settings(config: &Config) -> EtcdSettings {
             key: st.key_file.clone(),
         }),
         request_timeout: Duration::from_millis(st.request_timeout_ms),
+        empty_service_grace: (st.empty_service_grace_secs > 0)
+            .then(|| Duration::from_secs(st.empty_service_grace_secs)),
     }
 }
 

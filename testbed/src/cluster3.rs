@@ -132,6 +132,7 @@ impl Cluster3 {
             lease_ttl_secs: u32::try_from(LEASE_TTL.as_secs()).unwrap_or(3),
             ca_file: pki.as_ref().map(|p| p.ca.clone()),
             client: pki.as_ref().map(|p| p.client.clone()),
+            empty_service_grace_secs: None,
         };
         let key = TestKey::generate()?;
         let security = Some(key.security()?);

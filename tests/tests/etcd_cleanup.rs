@@ -137,3 +137,73 @@ fn killed_node_records_leave() {
         BTreeSet::from(["web-b".to_owned()])
     );
 }
+
+/// A service left without instances on every node is removed from etcd
+/// after `store.empty_service_grace_secs` (2 s here) by whichever node sees
+/// it first: its record and its ServiceIPs' claims go, the nodes' tables
+/// drop it, and a new attach creates it again and is reached.
+#[test]
+fn emptied_service_freed() {
+    let mut c = Cluster3::build_with("emptysvc", &[], |cfg| {
+        if let Some(s) = cfg.store.as_mut() {
+            s.empty_service_grace_secs = Some(2);
+        }
+    })
+    .expect("topology");
+    c.start_parallel().expect("cluster");
+    let (_wb, inst) = c
+        .server(&c.b, "wb", "shop/tmp", 1, "tmp-b")
+        .expect("tmp on b");
+    let svc = c.b.service("shop/tmp").expect("shop/tmp");
+    let (client_a, _) = c.client(&c.a, "cla", 1).expect("client on a");
+    let hello = eventually(PROPAGATION, || client_a.tcp_hello(svc.rr_ip.v4)).expect("a -> tmp");
+    assert_eq!(hello.name, "tmp-b");
+    let service_key = format!("{KEY_PREFIX}/services/shop/tmp");
+    let rr_key = format!("{KEY_PREFIX}/vips/{}", svc.rr_ip.v4);
+    let keys = c.etcd.keys(KEY_PREFIX).expect("keys");
+    assert!(
+        keys.contains(&service_key) && keys.contains(&rr_key),
+        "{keys:?}"
+    );
+
+    // While an instance runs, the service stays past the grace time.
+    std::thread::sleep(Duration::from_secs(4));
+    let keys = c.etcd.keys(KEY_PREFIX).expect("keys");
+    assert!(
+        keys.contains(&service_key),
+        "a service with an instance stays: {keys:?}"
+    );
+
+    c.b.detach(&inst.key()).expect("detach the last instance");
+    eventually(Duration::from_secs(15), || {
+        let keys = c.etcd.keys(KEY_PREFIX)?;
+        let left: Vec<&String> = keys
+            .iter()
+            .filter(|k| **k == service_key || **k == rr_key)
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            bail!("still in etcd: {left:?}")
+        }
+    })
+    .expect("the empty service and its ServiceIP leave etcd");
+    for n in [&c.a, &c.b] {
+        eventually(PROPAGATION, || {
+            if n.services()?.iter().any(|s| s.name() == "shop/tmp") {
+                bail!("node {} still lists shop/tmp", n.name)
+            }
+            Ok(())
+        })
+        .expect("the nodes drop the removed service");
+    }
+
+    // Used again: created anew, reached again.
+    let (_wb2, _) = c
+        .server(&c.b, "wb2", "shop/tmp", 1, "tmp-b2")
+        .expect("tmp again");
+    let again = c.b.service("shop/tmp").expect("shop/tmp again");
+    let hello =
+        eventually(PROPAGATION, || client_a.tcp_hello(again.rr_ip.v4)).expect("a -> tmp again");
+    assert_eq!(hello.name, "tmp-b2");
+}

@@ -24,11 +24,15 @@ pub struct EtcdSettings {
     /// The longest a single store request may take before the caller gets
     /// [`crate::Error::Unavailable`].
     pub request_timeout: Duration,
+    /// How long a service with no instance on any node keeps its record
+    /// and ServiceIPs (`store.empty_service_grace_secs`); `None`: for ever.
+    pub empty_service_grace: Option<Duration>,
 }
 
 impl EtcdSettings {
     /// The documented defaults for these endpoints: prefix `/proxytun`,
-    /// lease TTL 10 s, request timeout 3 s, no TLS.
+    /// lease TTL 10 s, request timeout 3 s, no TLS, empty services removed
+    /// after 10 minutes.
     pub fn new(endpoints: Vec<String>) -> Self {
         Self {
             endpoints,
@@ -36,6 +40,7 @@ impl EtcdSettings {
             lease_ttl: Duration::from_secs(10),
             tls: None,
             request_timeout: Duration::from_secs(3),
+            empty_service_grace: Some(Duration::from_secs(600)),
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct StoreSection {
     pub cert_file: Option<PathBuf>,
     /// The client certificate's key (PEM).
     pub key_file: Option<PathBuf>,
+    /// How long a service with no instance on any node keeps its record
+    /// and ServiceIPs, in seconds; 0 keeps them for ever.
+    pub empty_service_grace_secs: u64,
 }
 
 impl Default for StoreSection {
@@ -68,6 +71,7 @@ impl Default for StoreSection {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            empty_service_grace_secs: 600,
         }
     }
 }
@@ -118,6 +122,15 @@ impl StoreSection {
                 format!(
                     "must be between 100 and 60000 milliseconds, got {}",
                     st.request_timeout_ms
+                ),
+            ));
+        }
+        if st.empty_service_grace_secs > 30 * 86_400 {
+            return Err((
+                "store.empty_service_grace_secs",
+                format!(
+                    "must be at most 2592000 (30 days), or 0 to keep empty services, got {}",
+                    st.empty_service_grace_secs
                 ),
             ));
         }

@@ -203,6 +203,10 @@ fn etcd_store_errors_name_the_key() {
         "store.lease_ttl_secs"
     );
     assert_eq!(
+        key_of(&format!("{ETCD}empty_service_grace_secs = 9999999\n")),
+        "store.empty_service_grace_secs"
+    );
+    assert_eq!(
         key_of(&format!("{ETCD}cert_file = \"/c.pem\"\n")),
         "store.key_file"
     );

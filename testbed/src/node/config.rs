@@ -216,6 +216,8 @@ pub struct EtcdStore {
     /// `store.cert_file` and `store.key_file`: the node's client
     /// certificate, for an etcd that asks for one.
     pub client: Option<CertFiles>,
+    /// `store.empty_service_grace_secs`; `None` keeps the default.
+    pub empty_service_grace_secs: Option<u32>,
 }
 
 /// Tunnel keepalive timing (`[tunnel]` keys).
@@ -247,6 +249,9 @@ impl NodeConfig {
                 );
                 if let Some(prefix) = &etcd.prefix {
                     let _ = writeln!(s, "prefix = {prefix:?}");
+                }
+                if let Some(g) = etcd.empty_service_grace_secs {
+                    let _ = writeln!(s, "empty_service_grace_secs = {g}");
                 }
                 if let Some(ca) = &etcd.ca_file {
                     let _ = writeln!(s, "ca_file = {:?}", ca.display().to_string());
@@ -358,6 +363,7 @@ mod tests {
                     cert: "/c/client.pem".into(),
                     key: "/c/client-key.pem".into(),
                 }),
+                empty_service_grace_secs: None,
             }),
             Some(Keepalive {
                 interval_ms: 300,
