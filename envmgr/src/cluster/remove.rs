@@ -12,7 +12,6 @@
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use super::keys::{self, InstanceRecord, NodeRecord, VipKind, VipRecord};
-use super::registry::{corrupt, unavailable};
 use super::session::Inner;
 use crate::error::{Error, Result};
 use crate::registry::RemovedNode;
@@ -23,6 +22,14 @@ const CHUNK: usize = 60;
 
 /// How often the removal starts over after a record changed under it.
 const RETRIES: usize = 8;
+
+fn unavailable(e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!("etcd: {e}"))
+}
+
+fn corrupt(m: String) -> Error {
+    super::error::ClusterError::Corrupt(m).into()
+}
 
 /// A key to delete, at the revision it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
