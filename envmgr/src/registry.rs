@@ -82,6 +82,32 @@ pub trait Registry: Send + Sync + fmt::Debug + 'static {
         name: &'a ServiceName,
         affinity: Affinity,
     ) -> BoxFuture<'a, Result<Service>>;
+
+    /// Removes every record of a dead node `name` from the cluster store
+    /// (membership, subnet lease, instances, their addresses), so an
+    /// operator need not wait or edit the store by hand.
+    /// [`crate::Error::Conflict`] while the node is alive (its lease held),
+    /// [`crate::Error::NotFound`] when the store has nothing of it. A
+    /// store without nodes of its own (the local one) refuses with 409.
+    fn remove_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<RemovedNode>> {
+        Box::pin(async move {
+            Err(crate::Error::Conflict(format!(
+                "cannot remove node {name}: this node has no cluster store (store.backend = \"local\"); \
+                 remove a peer with `proxytun peer remove` instead"
+            )))
+        })
+    }
+}
+
+/// What [`Registry::remove_node`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemovedNode {
+    /// The node's name.
+    pub node: String,
+    /// The index (subnet) it held, if its membership record was there.
+    pub index: Option<u32>,
+    /// Every key deleted.
+    pub removed: Vec<String>,
 }
 
 /// What the rest of the cluster runs, as far as this node is interested.

@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use std::net::IpAddr;
 
-use envmgr::cluster::{EtcdCluster, EtcdSettings, TlsFiles};
+use envmgr::cluster::{ClusterError, EtcdCluster, EtcdSettings, TlsFiles};
 use envmgr::plan::AddressPlan;
 use envmgr::store::LocalStore;
 use tokio::sync::mpsc;
@@ -81,6 +81,8 @@ fn etcd_settings(config: &Config, public_key: Option<String>) -> EtcdSettings {
         }),
         request_timeout: Duration::from_millis(st.request_timeout_ms),
         public_key,
+        empty_service_grace: (st.empty_service_grace_secs > 0)
+            .then(|| Duration::from_secs(st.empty_service_grace_secs)),
     }
 }
 
@@ -125,6 +127,14 @@ async fn open_manager(
             .context("start the etcd client")?;
             let index = match cluster.join(&config.plan_with_index(0), JOIN_WAIT).await {
                 Ok(index) => index,
+                // A TLS refusal will not heal by waiting: no cached start.
+                Err(e @ ClusterError::Refused(_)) => {
+                    cluster.stop();
+                    return Err(e).context(format!(
+                        "connect to etcd at {}",
+                        config.store.endpoints.join(", ")
+                    ));
+                }
                 Err(e) => match cached_index(config)? {
                     Some(index) => {
                         tracing::warn!(error = %e, index, "etcd unreachable; starting with the subnet and table cached in the state directory");

@@ -28,6 +28,7 @@ use crate::linkdelay::DelayLink;
 use crate::model::{Dual, Instance, Service};
 use crate::netns::Netns;
 use crate::node::{EtcdStore, Keepalive, Node, NodeConfig, TestKey};
+use crate::tls::Pki;
 
 /// The etcd host's underlay address.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -51,6 +52,8 @@ pub struct Cluster3 {
     pub c: Node,
     /// The etcd server, 192.0.2.254.
     pub etcd: Etcd,
+    /// The test certificates of a TLS cluster ([`Cluster3::build_tls`]).
+    pki: Option<Pki>,
     links: Vec<(String, DelayLink)>,
     switch: Netns,
     prefix: String,
@@ -88,17 +91,48 @@ impl Cluster3 {
         delayable: &[&str],
         tweak: impl Fn(&mut NodeConfig),
     ) -> Result<Cluster3> {
+        Cluster3::build_store(test, delayable, false, tweak)
+    }
+
+    /// [`Cluster3::build`] on an etcd that speaks TLS only and requires
+    /// client certificates, with certificates made for the test
+    /// ([`Cluster3::pki`]); every node gets `store.ca_file` and a client
+    /// certificate.
+    pub fn build_tls(test: &str) -> Result<Cluster3> {
+        Cluster3::build_store(test, &[], true, |_| {})
+    }
+
+    fn build_store(
+        test: &str,
+        delayable: &[&str],
+        tls: bool,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> Result<Cluster3> {
         crate::support::require_root()?;
         let prefix = prefix_for(test);
         let switch = Netns::create(&format!("{prefix}sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
         let etcd_host = plug_host(&switch, &format!("{prefix}e"), "pe", ETCD_IP)?;
-        let etcd = Etcd::start_in(etcd_host, ETCD_IP, &format!("{prefix}etcd"))?;
+        let pki = if tls {
+            Some(Pki::generate(
+                &format!("proxytun-{prefix}pki-"),
+                ETCD_IP.into(),
+            )?)
+        } else {
+            None
+        };
+        let etcd = match &pki {
+            Some(pki) => Etcd::start_in_tls(etcd_host, ETCD_IP, &format!("{prefix}etcd"), pki)?,
+            None => Etcd::start_in(etcd_host, ETCD_IP, &format!("{prefix}etcd"))?,
+        };
         let store = EtcdStore {
             endpoints: vec![etcd.endpoint()],
             prefix: None,
             lease_ttl_secs: u32::try_from(LEASE_TTL.as_secs()).unwrap_or(3),
+            ca_file: pki.as_ref().map(|p| p.ca.clone()),
+            client: pki.as_ref().map(|p| p.client.clone()),
+            empty_service_grace_secs: None,
         };
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
@@ -146,6 +180,7 @@ impl Cluster3 {
             b,
             c,
             etcd,
+            pki,
             links,
             switch,
             prefix,
@@ -163,6 +198,11 @@ impl Cluster3 {
             n.wait_started()?;
         }
         Ok(())
+    }
+
+    /// The test certificates, for a cluster from [`Cluster3::build_tls`].
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
     }
 
     /// The namespace-name prefix of this test.

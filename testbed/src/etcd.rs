@@ -10,6 +10,12 @@
 //! stopped by pid on Drop, which also runs while a failing test unwinds or
 //! a bench run is interrupted. `kill()` and `restart()` simulate an etcd
 //! crash and recovery with the same data directory and ports.
+//!
+//! With [`EtcdBuilder::tls`] the client port speaks https only, with the
+//! test's [`Pki`]: etcd's certificate from it, and client certificates
+//! required (`--client-cert-auth`, trusted CA = the PKI's CA). `/health`
+//! and `/metrics` are then read on a plain-http metrics port (2381 in a
+//! namespace), and `etcdctl` is given the CA and the client certificate.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -24,6 +30,7 @@ use tempfile::TempDir;
 
 use crate::cmd::{self, Bg, Out};
 use crate::netns::{self, Netns};
+use crate::tls::{CertFiles, Pki};
 
 /// Where the Debian package installs etcd.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -31,6 +38,9 @@ pub const ETCD_BIN: &str = "/usr/bin/etcd";
 pub const CLIENT_PORT: u16 = 2379;
 /// The etcd peer port in a namespace.
 pub const PEER_PORT: u16 = 2380;
+/// The plain-http metrics port (`/health`, `/metrics`) of a TLS etcd in a
+/// namespace.
+pub const METRICS_PORT: u16 = 2381;
 /// How long etcd may take to answer `/health` after start.
 pub const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `etcdctl` call may take.
@@ -57,6 +67,18 @@ pub struct EtcdBuilder {
     log_level: Option<String>,
     quick_election: bool,
     grace: Duration,
+    tls: Option<Tls>,
+}
+
+/// The files of a TLS etcd: its own certificate, the CA it trusts for
+/// clients, and the client certificate `etcdctl` uses.
+#[derive(Debug, Clone)]
+struct Tls {
+    ca: PathBuf,
+    server: CertFiles,
+    client: CertFiles,
+    /// The plain-http address of `/health` and `/metrics`.
+    metrics: SocketAddr,
 }
 
 impl EtcdBuilder {
@@ -106,8 +128,20 @@ impl EtcdBuilder {
         self
     }
 
+    /// Serves clients on https only, with `pki`'s server certificate, and
+    /// requires client certificates signed by `pki`'s CA.
+    pub fn tls(mut self, pki: &Pki) -> Self {
+        self.tls = Some(Tls {
+            ca: pki.ca.clone(),
+            server: pki.server.clone(),
+            client: pki.client.clone(),
+            metrics: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        });
+        self
+    }
+
     /// Starts the server and waits until it is healthy.
-    pub fn start(self) -> Result<Etcd> {
+    pub fn start(mut self) -> Result<Etcd> {
         let (own_dir, dir) = match self.dir {
             Some(d) => (None, d),
             None => {
@@ -119,18 +153,23 @@ impl EtcdBuilder {
                 (Some(t), d)
             }
         };
-        let (host, client, peer) = match self.host {
+        let (host, client, peer, metrics) = match self.host {
             Some((ns, ip)) => (
                 Some(ns),
                 SocketAddr::from((ip, CLIENT_PORT)),
                 SocketAddr::from((ip, PEER_PORT)),
+                SocketAddr::from((ip, METRICS_PORT)),
             ),
             None => (
                 None,
                 SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
                 SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
             ),
         };
+        if let Some(t) = self.tls.as_mut() {
+            t.metrics = metrics;
+        }
         let mut e = Etcd {
             proc: None,
             bin: self.bin,
@@ -142,6 +181,7 @@ impl EtcdBuilder {
             log_level: self.log_level,
             quick_election: self.quick_election,
             grace: self.grace,
+            tls: self.tls,
             host,
             dir,
             _own_dir: own_dir,
@@ -164,6 +204,7 @@ pub struct Etcd {
     log_level: Option<String>,
     quick_election: bool,
     grace: Duration,
+    tls: Option<Tls>,
     host: Option<Netns>,
     dir: PathBuf,
     _own_dir: Option<TempDir>,
@@ -182,6 +223,7 @@ impl Etcd {
             log_level: None,
             quick_election: false,
             grace: Duration::ZERO,
+            tls: None,
         }
     }
 
@@ -208,9 +250,23 @@ impl Etcd {
             .start()
     }
 
-    /// The client URL (`http://<ip>:<port>`).
+    /// [`Etcd::start_in`] with TLS ([`EtcdBuilder::tls`]) and a quiet log
+    /// (warnings and errors only, which include rejected TLS handshakes).
+    pub fn start_in_tls(host: Netns, ip: Ipv4Addr, name: &str, pki: &Pki) -> Result<Etcd> {
+        let prefix = format!("proxytun-{}-", host.name());
+        Etcd::builder(name)
+            .in_netns(host, ip)
+            .dir_prefix(&prefix)
+            .quick_election()
+            .log_level("warn")
+            .tls(pki)
+            .start()
+    }
+
+    /// The client URL (`http://<ip>:<port>`, `https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// The host namespace etcd runs in (`None` on loopback).
@@ -283,6 +339,21 @@ impl Etcd {
         if let Some(level) = &self.log_level {
             args.extend(["--log-level", level]);
         }
+        let tls_args: Vec<String> = match &self.tls {
+            None => Vec::new(),
+            Some(t) => vec![
+                "--cert-file".into(),
+                t.server.cert.to_string_lossy().into_owned(),
+                "--key-file".into(),
+                t.server.key.to_string_lossy().into_owned(),
+                "--trusted-ca-file".into(),
+                t.ca.to_string_lossy().into_owned(),
+                "--client-cert-auth".into(),
+                "--listen-metrics-urls".into(),
+                format!("http://{}", t.metrics),
+            ],
+        };
+        args.extend(tls_args.iter().map(String::as_str));
         let bin = self.bin.to_string_lossy();
         let mut c = match &self.host {
             Some(ns) => ns.command(&bin, &args),
@@ -324,9 +395,10 @@ impl Etcd {
         }
     }
 
-    /// An HTTP GET of `path` on the client port, from etcd's namespace.
+    /// An HTTP GET of `path` on the client port (the metrics port with
+    /// TLS), from etcd's namespace.
     fn get(&self, path: &str) -> Result<String> {
-        let addr = self.client;
+        let addr = self.tls.as_ref().map_or(self.client, |t| t.metrics);
         let Some(ns) = &self.host else {
             return http_get(addr, path);
         };
@@ -366,7 +438,13 @@ impl Etcd {
     fn etcdctl_cmd(&self, ns: Option<&Netns>, args: &[&str]) -> Command {
         let bin = etcdctl_bin();
         let endpoints = format!("--endpoints={}", self.endpoint());
-        let mut full = vec![endpoints.as_str(), "--dial-timeout=2s"];
+        let mut owned = vec![endpoints, "--dial-timeout=2s".to_owned()];
+        if let Some(t) = &self.tls {
+            owned.push(format!("--cacert={}", t.ca.display()));
+            owned.push(format!("--cert={}", t.client.cert.display()));
+            owned.push(format!("--key={}", t.client.key.display()));
+        }
+        let mut full: Vec<&str> = owned.iter().map(String::as_str).collect();
         full.extend_from_slice(args);
         let mut c = match ns {
             Some(ns) => ns.command(&bin.to_string_lossy(), &full),

@@ -39,6 +39,7 @@ pub mod node;
 pub mod nspawn;
 pub mod podman;
 pub mod support;
+pub mod tls;
 
 pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP_PORT};
 pub use cluster3::Cluster3;
@@ -52,3 +53,4 @@ pub use support::{
     eventually, fakedns_bin, proxytun_bin, ptprobe_bin, registered_peers, require_root,
     workspace_root,
 };
+pub use tls::{CertFiles, Pki};

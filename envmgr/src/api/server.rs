@@ -21,6 +21,7 @@ mod error;
 mod extract;
 mod handlers;
 mod policy;
+mod nodes;
 mod socket;
 
 use std::future::Future;
@@ -74,6 +75,7 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         )
         .route("/v1/peers", get(list_peers::<K>).post(put_peer::<K>))
         .route("/v1/peers/{name}", delete(remove_peer::<K>))
+        .route("/v1/nodes/{name}", delete(nodes::remove_node::<K>))
         .route("/v1/flows", get(flows::<K>))
         .route("/v1/policy", get(get_policy::<K>).put(put_policy::<K>))
         .route("/v1/counters", get(counters::<K>))

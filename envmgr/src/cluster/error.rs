@@ -10,6 +10,10 @@ pub enum ClusterError {
     /// etcd did not answer in time; nothing was changed.
     #[error("etcd unavailable: {0}; check store.endpoints and that etcd is running")]
     Unavailable(String),
+    /// etcd refused this node's TLS (its certificate, the CA, the scheme):
+    /// waiting will not help; the message names the `store.*` key to fix.
+    #[error("etcd refused the TLS connection: {0}")]
+    Refused(String),
     /// No node index is free in these ranges.
     #[error("{0}")]
     Exhausted(String),
@@ -25,7 +29,9 @@ impl From<ClusterError> for crate::Error {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::Config(m) => crate::Error::Invalid(m),
-            ClusterError::Unavailable(_) => crate::Error::Unavailable(e.to_string()),
+            ClusterError::Unavailable(_) | ClusterError::Refused(_) => {
+                crate::Error::Unavailable(e.to_string())
+            }
             ClusterError::Exhausted(m) => crate::Error::Exhausted(m),
             ClusterError::Conflict(m) => crate::Error::Conflict(m),
             ClusterError::Corrupt(_) => crate::Error::Store(e.to_string()),

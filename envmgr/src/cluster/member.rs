@@ -101,7 +101,7 @@ pub(super) async fn join_index(
             .collect();
         let Some(index) = (1..max).find(|i| !used.contains(i)) else {
             return Err(ClusterError::Exhausted(format!(
-                "all {} node indexes of these ranges are leased; remove dead nodes' subnets/ and nodes/ keys or widen network.cluster",
+                "all {} node indexes of these ranges are leased; remove dead nodes with `proxytun node remove NAME` or widen network.cluster",
                 max.saturating_sub(1)
             )));
         };

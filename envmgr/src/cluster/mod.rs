@@ -24,7 +24,11 @@ mod sync;
 mod tests;
 
 mod error;
+mod gc;
 mod member;
+mod probe;
+mod refusal;
+mod remove;
 mod session;
 mod settings;
 mod txn;
@@ -115,12 +119,14 @@ impl EtcdCluster {
             ClusterError::Config("internal: EtcdCluster::start needs a tokio runtime".to_owned())
         })?;
         let (session, _) = watch::channel(None);
+        let (refused, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             keys: Keys::new(&settings.prefix),
             settings,
             node,
             endpoint,
             session,
+            refused,
             status: Mutex::new(ClusterStatus::default()),
         });
         let tasks = Arc::new(Tasks::default());
@@ -164,7 +170,8 @@ impl EtcdCluster {
     /// services the resolver was asked for by name), keeps etcd's
     /// registrations in line with the local attachments, and publishes what
     /// the other nodes run on the returned channel. The view is kept through
-    /// an outage.
+    /// an outage. With `empty_service_grace` set it also starts the sweep
+    /// that removes services left without instances (`gc.rs`).
     pub fn start_sync(
         &self,
         local: watch::Receiver<Arc<Snapshot>>,
@@ -174,6 +181,10 @@ impl EtcdCluster {
         let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
         let h = tokio::spawn(sync::run(self.inner.clone(), local, misses, names, tx));
         self.tasks.push(h.abort_handle());
+        if let Some(grace) = self.inner.settings.empty_service_grace {
+            let h = tokio::spawn(gc::run(self.inner.clone(), grace));
+            self.tasks.push(h.abort_handle());
+        }
         rx
     }
 

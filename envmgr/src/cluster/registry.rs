@@ -16,7 +16,7 @@ use crate::alloc;
 use crate::error::{Error, Result};
 use crate::model::{Affinity, DualAddr, InstanceKey, Policy, Service, ServiceName};
 use crate::plan::AddressPlan;
-use crate::registry::{Claim, Registry};
+use crate::registry::{Claim, Registry, RemovedNode};
 
 mod policy;
 
@@ -234,23 +234,36 @@ impl EtcdRegistry {
                 owner: key.to_string(),
             };
             let (ik, vk) = (keys.instance(&key), keys.vip(ip));
+            let sk = keys.service(name);
             let leased = || Some(PutOptions::new().with_lease(lease));
+            // The service must still exist: the empty-service sweep
+            // (`gc.rs`) may have removed it since `service()`.
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(ik.as_str(), CompareOp::Equal, 0),
                     Compare::create_revision(vk.as_str(), CompareOp::Equal, 0),
+                    Compare::create_revision(sk.as_str(), CompareOp::Greater, 0),
                 ])
                 .and_then([
                     TxnOp::put(ik.as_str(), keys::encode(&rec), leased()),
                     TxnOp::put(vk.as_str(), keys::encode(&vip), leased()),
                 ])
-                .or_else([TxnOp::get(ik.as_str(), None), TxnOp::get(vk.as_str(), None)]);
+                .or_else([
+                    TxnOp::get(ik.as_str(), None),
+                    TxnOp::get(vk.as_str(), None),
+                    TxnOp::get(sk.as_str(), None),
+                ]);
             let resp = c.txn(txn).await.map_err(unavailable)?;
             if resp.succeeded() {
                 tracing::info!(instance = %key, ip = %ip, "cluster: instance claimed");
                 return Ok((key, instance_ip));
             }
             let g = gets(&resp);
+            if matches!(g.get(2), Some(None)) {
+                return Err(Error::Conflict(format!(
+                    "service {name} was removed from the cluster as empty meanwhile; attach again"
+                )));
+            }
             if let (Some(n), Some(Some(kv))) = (claim.number, g.first()) {
                 let node = keys::decode::<InstanceRecord>(kv.key(), kv.value())
                     .map(|r| r.node)
@@ -408,6 +421,12 @@ impl Registry for EtcdRegistry {
     ) -> BoxFuture<'a, Result<Service>> {
         Box::pin(self.with_session("affinity", move |c, _| {
             self.set_affinity_inner(c, name, affinity)
+        }))
+    }
+
+    fn remove_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<RemovedNode>> {
+        Box::pin(self.with_session("node remove", move |c, _| {
+            super::remove::remove_node(&self.inner, c, name)
         }))
     }
 

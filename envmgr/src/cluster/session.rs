@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 use super::error::ClusterError;
 use super::keys::Keys;
+use super::probe;
+use super::refusal;
 use super::settings::EtcdSettings;
 
 /// What `proxytun status` shows about the cluster store.
@@ -61,6 +63,9 @@ pub(crate) struct Inner {
     pub(crate) endpoint: SocketAddr,
     pub(crate) keys: Keys,
     pub(crate) session: watch::Sender<Option<Session>>,
+    /// Why etcd refused the last TLS connection, naming the `store.*` key
+    /// to fix; `None` once a session is up (see `refusal.rs`).
+    pub(crate) refused: watch::Sender<Option<String>>,
     pub(crate) status: Mutex<ClusterStatus>,
 }
 
@@ -71,15 +76,23 @@ impl Inner {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The current session, waiting up to `timeout` for one.
+    /// The current session, waiting up to `timeout` for one; fails at once
+    /// with [`ClusterError::Refused`] when etcd refuses this node's TLS.
     pub(crate) async fn wait_session(&self, timeout: Duration) -> Result<Session, ClusterError> {
         let mut rx = self.session.subscribe();
-        let wait = async { rx.wait_for(|s| s.is_some()).await.map(|s| s.clone()) };
+        let mut refused = self.refused.subscribe();
+        let wait = async {
+            tokio::select! {
+                s = rx.wait_for(|s| s.is_some()) => s.map(|s| s.clone()).map_err(|_| None),
+                r = refused.wait_for(|r| r.is_some()) => Err(r.ok().and_then(|r| r.clone())),
+            }
+        };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => {
                 s.ok_or_else(|| ClusterError::Unavailable("internal: session vanished".to_owned()))
             }
-            Ok(Err(_)) => Err(ClusterError::Unavailable(
+            Ok(Err(Some(why))) => Err(ClusterError::Refused(why)),
+            Ok(Err(None)) => Err(ClusterError::Unavailable(
                 "the cluster client was stopped".to_owned(),
             )),
             Err(_) => {
@@ -125,6 +138,9 @@ enum SessionEnd {
     LeaseLost,
     /// etcd is unreachable: back off and reconnect.
     Outage(String),
+    /// etcd (or whatever answers there) refused this node's TLS: back off
+    /// and retry, as for an outage, but tell waiters at once.
+    Refused(String),
 }
 
 /// The session task: connects (with backoff), grants or keeps the lease,
@@ -151,15 +167,32 @@ pub(super) async fn session_task(inner: Arc<Inner>, options: ConnectOptions) {
             },
         )
         .await;
+        // The client's error may hide a TLS refusal ("connection closed"
+        // after a rejected client certificate): ask the server directly.
+        let end = match end {
+            SessionEnd::Outage(e) if inner.settings.tls.is_some() => {
+                match probe::probe(&inner.settings).await {
+                    Some(why) => SessionEnd::Refused(why),
+                    None => SessionEnd::Outage(e),
+                }
+            }
+            end => end,
+        };
         inner.session.send_replace(None);
         {
             let mut st = inner.status();
             st.connected = false;
-            if let SessionEnd::Outage(e) = &end {
+            if let SessionEnd::Outage(e) | SessionEnd::Refused(e) = &end {
                 st.last_error = Some(e.clone());
             }
         }
         match end {
+            SessionEnd::Refused(why) => {
+                tracing::error!("cluster: etcd refused the TLS connection: {why}");
+                inner.refused.send_replace(Some(why));
+                in_outage = true;
+                tokio::time::sleep(backoff.next()).await;
+            }
             SessionEnd::LeaseLost => {
                 tracing::warn!(node = %inner.node, "cluster: lease expired; granting a new one and registering again");
                 lease = None;
@@ -189,6 +222,13 @@ async fn run_session(
 ) -> SessionEnd {
     let t = inner.settings.request_timeout;
     let outage = |e: String| SessionEnd::Outage(e);
+    let fail = |e: etcd_client::Error| {
+        let text = refusal::chain(&e);
+        match refusal::tls_refusal(&inner.settings, &text) {
+            Some(why) => SessionEnd::Refused(why),
+            None => SessionEnd::Outage(text),
+        }
+    };
     let c = match client {
         Some(c) => c.clone(),
         None => {
@@ -198,7 +238,7 @@ async fn run_session(
                     *client = Some(c.clone());
                     c
                 }
-                Ok(Err(e)) => return outage(e.to_string()),
+                Ok(Err(e)) => return fail(e),
                 Err(_) => return outage(format!("connect timed out after {t:?}")),
             }
         }
@@ -212,7 +252,7 @@ async fn run_session(
         match tokio::time::timeout(t, lc.keep_alive(id)).await {
             Ok(Ok(k)) => kept = Some((id, k)),
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => *lease = None,
-            Ok(Err(e)) => return outage(e.to_string()),
+            Ok(Err(e)) => return fail(e),
             Err(_) => return outage(format!("lease keepalive timed out after {t:?}")),
         }
     }
@@ -222,7 +262,7 @@ async fn run_session(
             let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
             let id = match tokio::time::timeout(t, lc.grant(secs, None)).await {
                 Ok(Ok(r)) => r.id(),
-                Ok(Err(e)) => return outage(e.to_string()),
+                Ok(Err(e)) => return fail(e),
                 Err(_) => return outage(format!("lease grant timed out after {t:?}")),
             };
             *lease = Some(id);
@@ -231,7 +271,7 @@ async fn run_session(
                 Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
                     return SessionEnd::LeaseLost
                 }
-                Ok(Err(e)) => return outage(e.to_string()),
+                Ok(Err(e)) => return fail(e),
                 Err(_) => return outage(format!("lease keepalive timed out after {t:?}")),
             }
         }
@@ -244,10 +284,11 @@ async fn run_session(
     );
     match tokio::time::timeout(t, put).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return outage(e.to_string()),
+        Ok(Err(e)) => return fail(e),
         Err(_) => return outage(format!("put alive key timed out after {t:?}")),
     }
     *epoch += 1;
+    inner.refused.send_replace(None);
     inner.session.send_replace(Some(Session {
         client: c,
         lease: id,
@@ -264,13 +305,13 @@ async fn run_session(
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = keeper.keep_alive().await {
-            return outage(e.to_string());
+            return fail(e);
         }
         match tokio::time::timeout(t, stream.message()).await {
             Ok(Ok(Some(r))) if r.ttl() > 0 => {}
             Ok(Ok(Some(_))) => return SessionEnd::LeaseLost,
             Ok(Ok(None)) => return outage("lease keepalive stream closed".to_owned()),
-            Ok(Err(e)) => return outage(e.to_string()),
+            Ok(Err(e)) => return fail(e),
             Err(_) => return outage(format!("no keepalive answer within {t:?}")),
         }
     }

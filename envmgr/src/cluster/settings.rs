@@ -27,11 +27,15 @@ pub struct EtcdSettings {
     /// This node's public tunnel key (per-node keys), published in its
     /// node record so other nodes can check its handshakes.
     pub public_key: Option<String>,
+    /// How long a service with no instance on any node keeps its record
+    /// and ServiceIPs (`store.empty_service_grace_secs`); `None`: for ever.
+    pub empty_service_grace: Option<Duration>,
 }
 
 impl EtcdSettings {
     /// The documented defaults for these endpoints: prefix `/proxytun`,
-    /// lease TTL 10 s, request timeout 3 s, no TLS.
+    /// lease TTL 10 s, request timeout 3 s, no TLS, empty services removed
+    /// after 10 minutes.
     pub fn new(endpoints: Vec<String>) -> Self {
         Self {
             endpoints,
@@ -40,6 +44,7 @@ impl EtcdSettings {
             tls: None,
             request_timeout: Duration::from_secs(3),
             public_key: None,
+            empty_service_grace: Some(Duration::from_secs(600)),
         }
     }
 }

@@ -6,7 +6,9 @@
 
 mod join;
 mod registry;
+mod remove;
 mod sync;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

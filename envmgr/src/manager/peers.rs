@@ -65,6 +65,20 @@ impl<K: Kernel> Manager<K> {
         Ok((peer, created))
     }
 
+    /// Removes a dead node's records from the cluster store at once
+    /// (`DELETE /v1/nodes/{name}`); see [`crate::registry::Registry::remove_node`].
+    /// The view drops its instances through the sync task's watch.
+    pub async fn remove_node(&self, name: &str) -> Result<crate::registry::RemovedNode> {
+        check_label("node", name).map_err(|e| Error::Invalid(e.to_string()))?;
+        match &self.registry {
+            Some(r) => r.remove_node(name).await,
+            None => Err(Error::Conflict(format!(
+                "cannot remove node {name}: this node has no cluster store (store.backend = \"local\"); \
+                 remove a peer with `proxytun peer remove` instead"
+            ))),
+        }
+    }
+
     /// Removes a peer that no remote instance runs on any more.
     pub async fn remove_peer(&self, name: &str) -> Result<Peer> {
         self.refuse_when_clustered("peers")?;

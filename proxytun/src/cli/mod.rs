@@ -19,6 +19,7 @@ pub mod generate;
 mod instances;
 mod keygen;
 mod log_level;
+mod node;
 mod policy;
 mod render;
 mod status;
@@ -38,6 +39,7 @@ pub use api::ApiFailure;
 use instances::parse_instance_key;
 pub use instances::{AttachArgs, RemoteCommand};
 pub use keygen::keygen;
+pub use node::NodeCommand;
 pub use policy::PolicyCommand;
 use render::show;
 pub use render::Output;
@@ -95,6 +97,9 @@ pub enum ClientCommand {
     /// Register or remove an instance that runs on a peer node.
     #[command(subcommand)]
     Remote(RemoteCommand),
+    /// Remove a dead node's records from the cluster store (etcd).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show the daemon's log filter, or change it without a restart.
     LogLevel {
         /// A `tracing` filter: `debug`, `info,proxytun=trace`, …
@@ -155,6 +160,7 @@ pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String
         ClientCommand::Detach { instance } => instances::detach(&api, &instance).await?,
         ClientCommand::Peer(cmd) => status::peer(&api, cmd).await?,
         ClientCommand::Remote(cmd) => instances::remote(&api, cmd).await?,
+        ClientCommand::Node(cmd) => node::node(&api, cmd).await?,
         ClientCommand::Top(_) => anyhow::bail!(
             "`proxytun top` draws on a terminal and has no text to return; use `proxytun status`"
         ),

@@ -55,6 +55,9 @@ pub struct StoreSection {
     pub cert_file: Option<PathBuf>,
     /// The client certificate's key (PEM).
     pub key_file: Option<PathBuf>,
+    /// How long a service with no instance on any node keeps its record
+    /// and ServiceIPs, in seconds; 0 keeps them for ever.
+    pub empty_service_grace_secs: u64,
 }
 
 impl Default for StoreSection {
@@ -68,6 +71,7 @@ impl Default for StoreSection {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            empty_service_grace_secs: 600,
         }
     }
 }
@@ -121,10 +125,31 @@ impl StoreSection {
                 ),
             ));
         }
+        if st.empty_service_grace_secs > 30 * 86_400 {
+            return Err((
+                "store.empty_service_grace_secs",
+                format!(
+                    "must be at most 2592000 (30 days), or 0 to keep empty services, got {}",
+                    st.empty_service_grace_secs
+                ),
+            ));
+        }
         if st.cert_file.is_some() != st.key_file.is_some() {
             return Err((
                 "store.key_file",
                 "store.cert_file and store.key_file go together: give both or neither".into(),
+            ));
+        }
+        if st.ca_file.is_none() && st.cert_file.is_some() {
+            return Err((
+                "store.ca_file",
+                "store.cert_file is set, so TLS is on: give the CA that signed etcd's server certificate too".into(),
+            ));
+        }
+        if st.ca_file.is_none() && st.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Err((
+                "store.ca_file",
+                "the endpoints are https://: give the CA that signed etcd's server certificate (PEM)".into(),
             ));
         }
         if (st.cert_file.is_some() || st.ca_file.is_some())

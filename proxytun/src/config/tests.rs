@@ -203,12 +203,26 @@ fn etcd_store_errors_name_the_key() {
         "store.lease_ttl_secs"
     );
     assert_eq!(
+        key_of(&format!("{ETCD}empty_service_grace_secs = 9999999\n")),
+        "store.empty_service_grace_secs"
+    );
+    assert_eq!(
         key_of(&format!("{ETCD}cert_file = \"/c.pem\"\n")),
         "store.key_file"
     );
     assert_eq!(
         key_of(&format!("{ETCD}ca_file = \"/ca.pem\"\n")),
         "store.endpoints"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{ETCD}cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
+        )),
+        "store.ca_file"
+    );
+    assert_eq!(
+        key_of(&ETCD.replace("http://", "https://")),
+        "store.ca_file"
     );
     assert_eq!(
         key_of(&format!("{ETCD}endpoint = \"x\"\n")),

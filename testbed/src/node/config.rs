@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use crate::tls::CertFiles;
+
 /// The tunnel port every test node uses (the product's default).
 pub const TUNNEL_PORT: u16 = 50103;
 
@@ -209,6 +211,13 @@ pub struct EtcdStore {
     /// `store.lease_ttl_secs`: short in tests so a dead node's instances
     /// expire within the test's time budget.
     pub lease_ttl_secs: u32,
+    /// `store.ca_file`: the CA of etcd's server certificate (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// `store.cert_file` and `store.key_file`: the node's client
+    /// certificate, for an etcd that asks for one.
+    pub client: Option<CertFiles>,
+    /// `store.empty_service_grace_secs`; `None` keeps the default.
+    pub empty_service_grace_secs: Option<u32>,
 }
 
 /// Tunnel keepalive timing (`[tunnel]` keys).
@@ -240,6 +249,16 @@ impl NodeConfig {
                 );
                 if let Some(prefix) = &etcd.prefix {
                     let _ = writeln!(s, "prefix = {prefix:?}");
+                }
+                if let Some(g) = etcd.empty_service_grace_secs {
+                    let _ = writeln!(s, "empty_service_grace_secs = {g}");
+                }
+                if let Some(ca) = &etcd.ca_file {
+                    let _ = writeln!(s, "ca_file = {:?}", ca.display().to_string());
+                }
+                if let Some(c) = &etcd.client {
+                    let _ = writeln!(s, "cert_file = {:?}", c.cert.display().to_string());
+                    let _ = writeln!(s, "key_file = {:?}", c.key.display().to_string());
                 }
             }
         }
@@ -339,6 +358,12 @@ mod tests {
                 endpoints: vec!["http://192.0.2.254:2379".into()],
                 prefix: Some("/pt".into()),
                 lease_ttl_secs: 3,
+                ca_file: Some("/c/ca.pem".into()),
+                client: Some(CertFiles {
+                    cert: "/c/client.pem".into(),
+                    key: "/c/client-key.pem".into(),
+                }),
+                empty_service_grace_secs: None,
             }),
             Some(Keepalive {
                 interval_ms: 300,
@@ -348,7 +373,8 @@ mod tests {
         .render(Path::new("/d"));
         assert!(!text.contains("index"), "{text}");
         for want in [
-            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://192.0.2.254:2379\"]\nlease_ttl_secs = 3\nprefix = \"/pt\"\n",
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://192.0.2.254:2379\"]\nlease_ttl_secs = 3\nprefix = \"/pt\"\n\
+             ca_file = \"/c/ca.pem\"\ncert_file = \"/c/client.pem\"\nkey_file = \"/c/client-key.pem\"\n",
             "[tunnel]\nbind = \"192.0.2.1\"\nport = 50103\nkeepalive_ms = 300\npeer_timeout_ms = 1200\n",
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
