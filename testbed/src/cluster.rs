@@ -74,6 +74,7 @@ impl Cluster {
         let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
+        let node_keys = crate::node::test_node_keys()?.then(crate::node::NodeKeys::default);
         let mut cfg_a = NodeConfig {
             name: "a".into(),
             index: 1,
@@ -90,6 +91,8 @@ impl Cluster {
             offload: None,
             busy_poll_us: None,
             threads: None,
+            node_keys: node_keys.clone(),
+            peer_keys: Vec::new(),
         };
         let mut cfg_b = NodeConfig {
             name: "b".into(),
@@ -104,14 +107,27 @@ impl Cluster {
             offload: None,
             busy_poll_us: None,
             threads: None,
+            node_keys: node_keys.clone(),
+            peer_keys: Vec::new(),
         };
         tweak(&mut cfg_a);
         tweak(&mut cfg_b);
         let mut a = Node::new(host_a, &cfg_a)?;
         let mut b = Node::new(host_b, &cfg_b)?;
+        // Per-node keys: a lists b's public key in its [[peer]], b learns
+        // a's through `peer add --public-key`.
+        let keyed = cfg_a.node_keys.is_some() && cfg_b.node_keys.is_some();
+        if keyed {
+            cfg_a.peer_keys = vec![("b".into(), b.public_key()?)];
+            a.rewrite_config(&cfg_a)?;
+        }
         a.start()?;
         b.start()?;
-        b.peer_add("a", a.endpoint())?;
+        if keyed {
+            b.peer_add_with_key("a", a.endpoint(), &a.public_key()?)?;
+        } else {
+            b.peer_add("a", a.endpoint())?;
+        }
         Ok(Cluster {
             a,
             b,

@@ -137,6 +137,7 @@ impl Cluster3 {
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
         let mut nodes = Vec::new();
+        let node_keys = crate::node::test_node_keys()?.then(crate::node::NodeKeys::default);
         let mut links = Vec::new();
         for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
             let last = u8::try_from(i + 1).unwrap_or(1);
@@ -167,6 +168,8 @@ impl Cluster3 {
                 offload: None,
                 busy_poll_us: None,
                 threads: None,
+                node_keys: node_keys.clone(),
+                peer_keys: Vec::new(),
             };
             tweak(&mut cfg);
             nodes.push(Node::new(host, &cfg)?);

@@ -20,8 +20,8 @@ mod dataplane;
 mod error;
 mod extract;
 mod handlers;
-mod policy;
 mod nodes;
+mod policy;
 mod socket;
 
 use std::future::Future;

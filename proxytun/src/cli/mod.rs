@@ -67,6 +67,16 @@ pub enum ClientCommand {
         /// never overwritten) instead of printing it.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// A node key pair (`tunnel.keys = "node"`) instead of a cluster
+        /// key: the private key is written, the public key printed.
+        #[arg(long)]
+        node: bool,
+    },
+    /// Print the public key of a node key file (for other nodes' `[[peer]] public_key`).
+    Pubkey {
+        /// The node key file.
+        #[arg(long, value_name = "FILE", default_value = "/etc/proxytun/node.key")]
+        key_file: PathBuf,
     },
     /// Show the dataplane's packet counters.
     Counters(Output),
@@ -128,7 +138,8 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> anyhow::Result<()> {
 pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String> {
     let api = Api(Client::new(socket));
     let out = match cmd {
-        ClientCommand::Keygen { out } => keygen(out.as_deref())?,
+        ClientCommand::Keygen { out, node } => keygen(out.as_deref(), node)?,
+        ClientCommand::Pubkey { key_file } => keygen::pubkey(&key_file)?,
         ClientCommand::Status(o) => status::status(&api, o).await?,
         ClientCommand::LogLevel { level } => log_level::log_level(&api, level).await?,
         ClientCommand::Services(o) => show(

@@ -58,6 +58,33 @@ pub struct NodeConfig {
     pub busy_poll_us: Option<u32>,
     /// `tun.threads`; `None` keeps the daemon's default (`auto`).
     pub threads: Option<u8>,
+    /// `tunnel.keys = "node"` with the node's own key pair in its
+    /// directory (`node.key`, made by `proxytun keygen --node` when the
+    /// node is created); `None` keeps the cluster key. [`test_node_keys`]
+    /// turns it on for every test cluster.
+    pub node_keys: Option<NodeKeys>,
+    /// `public_key` of the static `[[peer]]` entries, by peer name.
+    pub peer_keys: Vec<(String, String)>,
+}
+
+/// Per-node tunnel keys of a test node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeKeys {
+    /// `tunnel.rekey_after_s`; `None` keeps the daemon's default (120 s).
+    pub rekey_after_s: Option<u64>,
+}
+
+/// The environment variable that switches every test cluster to per-node
+/// tunnel keys (`node`; `cluster`, the default, keeps the cluster key).
+pub const KEYS_ENV: &str = "PROXYTUN_TEST_KEYS";
+
+/// Whether test clusters use per-node keys ([`KEYS_ENV`] = `node`).
+pub fn test_node_keys() -> Result<bool> {
+    match std::env::var(KEYS_ENV).as_deref() {
+        Err(_) | Ok("cluster") => Ok(false),
+        Ok("node") => Ok(true),
+        Ok(m) => bail!("{KEYS_ENV}={m:?}: expected cluster or node"),
+    }
 }
 
 /// `tunnel.security` and `tunnel.key_file` of a test node.
@@ -285,6 +312,16 @@ impl NodeConfig {
                 sec.key_file.display().to_string()
             );
         }
+        if let Some(k) = &self.node_keys {
+            let _ = write!(
+                s,
+                "keys = \"node\"\nnode_key_file = {:?}\n",
+                dir.join("node.key").display().to_string()
+            );
+            if let Some(r) = k.rekey_after_s {
+                let _ = writeln!(s, "rekey_after_s = {r}");
+            }
+        }
         let _ = write!(
             s,
             "\n[tun]\noffload = {}\n{}\n[api]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n",
@@ -301,6 +338,9 @@ impl NodeConfig {
         s.push_str(&self.extra);
         for (name, ep) in &self.peers {
             let _ = write!(s, "\n[[peer]]\nname = \"{name}\"\nendpoint = \"{ep}\"\n");
+            if let Some((_, k)) = self.peer_keys.iter().find(|(n, _)| n == name) {
+                let _ = writeln!(s, "public_key = \"{k}\"");
+            }
         }
         s
     }
@@ -324,6 +364,8 @@ mod tests {
             offload: None,
             busy_poll_us: None,
             threads: None,
+            node_keys: None,
+            peer_keys: Vec::new(),
         }
     }
 

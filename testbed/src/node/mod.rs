@@ -25,8 +25,8 @@ use crate::netns::Netns;
 mod config;
 
 pub use config::{
-    offload_wanted, test_security_mode, DnsConfig, EtcdStore, Keepalive, NodeConfig, TestKey,
-    TunnelSecurity, SECURITY_ENV, TUNNEL_PORT,
+    offload_wanted, test_node_keys, test_security_mode, DnsConfig, EtcdStore, Keepalive,
+    NodeConfig, NodeKeys, TestKey, TunnelSecurity, KEYS_ENV, SECURITY_ENV, TUNNEL_PORT,
 };
 
 /// How long a daemon may take to answer on its socket after start.
@@ -100,12 +100,21 @@ impl Node {
             .context("creating the node's temporary directory")?;
         let config = dir.path().join("proxytun.toml");
         fs::write(&config, cfg.render(dir.path())).context("writing the node config")?;
+        let bin = crate::support::proxytun_bin()?;
+        if cfg.node_keys.is_some() {
+            let key = dir.path().join("node.key");
+            let mut c = Command::new(&bin);
+            c.arg("keygen").arg("--node").arg("--out").arg(&key);
+            cmd::run(&mut c, CLI_TIMEOUT)?
+                .ok()
+                .context("proxytun keygen --node")?;
+        }
         Ok(Node {
             child: None,
             name: cfg.name.clone(),
             index: cfg.index,
             underlay: cfg.underlay,
-            bin: crate::support::proxytun_bin()?,
+            bin,
             socket: dir.path().join("api.sock"),
             log: dir.path().join("daemon.log"),
             config,
@@ -113,6 +122,28 @@ impl Node {
             host,
             env: Vec::new(),
         })
+    }
+
+    /// Writes `cfg` over the node's config file (for its next start), e.g.
+    /// with peer keys known only once every node exists.
+    pub fn rewrite_config(&self, cfg: &NodeConfig) -> Result<()> {
+        fs::write(&self.config, cfg.render(self.dir.path())).context("rewriting the node config")
+    }
+
+    /// The node's key file with per-node keys.
+    pub fn node_key_path(&self) -> PathBuf {
+        self.dir.path().join("node.key")
+    }
+
+    /// The node's public key (`proxytun pubkey` of its key file).
+    pub fn public_key(&self) -> Result<String> {
+        let key = self.node_key_path();
+        let key = key.to_string_lossy();
+        Ok(self
+            .cli_ok(&["pubkey", "--key-file", &key])?
+            .stdout
+            .trim()
+            .to_owned())
     }
 
     /// Sets an environment variable for the daemon's next starts (e.g.
@@ -497,6 +528,20 @@ impl Node {
     /// `proxytun peer add NAME ENDPOINT`.
     pub fn peer_add(&self, name: &str, endpoint: SocketAddr) -> Result<()> {
         self.cli_ok(&["peer", "add", name, &endpoint.to_string()])?;
+        Ok(())
+    }
+
+    /// `proxytun peer add --public-key`: a peer with its key (per-node keys);
+    /// a new key for a known peer replaces the old one.
+    pub fn peer_add_with_key(&self, name: &str, endpoint: SocketAddr, key: &str) -> Result<()> {
+        self.cli_ok(&[
+            "peer",
+            "add",
+            name,
+            &endpoint.to_string(),
+            "--public-key",
+            key,
+        ])?;
         Ok(())
     }
 
