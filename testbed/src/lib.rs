@@ -47,7 +47,8 @@ pub use etcd::Etcd;
 pub use model::{Dual, Instance, Service};
 pub use netns::Netns;
 pub use node::{
-    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, PeerState, TUNNEL_PORT,
+    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, NodeKeys, PeerState,
+    TUNNEL_PORT,
 };
 pub use support::{
     eventually, fakedns_bin, proxytun_bin, ptprobe_bin, registered_peers, require_root,
