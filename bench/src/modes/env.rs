@@ -47,12 +47,15 @@ pub enum ModeKind {
     /// The default configuration with `[tun] threads = 2`: one packet
     /// thread per direction, whatever the CPU count.
     Proxytun2threads,
+    /// The default configuration with `tunnel.keys = "node"`: per-node
+    /// keys, sessions from handshakes (the cost of the handshake mode).
+    ProxytunNodekeys,
 }
 
 impl ModeKind {
     /// Every mode, in the order they are measured and printed (the
     /// security modes beside the default one).
-    pub const ALL: [ModeKind; 9] = [
+    pub const ALL: [ModeKind; 10] = [
         ModeKind::Direct,
         ModeKind::Vxlan,
         ModeKind::Openvpn,
@@ -62,6 +65,7 @@ impl ModeKind {
         ModeKind::ProxytunNooffload,
         ModeKind::ProxytunBusypoll,
         ModeKind::Proxytun2threads,
+        ModeKind::ProxytunNodekeys,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -76,6 +80,7 @@ impl ModeKind {
             ModeKind::ProxytunNooffload => "proxytun-nooffload",
             ModeKind::ProxytunBusypoll => "proxytun-busypoll",
             ModeKind::Proxytun2threads => "proxytun-2threads",
+            ModeKind::ProxytunNodekeys => "proxytun-nodekeys",
         }
     }
 
@@ -98,6 +103,7 @@ impl ModeKind {
                 | ModeKind::ProxytunNooffload
                 | ModeKind::ProxytunBusypoll
                 | ModeKind::Proxytun2threads
+                | ModeKind::ProxytunNodekeys
         )
     }
 
@@ -113,6 +119,7 @@ impl ModeKind {
             ModeKind::ProxytunNooffload => "ptnoo",
             ModeKind::ProxytunBusypoll => "ptbp",
             ModeKind::Proxytun2threads => "pt2t",
+            ModeKind::ProxytunNodekeys => "ptnk",
         }
     }
 }

@@ -27,7 +27,9 @@ pub use env::{ModeEnv, ModeKind, Tools};
 pub use kernel::openvpn_installed;
 use kernel::{setup_direct, setup_openvpn, setup_vxlan};
 pub use proxytun::daemon_drops;
-use proxytun::{setup_proxytun, BUSYPOLL, ENCRYPT, NOOFFLOAD, PLAIN, PROXYTUN, TWOTHREADS};
+use proxytun::{
+    setup_proxytun, BUSYPOLL, ENCRYPT, NODEKEYS, NOOFFLOAD, PLAIN, PROXYTUN, TWOTHREADS,
+};
 
 /// The port iperf3 listens on in every server container.
 pub const IPERF_PORT: u16 = 5201;
@@ -59,6 +61,7 @@ pub fn setup(kind: ModeKind, hosts: &Hosts, tools: &Tools) -> Result<ModeEnv> {
         ModeKind::ProxytunNooffload => setup_proxytun(&mut env, hosts, tools, &NOOFFLOAD)?,
         ModeKind::ProxytunBusypoll => setup_proxytun(&mut env, hosts, tools, &BUSYPOLL)?,
         ModeKind::Proxytun2threads => setup_proxytun(&mut env, hosts, tools, &TWOTHREADS)?,
+        ModeKind::ProxytunNodekeys => setup_proxytun(&mut env, hosts, tools, &NODEKEYS)?,
     }
     // Client-side tuning for the connection-rate test: many short
     // connections from one address must not run out of ports.

@@ -37,6 +37,9 @@ pub(super) struct PtFlavour {
     security: &'static str,
     /// Extra lines of the `[tunnel]` section.
     tunnel_extra: &'static str,
+    /// `tunnel.keys = "node"`: a key pair per daemon (`proxytun keygen
+    /// --node`), each listing the other's public key.
+    node_keys: bool,
 }
 
 /// The TUN MTU of the proxytun modes: the largest that fits a 1500-byte
@@ -58,6 +61,7 @@ pub(super) const PROXYTUN: PtFlavour = PtFlavour {
     app: "ptbench",
     security: "auth",
     tunnel_extra: "",
+    node_keys: false,
 };
 
 /// `proxytun-nooffload`: the default with `[tun] offload = false`.
@@ -73,6 +77,7 @@ pub(super) const NOOFFLOAD: PtFlavour = PtFlavour {
     app: "ptnooff",
     security: "auth",
     tunnel_extra: "",
+    node_keys: false,
 };
 
 /// `plain`: `security = "plain"` (no tag), offloads on.
@@ -88,6 +93,7 @@ pub(super) const PLAIN: PtFlavour = PtFlavour {
     app: "ptplain",
     security: "plain",
     tunnel_extra: "",
+    node_keys: false,
 };
 
 /// `encrypt`: `security = "encrypt"`, offloads on.
@@ -103,6 +109,7 @@ pub(super) const ENCRYPT: PtFlavour = PtFlavour {
     app: "ptenc",
     security: "encrypt",
     tunnel_extra: "",
+    node_keys: false,
 };
 
 /// `proxytun-2threads`: the default with `[tun] threads = 2` (one packet
@@ -119,6 +126,7 @@ pub(super) const TWOTHREADS: PtFlavour = PtFlavour {
     app: "pt2thr",
     security: "auth",
     tunnel_extra: "",
+    node_keys: false,
 };
 
 /// `proxytun-busypoll`: the default with `tunnel.busy_poll_us = 50`, the
@@ -135,6 +143,24 @@ pub(super) const BUSYPOLL: PtFlavour = PtFlavour {
     app: "ptbusy",
     security: "auth",
     tunnel_extra: "busy_poll_us = 50\n",
+    node_keys: false,
+};
+
+/// `proxytun-nodekeys`: the default with `tunnel.keys = "node"`: sessions
+/// set up by Noise IK handshakes instead of derived from the cluster key.
+pub(super) const NODEKEYS: PtFlavour = PtFlavour {
+    tun_extra: "",
+    tun_name: "ptun6",
+    bridge: "ptbr6",
+    port: 50109,
+    cluster: "10.24.0.0/16",
+    cluster6: "fdff:24::/112",
+    services: "10.36.0.0/16",
+    services6: "fdff:36::/112",
+    app: "ptnode",
+    security: "auth",
+    tunnel_extra: "",
+    node_keys: true,
 };
 
 /// How long a daemon may take to answer on its socket after start.
@@ -149,17 +175,26 @@ fn render_config(
     bind: Ipv4Addr,
     peer: (&str, Ipv4Addr),
     dir: &Path,
+    peer_key: Option<&str>,
 ) -> String {
+    let keys = match peer_key {
+        Some(_) => format!(
+            "keys = \"node\"\nnode_key_file = \"{}\"\n",
+            dir.join(format!("{name}.node.key")).display()
+        ),
+        None => String::new(),
+    };
+    let peer_key = peer_key.map_or(String::new(), |k| format!("public_key = \"{k}\"\n"));
     format!(
         "[node]\nname = \"{name}\"\nindex = {index}\n\n\
          [network]\ncluster = \"{}\"\ncluster6 = \"{}\"\nservices = \"{}\"\nservices6 = \"{}\"\n\n\
-         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n{}\n\
+         [tunnel]\nbind = \"{bind}\"\nport = {}\nsecurity = \"{}\"\nkey_file = \"{}\"\n{keys}{}\n\
          [tun]\nname = \"{}\"\nmtu = {PT_MTU}\n{}\n\
          [bridge]\nname = \"{}\"\n\n\
          [admin]\nenable = false\n\n\
          [api]\nsocket = \"{}\"\n\n\
          [state]\ndir = \"{}\"\n\n\
-         [[peer]]\nname = \"{}\"\nendpoint = \"{}:{}\"\n",
+         [[peer]]\nname = \"{}\"\nendpoint = \"{}:{}\"\n{peer_key}",
         fl.cluster,
         fl.cluster6,
         fl.services,
@@ -256,14 +291,32 @@ pub(super) fn setup_proxytun(
     let mut k = Command::new(&tools.proxytun);
     k.arg("keygen").arg("--out").arg(d.join("cluster.key"));
     cmd::run(&mut k, CLI_TIMEOUT)?.ok()?;
+    // With per-node keys, each daemon's key pair, made the same way.
+    let mut public = std::collections::BTreeMap::new();
+    if fl.node_keys {
+        for name in ["a", "b"] {
+            let key = d.join(format!("{name}.node.key"));
+            let mut k = Command::new(&tools.proxytun);
+            k.arg("keygen").arg("--node").arg("--out").arg(&key);
+            cmd::run(&mut k, CLI_TIMEOUT)?.ok()?;
+            let mut p = Command::new(&tools.proxytun);
+            p.arg("pubkey").arg("--key-file").arg(&key);
+            let out = cmd::run(&mut p, CLI_TIMEOUT)?.ok()?.stdout;
+            public.insert(name, out.trim().to_owned());
+        }
+    }
     let nodes = [
         ("a", 1, HOST_A, ("b", HOST_B), &hosts.a),
         ("b", 2, HOST_B, ("a", HOST_A), &hosts.b),
     ];
     for (name, index, bind, peer, host) in nodes {
         let cfg = d.join(format!("{name}.toml"));
-        fs::write(&cfg, render_config(fl, name, index, bind, peer, &d))
-            .with_context(|| format!("writing {}", cfg.display()))?;
+        let peer_key = public.get(peer.0).map(String::as_str);
+        fs::write(
+            &cfg,
+            render_config(fl, name, index, bind, peer, &d, peer_key),
+        )
+        .with_context(|| format!("writing {}", cfg.display()))?;
         let log = d.join(format!("{name}.log"));
         let mut c = host.command(&tools.proxytun.to_string_lossy(), &["run", "--config"]);
         c.arg(&cfg);
