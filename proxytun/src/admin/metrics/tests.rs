@@ -55,6 +55,8 @@ fn readings(dns: bool) -> Readings {
     set(&c.tun_not_for_us, 15);
     set(&c.policy_rejects_tcp_rst, 16);
     set(&c.policy_rejects_icmp, 17);
+    set(&c.handshakes_completed, 18);
+    set(&c.sessions_cut, 19);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::NoService);
     c.count_drop(DropReason::Fragment);
@@ -127,6 +129,8 @@ fn every_family_with_its_exact_values() {
         ("proxytun_flows_created", "counter"),
         ("proxytun_flows_cut_by_policy", "counter"),
         ("proxytun_policy_rejects", "counter"),
+        ("proxytun_handshakes", "counter"),
+        ("proxytun_sessions_cut", "counter"),
         ("proxytun_flows_active", "gauge"),
         ("proxytun_reply_cache_entries", "gauge"),
         ("proxytun_table_services", "gauge"),
@@ -199,6 +203,8 @@ fn every_family_with_its_exact_values() {
     want("proxytun_tun_not_for_us_total", "15");
     want("proxytun_policy_rejects_total{answer=\"tcp_rst\"}", "16");
     want("proxytun_policy_rejects_total{answer=\"icmp\"}", "17");
+    want("proxytun_handshakes_total{event=\"completed\"}", "18");
+    want("proxytun_sessions_cut_total", "19");
     want("proxytun_flows_active", "2");
     want("proxytun_reply_cache_entries", "1");
     want("proxytun_table_version", "42");

@@ -125,6 +125,24 @@ pub(super) fn encode(
         "Answers written back to containers for packets the isolation policy refused (each also a policy_denied drop): tcp_rst for TCP segments, icmp (administratively prohibited) for UDP and echo requests",
         &rejects,
     )?;
+    let handshakes = [
+        ("start_sent", c.handshakes_sent),
+        ("start_answered", c.handshakes_answered),
+        ("completed", c.handshakes_completed),
+    ]
+    .map(|(event, n)| (vec![("event", event.to_owned())], n));
+    counter_labelled(
+        enc,
+        "proxytun_handshakes",
+        "Per-node keys: handshake starts sent, starts of peers answered, and sessions set up",
+        &handshakes,
+    )?;
+    counter(
+        enc,
+        "proxytun_sessions_cut",
+        "Per-node keys: peers whose tunnel sessions were cut because their key left the membership or changed",
+        c.sessions_cut,
+    )?;
     gauge(
         enc,
         "proxytun_flows_active",
