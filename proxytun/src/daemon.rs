@@ -83,6 +83,8 @@ fn etcd_settings(config: &Config, public_key: Option<String>) -> EtcdSettings {
         public_key,
         empty_service_grace: (st.empty_service_grace_secs > 0)
             .then(|| Duration::from_secs(st.empty_service_grace_secs)),
+        interest_idle: (st.interest_idle_secs > 0)
+            .then(|| Duration::from_secs(st.interest_idle_secs)),
     }
 }
 
@@ -294,6 +296,12 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         threads,
     )?;
     tracing::info!(path = handle.path(), "dataplane running");
+    // With etcd: the services live flows use keep their interests alive.
+    if let (Some(c), secs @ 1..) = (&clustered, config.store.interest_idle_secs) {
+        let period =
+            Duration::from_secs(secs / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        crate::shell::usage::spawn(handle.sender(), c.names_tx.clone(), period);
+    }
     // Flow persistence: the saver writes the flows as they change.
     let saver = persist::Saver::spawn(handle.sender(), counters.clone(), &config.state.dir)
         .context("spawn the flow saver")?;

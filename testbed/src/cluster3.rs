@@ -133,6 +133,7 @@ impl Cluster3 {
             ca_file: pki.as_ref().map(|p| p.ca.clone()),
             client: pki.as_ref().map(|p| p.client.clone()),
             empty_service_grace_secs: None,
+            interest_idle_secs: None,
         };
         let key = TestKey::generate()?;
         let security = Some(key.security()?);

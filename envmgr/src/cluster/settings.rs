@@ -30,6 +30,10 @@ pub struct EtcdSettings {
     /// How long a service with no instance on any node keeps its record
     /// and ServiceIPs (`store.empty_service_grace_secs`); `None`: for ever.
     pub empty_service_grace: Option<Duration>,
+    /// An interest (a service this node uses but does not serve) that no
+    /// flow or name lookup used for this long leaves the node's view
+    /// (`store.interest_idle_secs`); `None`: never.
+    pub interest_idle: Option<Duration>,
 }
 
 impl EtcdSettings {
@@ -45,6 +49,7 @@ impl EtcdSettings {
             request_timeout: Duration::from_secs(3),
             public_key: None,
             empty_service_grace: Some(Duration::from_secs(600)),
+            interest_idle: Some(Duration::from_secs(600)),
         }
     }
 }

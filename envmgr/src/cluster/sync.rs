@@ -12,6 +12,7 @@
 //! following misses, reconciling); `state.rs` is what it knows (records in,
 //! view out, no I/O) and `register.rs` registers one local instance.
 
+mod idle;
 mod register;
 mod state;
 
@@ -50,6 +51,14 @@ struct Misses {
     addrs_open: bool,
     names: mpsc::Receiver<ServiceName>,
     names_open: bool,
+}
+
+/// How often idle interests are looked for: a quarter of the idle time,
+/// between 1 s and 30 s (the timer is not armed without an idle time).
+fn idle_period(idle: Option<Duration>) -> Duration {
+    idle.map_or(Duration::from_secs(30), |i| {
+        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    })
 }
 
 /// Why a connected round ended without an error.
@@ -153,6 +162,7 @@ impl Round<'_> {
         for k in want.keys() {
             self.st.interests.insert(k.name.clone());
         }
+        let mut idle_tick = tokio::time::interval(idle_period(self.inner.settings.interest_idle));
         let index = self.inner.status().node_index;
         if let Some(index) = index {
             let ensure = ensure_member(self.inner, &mut self.client, index);
@@ -290,6 +300,9 @@ impl Round<'_> {
                     }
                     self.publish();
                 }
+                _ = idle_tick.tick(), if self.inner.settings.interest_idle.is_some() => {
+                    self.expire_interests(&local.borrow().clone());
+                }
                 r = sessions.changed() => {
                     if r.is_err() {
                         return Ok(Exit::Closed);
@@ -305,6 +318,25 @@ impl Round<'_> {
                 _ = self.tx.closed() => return Ok(Exit::Closed),
             }
         }
+    }
+
+    /// Drops the interests no flow or lookup used for `store.interest_idle`
+    /// (never those of local instances) and publishes the smaller view.
+    fn expire_interests(&mut self, snap: &Snapshot) {
+        let Some(idle) = self.inner.settings.interest_idle else {
+            return;
+        };
+        let keep: BTreeSet<ServiceName> =
+            self.wanted(snap).keys().map(|k| k.name.clone()).collect();
+        let gone = self.st.idle_interests(Instant::now(), idle, &keep);
+        if gone.is_empty() {
+            return;
+        }
+        for name in &gone {
+            tracing::info!(service = %name, idle_secs = idle.as_secs(), "cluster sync: interest expired");
+            self.st.forget_interest(name);
+        }
+        self.publish();
     }
 
     /// What etcd should hold for the local instances.
@@ -440,6 +472,7 @@ impl Round<'_> {
         }
         tracing::debug!(%ip, service = %name, "cluster sync: new interest from a miss");
         self.st.interests.insert(name.clone());
+        self.st.touch(&name, Instant::now());
         let rev = self.load(&name).await?;
         Ok(Some((name, rev)))
     }
@@ -448,6 +481,8 @@ impl Round<'_> {
     /// revision to watch from if it exists and is not watched yet.
     async fn name_miss(&mut self, name: &ServiceName) -> Result<Option<i64>> {
         if self.st.interests.contains(name) {
+            // A name lookup, or a flow the daemon reports: still in use.
+            self.st.touch(name, Instant::now());
             return Ok(None);
         }
         let now = Instant::now();
@@ -473,6 +508,7 @@ impl Round<'_> {
         }
         tracing::debug!(service = %name, "cluster sync: new interest from a name lookup");
         self.st.interests.insert(name.clone());
+        self.st.touch(name, now);
         Ok(Some(self.load(name).await?))
     }
 

@@ -58,6 +58,10 @@ pub struct StoreSection {
     /// How long a service with no instance on any node keeps its record
     /// and ServiceIPs, in seconds; 0 keeps them for ever.
     pub empty_service_grace_secs: u64,
+    /// A service this node uses but does not serve leaves its view when
+    /// none of its flows or name lookups used it for this many seconds;
+    /// 0 keeps interests for ever.
+    pub interest_idle_secs: u64,
 }
 
 impl Default for StoreSection {
@@ -72,6 +76,7 @@ impl Default for StoreSection {
             cert_file: None,
             key_file: None,
             empty_service_grace_secs: 600,
+            interest_idle_secs: 600,
         }
     }
 }
@@ -131,6 +136,15 @@ impl StoreSection {
                 format!(
                     "must be at most 2592000 (30 days), or 0 to keep empty services, got {}",
                     st.empty_service_grace_secs
+                ),
+            ));
+        }
+        if st.interest_idle_secs > 30 * 86_400 || (1..5).contains(&st.interest_idle_secs) {
+            return Err((
+                "store.interest_idle_secs",
+                format!(
+                    "must be between 5 and 2592000 (30 days), or 0 to keep interests, got {}",
+                    st.interest_idle_secs
                 ),
             ));
         }

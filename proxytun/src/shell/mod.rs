@@ -14,4 +14,5 @@ pub mod persist;
 pub mod pmtu;
 pub mod shared;
 pub mod table;
+pub mod usage;
 pub mod view;

@@ -245,6 +245,8 @@ pub struct EtcdStore {
     pub client: Option<CertFiles>,
     /// `store.empty_service_grace_secs`; `None` keeps the default.
     pub empty_service_grace_secs: Option<u32>,
+    /// `store.interest_idle_secs`; `None` keeps the daemon's default.
+    pub interest_idle_secs: Option<u32>,
 }
 
 /// Tunnel keepalive timing (`[tunnel]` keys).
@@ -279,6 +281,9 @@ impl NodeConfig {
                 }
                 if let Some(g) = etcd.empty_service_grace_secs {
                     let _ = writeln!(s, "empty_service_grace_secs = {g}");
+                }
+                if let Some(i) = etcd.interest_idle_secs {
+                    let _ = writeln!(s, "interest_idle_secs = {i}");
                 }
                 if let Some(ca) = &etcd.ca_file {
                     let _ = writeln!(s, "ca_file = {:?}", ca.display().to_string());
@@ -406,6 +411,7 @@ mod tests {
                     key: "/c/client-key.pem".into(),
                 }),
                 empty_service_grace_secs: None,
+                interest_idle_secs: None,
             }),
             Some(Keepalive {
                 interval_ms: 300,

@@ -17,6 +17,8 @@ use crate::registry::ClusterView;
 pub(super) struct State {
     /// Services watched.
     pub(super) interests: BTreeSet<ServiceName>,
+    /// When each interest was last used (see `idle.rs`).
+    pub(super) used: BTreeMap<ServiceName, Instant>,
     pub(super) nodes: BTreeMap<String, NodeRecord>,
     pub(super) services: BTreeMap<ServiceName, Service>,
     /// Instances of the interesting services, on every node (ours too).
