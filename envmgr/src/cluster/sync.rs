@@ -53,14 +53,6 @@ struct Misses {
     names_open: bool,
 }
 
-/// How often idle interests are looked for: a quarter of the idle time,
-/// between 1 s and 30 s (the timer is not armed without an idle time).
-fn idle_period(idle: Option<Duration>) -> Duration {
-    idle.map_or(Duration::from_secs(30), |i| {
-        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    })
-}
-
 /// Why a connected round ended without an error.
 enum Exit {
     /// The session went away or its lease changed: start over.
@@ -162,7 +154,7 @@ impl Round<'_> {
         for k in want.keys() {
             self.st.interests.insert(k.name.clone());
         }
-        let mut idle_tick = tokio::time::interval(idle_period(self.inner.settings.interest_idle));
+        let mut idle_tick = tokio::time::interval(idle::period(self.inner.settings.interest_idle));
         let index = self.inner.status().node_index;
         if let Some(index) = index {
             let ensure = ensure_member(self.inner, &mut self.client, index);
@@ -318,25 +310,6 @@ impl Round<'_> {
                 _ = self.tx.closed() => return Ok(Exit::Closed),
             }
         }
-    }
-
-    /// Drops the interests no flow or lookup used for `store.interest_idle`
-    /// (never those of local instances) and publishes the smaller view.
-    fn expire_interests(&mut self, snap: &Snapshot) {
-        let Some(idle) = self.inner.settings.interest_idle else {
-            return;
-        };
-        let keep: BTreeSet<ServiceName> =
-            self.wanted(snap).keys().map(|k| k.name.clone()).collect();
-        let gone = self.st.idle_interests(Instant::now(), idle, &keep);
-        if gone.is_empty() {
-            return;
-        }
-        for name in &gone {
-            tracing::info!(service = %name, idle_secs = idle.as_secs(), "cluster sync: interest expired");
-            self.st.forget_interest(name);
-        }
-        self.publish();
     }
 
     /// What etcd should hold for the local instances.

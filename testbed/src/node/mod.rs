@@ -23,6 +23,7 @@ use crate::model::{instances_from_json, services_from_json, Instance, Service};
 use crate::netns::Netns;
 
 mod config;
+mod keys;
 
 pub use config::{
     offload_wanted, test_node_keys, test_security_mode, DnsConfig, EtcdStore, Keepalive,
@@ -122,28 +123,6 @@ impl Node {
             host,
             env: Vec::new(),
         })
-    }
-
-    /// Writes `cfg` over the node's config file (for its next start), e.g.
-    /// with peer keys known only once every node exists.
-    pub fn rewrite_config(&self, cfg: &NodeConfig) -> Result<()> {
-        fs::write(&self.config, cfg.render(self.dir.path())).context("rewriting the node config")
-    }
-
-    /// The node's key file with per-node keys.
-    pub fn node_key_path(&self) -> PathBuf {
-        self.dir.path().join("node.key")
-    }
-
-    /// The node's public key (`proxytun pubkey` of its key file).
-    pub fn public_key(&self) -> Result<String> {
-        let key = self.node_key_path();
-        let key = key.to_string_lossy();
-        Ok(self
-            .cli_ok(&["pubkey", "--key-file", &key])?
-            .stdout
-            .trim()
-            .to_owned())
     }
 
     /// Sets an environment variable for the daemon's next starts (e.g.
@@ -528,20 +507,6 @@ impl Node {
     /// `proxytun peer add NAME ENDPOINT`.
     pub fn peer_add(&self, name: &str, endpoint: SocketAddr) -> Result<()> {
         self.cli_ok(&["peer", "add", name, &endpoint.to_string()])?;
-        Ok(())
-    }
-
-    /// `proxytun peer add --public-key`: a peer with its key (per-node keys);
-    /// a new key for a known peer replaces the old one.
-    pub fn peer_add_with_key(&self, name: &str, endpoint: SocketAddr, key: &str) -> Result<()> {
-        self.cli_ok(&[
-            "peer",
-            "add",
-            name,
-            &endpoint.to_string(),
-            "--public-key",
-            key,
-        ])?;
         Ok(())
     }
 

@@ -7,7 +7,37 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::state::State;
-use crate::model::ServiceName;
+use super::Round;
+use crate::model::{ServiceName, Snapshot};
+
+/// How often idle interests are looked for: a quarter of the idle time,
+/// between 1 s and 30 s (the timer is not armed without an idle time).
+pub(super) fn period(idle: Option<Duration>) -> Duration {
+    idle.map_or(Duration::from_secs(30), |i| {
+        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    })
+}
+
+impl Round<'_> {
+    /// Drops the interests no flow or lookup used for `store.interest_idle`
+    /// (never those of local instances) and publishes the smaller view.
+    pub(super) fn expire_interests(&mut self, snap: &Snapshot) {
+        let Some(idle) = self.inner.settings.interest_idle else {
+            return;
+        };
+        let keep: BTreeSet<ServiceName> =
+            self.wanted(snap).keys().map(|k| k.name.clone()).collect();
+        let gone = self.st.idle_interests(Instant::now(), idle, &keep);
+        if gone.is_empty() {
+            return;
+        }
+        for name in &gone {
+            tracing::info!(service = %name, idle_secs = idle.as_secs(), "cluster sync: interest expired");
+            self.st.forget_interest(name);
+        }
+        self.publish();
+    }
+}
 
 impl State {
     /// `name` was used (an interest made, a flow or a name lookup).
