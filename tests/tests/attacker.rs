@@ -466,8 +466,13 @@ fn restarted_rotated_removed_refuse_old_recordings() {
     std::thread::sleep(Duration::from_millis(1500));
     s.attack("replay after b's restart", &data, &[("no_session", n)]);
     let answered0 = counter(&s.c.b, "handshakes_answered");
+    let a_failed0 = s.c.a.drops("handshake_failed").unwrap_or(0);
     let hs_replay0 = s.c.b.drops("handshake_replay").unwrap_or(0);
-    s.attack("recorded start after b's restart", &[start.clone()], &[]);
+    s.attack(
+        "recorded start after b's restart",
+        std::slice::from_ref(&start),
+        &[],
+    );
     let answered = eventually(Duration::from_secs(5), || {
         let a = counter(&s.c.b, "handshakes_answered") - answered0;
         let r = s.c.b.drops("handshake_replay")? - hs_replay0;
@@ -479,6 +484,18 @@ fn restarted_rotated_removed_refuse_old_recordings() {
     })
     .expect("the replayed start is answered or refused, once");
     eprintln!("recorded start after b's restart: answered {answered}");
+    if answered {
+        // The answer goes to the real a, which asked for nothing.
+        eventually(Duration::from_secs(5), || {
+            let f = s.c.a.drops("handshake_failed")?;
+            if f > a_failed0 {
+                Ok(())
+            } else {
+                bail!("a's handshake_failed {a_failed0} -> {f}")
+            }
+        })
+        .expect("a refuses the answer to a start it did not send");
+    }
     // Answered: the recorded session is pending under the answer's fresh
     // keys, which the recording cannot match. Refused: nothing pending.
     let reason = if answered {
