@@ -317,7 +317,11 @@ impl Scene {
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         eventually(Duration::from_secs(5), || {
             let now: Vec<u64> = want.iter().map(|(r, _)| b.drops(r).unwrap_or(0)).collect();
-            let deltas: Vec<u64> = now.iter().zip(&before).map(|(n, b)| n - b).collect();
+            let deltas: Vec<u64> = now
+                .iter()
+                .zip(&before)
+                .map(|(n, b)| n.saturating_sub(*b))
+                .collect();
             if deltas.iter().zip(want).all(|(d, (_, w))| d >= w) {
                 Ok(deltas)
             } else {
@@ -327,7 +331,11 @@ impl Scene {
         .unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(Duration::from_millis(200));
         let now: Vec<u64> = want.iter().map(|(r, _)| b.drops(r).unwrap_or(0)).collect();
-        let deltas: Vec<u64> = now.iter().zip(&before).map(|(n, b)| n - b).collect();
+        let deltas: Vec<u64> = now
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| n.saturating_sub(*b))
+            .collect();
         let wanted: Vec<u64> = want.iter().map(|(_, w)| *w).collect();
         if exact {
             assert_eq!(deltas, wanted, "{what}: counted by reason {want:?}");
