@@ -44,7 +44,7 @@ struct Cli {
 enum Cmd {
     /// Compare dataplanes side by side: direct, vxlan, openvpn, proxytun
     /// (the default auth), plain, encrypt, proxytun-nooffload,
-    /// proxytun-busypoll, proxytun-2threads; prints
+    /// proxytun-busypoll, proxytun-2threads, proxytun-nodekeys; prints
     /// medians, ratios and the issue-16 targets, writes JSON and an SVG
     /// (and with --profile a flame graph of proxytun).
     Compare(compare::CompareArgs),
