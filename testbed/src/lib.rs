@@ -40,6 +40,7 @@ pub mod nspawn;
 pub mod podman;
 pub mod support;
 pub mod tls;
+pub mod udpwire;
 
 pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP_PORT};
 pub use cluster3::Cluster3;

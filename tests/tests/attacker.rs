@@ -8,11 +8,13 @@
 //! `tun_tx_tun`, do not move). docs/security.md, "Per-node keys: attacks
 //! tried", tabulates what is sent here.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use proxytun_core::tunnel::{HEADER_LEN, TAG_LEN};
 use testbed::cmd::{self, Bg};
+use testbed::udpwire::ipv4_udp;
 use testbed::{eventually, Cluster, Container, Deployment, Node, NodeKeys, TUNNEL_PORT};
 
 const PROPAGATION: Duration = Duration::from_secs(20);
@@ -77,27 +79,9 @@ impl Dgram {
     /// The whole frame: Ethernet, IPv4 192.0.2.1 -> 192.0.2.2 (a's address,
     /// spoofed), UDP tunnel port to tunnel port with checksum 0.
     fn frame(&self) -> Vec<u8> {
-        let total = u16::try_from(28 + self.payload.len()).expect("small datagram");
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&[0x4a, 0x11, 0x40, 0, 64, 17, 0, 0]);
-        ip.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
-        let mut sum: u32 = ip
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        let csum = !(sum as u16);
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        let (a, b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
         let mut f = self.eth.to_vec();
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&TUNNEL_PORT.to_be_bytes());
-        f.extend_from_slice(&TUNNEL_PORT.to_be_bytes());
-        f.extend_from_slice(&(total - 20).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&self.payload);
+        f.extend_from_slice(&ipv4_udp(a, TUNNEL_PORT, b, TUNNEL_PORT, &self.payload));
         f
     }
 }

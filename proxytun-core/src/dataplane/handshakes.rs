@@ -97,8 +97,8 @@ impl Dataplane {
     }
 
     /// True when a packet to peer `to` can be sealed now; with per-node
-    /// keys before a handshake it cannot, and the handshake is hurried.
-    pub(super) fn can_send(&mut self, to: IpAddr) -> bool {
+    /// keys it cannot before a handshake (the keepalive schedule starts one).
+    pub(super) fn can_send(&self, to: IpAddr) -> bool {
         self.sealer.can_send(to)
     }
 }

@@ -339,7 +339,7 @@ impl Handshaker {
             .peers
             .get_mut(&from.ip())
             .ok_or(DropReason::UnknownKey)?;
-        if dgram.len() != START_LEN || dgram.len() < ANSWER_LEN {
+        if dgram.len() != START_LEN {
             return Err(DropReason::HandshakeFailed);
         }
         let params = NOISE_PARAMS

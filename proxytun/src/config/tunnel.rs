@@ -122,10 +122,12 @@ impl TunnelSecurity {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// Missing or unreadable.
-    #[error(
-        "tunnel.key_file: cannot read {path}: {reason}; create one with `proxytun keygen --out {path}` and copy it to every node, or set tunnel.security = \"plain\""
-    )]
+    #[error("{key}: cannot read {path}: {reason}; {fix}")]
     Read {
+        /// The config key that names the file.
+        key: &'static str,
+        /// How to make one.
+        fix: String,
         /// The file.
         path: PathBuf,
         /// Why (in the message, so not a `source` that would print twice).
@@ -133,9 +135,11 @@ pub enum KeyFileError {
     },
     /// Readable by group or others.
     #[error(
-        "tunnel.key_file: {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+        "{key}: {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Permissions {
+        /// The config key that names the file.
+        key: &'static str,
         /// The file.
         path: PathBuf,
         /// Its permission bits.
@@ -160,15 +164,11 @@ impl TunnelSection {
             return Ok(None);
         }
         let path = &self.node_key_file;
-        let text = read_secret(path).map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                e.to_string()
-                    .replace("tunnel.key_file", "tunnel.node_key_file")
-                    .replace("proxytun keygen --out", "proxytun keygen --node --out")
-                    .replace(" and copy it to every node", "")
-            )
-        })?;
+        let fix = format!(
+            "create one with `proxytun keygen --node --out {}`",
+            path.display()
+        );
+        let text = read_secret(path, "tunnel.node_key_file", fix)?;
         NodeKey::parse_hex(&text)
             .map(Some)
             .map_err(|e| anyhow::anyhow!("tunnel.node_key_file: {}: {e}", path.display()))
@@ -182,7 +182,11 @@ impl TunnelSection {
             return Ok(None);
         }
         let path = &self.key_file;
-        let text = read_secret(path)?;
+        let fix = format!(
+            "create one with `proxytun keygen --out {}` and copy it to every node, or set tunnel.security = \"plain\"",
+            path.display()
+        );
+        let text = read_secret(path, "tunnel.key_file", fix)?;
         ClusterKey::parse_hex(&text)
             .map(Some)
             .map_err(|reason| KeyFileError::Content {
@@ -192,10 +196,17 @@ impl TunnelSection {
     }
 }
 
-/// Reads a key file that only its owner may read.
-fn read_secret(path: &std::path::Path) -> Result<String, KeyFileError> {
+/// Reads a key file (named by config key `key`) that only its owner may
+/// read; `fix` says how to make one when it is missing.
+fn read_secret(
+    path: &std::path::Path,
+    key: &'static str,
+    fix: String,
+) -> Result<String, KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
     let read = |reason| KeyFileError::Read {
+        key,
+        fix: fix.clone(),
         path: path.to_path_buf(),
         reason,
     };
@@ -203,6 +214,7 @@ fn read_secret(path: &std::path::Path) -> Result<String, KeyFileError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions {
+            key,
             path: path.to_path_buf(),
             mode,
         });
