@@ -13,6 +13,7 @@ pub mod error;
 pub mod kernel;
 pub mod manager;
 pub mod model;
+pub mod oakestra;
 pub mod plan;
 pub mod registry;
 pub mod requests;

@@ -1,0 +1,11 @@
+//! Oakestra compatibility: what lets proxytun replace Oakestra's
+//! NetManager on a worker without changing the orchestrator
+//! (docs/oakestra.md).
+//!
+//! `names.rs` maps Oakestra's four-part job names onto our service names;
+//! it is the one place both the NodeEngine API and the MQTT table protocol
+//! take that mapping from.
+
+pub mod names;
+
+pub use names::JobName;
