@@ -79,11 +79,11 @@ mod tests {
 
     #[test]
     fn four_parts_map_to_app_and_service() {
-        let j = JobName::parse("Demo.default.Web.prod").unwrap();
+        let j = JobName::parse("Demo.default.Web.prod").expect("a valid job name");
         assert_eq!(j.as_str(), "Demo.default.Web.prod");
         assert_eq!(j.service().app, "demo-default");
         assert_eq!(j.service().service, "web-prod");
-        let back = JobName::from_service(j.service()).unwrap();
+        let back = JobName::from_service(j.service()).expect("maps back");
         assert_eq!(back.as_str(), "demo.default.web.prod");
         assert_eq!(back.service(), j.service());
     }
@@ -98,10 +98,10 @@ mod tests {
             "a.b.c.d ",
             &"x".repeat(31),
         ] {
-            let e = JobName::parse(bad).unwrap_err();
+            let e = JobName::parse(bad).expect_err("refused");
             assert!(e.to_string().contains("Oakestra job name"), "{e}");
         }
-        let not_ours = ServiceName::new("web", "api").unwrap();
+        let not_ours = ServiceName::new("web", "api").expect("valid");
         assert!(JobName::from_service(&not_ours).is_none());
     }
 }
