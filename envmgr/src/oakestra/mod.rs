@@ -4,8 +4,11 @@
 //!
 //! `names.rs` maps Oakestra's four-part job names onto our service names;
 //! it is the one place both the NodeEngine API and the MQTT table protocol
-//! take that mapping from.
+//! take that mapping from; `registration.rs` the NodeEngine's `/register`,
+//! kept in the state directory.
 
 pub mod names;
+pub mod registration;
 
-pub use names::JobName;
+pub use names::{JobBook, JobName};
+pub use registration::{Registration, RegistrationError};

@@ -7,7 +7,9 @@
 //! hold no `-`, the mapping loses only the case; the exact job name is kept
 //! beside the service name for everything said back to Oakestra.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use crate::model::{NameError, ServiceName};
 
@@ -73,6 +75,35 @@ impl fmt::Display for JobName {
     }
 }
 
+/// The Oakestra spelling of every job this node has heard of, shared by
+/// the NodeEngine API (which learns it from deploy requests) and the table
+/// protocol (which learns it from answers and says it back). Cheap to
+/// clone.
+#[derive(Debug, Clone, Default)]
+pub struct JobBook(Arc<Mutex<BTreeMap<ServiceName, JobName>>>);
+
+impl JobBook {
+    /// Remembers a job's exact spelling.
+    pub fn remember(&self, job: &JobName) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.service().clone(), job.clone());
+    }
+
+    /// The job a service name of ours stands for: the spelling heard, else
+    /// [`JobName::from_service`]'s lowercase one.
+    pub fn job_for(&self, name: &ServiceName) -> Option<JobName> {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        known.or_else(|| JobName::from_service(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +134,20 @@ mod tests {
         }
         let not_ours = ServiceName::new("web", "api").expect("valid");
         assert!(JobName::from_service(&not_ours).is_none());
+    }
+
+    #[test]
+    fn the_book_keeps_the_spelling_heard() {
+        let book = JobBook::default();
+        let j = JobName::parse("Demo.default.Web.prod").expect("valid");
+        assert_eq!(
+            book.job_for(j.service()).expect("mapped").as_str(),
+            "demo.default.web.prod"
+        );
+        book.remember(&j);
+        assert_eq!(
+            book.job_for(j.service()).expect("known").as_str(),
+            "Demo.default.Web.prod"
+        );
     }
 }
