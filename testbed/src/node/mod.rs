@@ -24,11 +24,13 @@ use crate::netns::Netns;
 
 mod config;
 mod keys;
+mod oakestra;
 
 pub use config::{
     offload_wanted, test_node_keys, test_security_mode, DnsConfig, EtcdStore, Keepalive,
     NodeConfig, NodeKeys, TestKey, TunnelSecurity, KEYS_ENV, SECURITY_ENV, TUNNEL_PORT,
 };
+pub use oakestra::{OakestraStore, NODEENGINE_SOCKET};
 
 /// How long a daemon may take to answer on its socket after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
