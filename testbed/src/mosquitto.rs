@@ -114,7 +114,10 @@ impl Mosquitto {
             if let Some(p) = self.proc.as_mut() {
                 if let Some(st) = p.exited()? {
                     self.proc = None;
-                    bail!("mosquitto exited ({st}) at start; log:\n{}", self.log_tail(20));
+                    bail!(
+                        "mosquitto exited ({st}) at start; log:\n{}",
+                        self.log_tail(20)
+                    );
                 }
             }
             let last = match self.connect_once() {

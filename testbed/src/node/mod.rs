@@ -184,6 +184,19 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `Some(status)` once a launched daemon has exited (reaped then);
+    /// `None` while it runs. For waits that must not outlast the daemon.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("node {} is not running", self.name);
+        };
+        let st = child.try_wait().context("waitpid")?;
+        if st.is_some() {
+            self.child = None;
+        }
+        Ok(st)
+    }
+
     /// The daemon's state directory (`[state] dir`: the store, `flows.json`).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")

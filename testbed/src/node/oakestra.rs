@@ -68,7 +68,9 @@ mod tests {
         }
         .render(Path::new("/d"));
         assert!(
-            text.contains("broker = \"192.0.2.254:10003\"\nbroker_port = 1883\nclient_id = \"w1\"\n"),
+            text.contains(
+                "broker = \"192.0.2.254:10003\"\nbroker_port = 1883\nclient_id = \"w1\"\n"
+            ),
             "{text}"
         );
         assert!(text.contains("[oakestra]\nenable = true\n"), "{text}");

@@ -115,7 +115,9 @@ impl OakCluster {
             thread: Some(thread),
             broker: addr,
         };
-        c.wait_until(CONNECT_TIMEOUT, "subscribed to the broker", |i| i.subscribed)?;
+        c.wait_until(CONNECT_TIMEOUT, "subscribed to the broker", |i| {
+            i.subscribed
+        })?;
         Ok(c)
     }
 
@@ -255,12 +257,7 @@ impl OakCluster {
 
     /// Hostile: a well-formed answer about `job`, which the worker never
     /// asked about, listing one instance on `host_ip`.
-    pub fn inject_unasked_answer(
-        &self,
-        client_id: &str,
-        job: &str,
-        instance: Value,
-    ) -> Result<()> {
+    pub fn inject_unasked_answer(&self, client_id: &str, job: &str, instance: Value) -> Result<()> {
         let v = json!({"app_name": job, "instance_list": [instance], "query_key": job});
         self.publish(&table::result_topic(client_id), v.to_string().as_bytes())
     }
@@ -278,7 +275,13 @@ impl OakCluster {
         host_ip: Ipv4Addr,
     ) -> Result<()> {
         let mut list = self.instance_list(job)?;
-        let sips = self.shared.lock()?.state.jobs.get(job).map_or_else(Vec::new, Job::service_ip_list);
+        let sips = self
+            .shared
+            .lock()?
+            .state
+            .jobs
+            .get(job)
+            .map_or_else(Vec::new, Job::service_ip_list);
         list.push(forged_instance(number, ns_ip, host_ip, &sips));
         let v = json!({"app_name": job, "instance_list": list, "query_key": job});
         self.publish(&table::result_topic(client_id), v.to_string().as_bytes())
@@ -393,7 +396,10 @@ fn run(
                 }
             }
         }
-        if shared.lock().is_ok_and(|g| g.last_error.is_some() && !g.subscribed) {
+        if shared
+            .lock()
+            .is_ok_and(|g| g.last_error.is_some() && !g.subscribed)
+        {
             thread::sleep(Duration::from_millis(200));
         }
     }

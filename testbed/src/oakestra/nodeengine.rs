@@ -30,7 +30,8 @@ pub fn register(socket: &Path, client_id: &str, cluster_address: &str) -> Result
 /// `POST /container/deploy {"pid", "serviceName", "instanceNumber",
 /// "portMappings"}`.
 pub fn deploy(socket: &Path, pid: u32, job: &str, number: u32) -> Result<Response> {
-    let body = json!({"pid": pid, "serviceName": job, "instanceNumber": number, "portMappings": ""});
+    let body =
+        json!({"pid": pid, "serviceName": job, "instanceNumber": number, "portMappings": ""});
     post(socket, "/container/deploy", &body)
 }
 
@@ -42,8 +43,12 @@ pub fn undeploy(socket: &Path, job: &str, number: u32) -> Result<Response> {
 
 /// One POST with a JSON body.
 pub fn post(socket: &Path, path: &str, body: &Value) -> Result<Response> {
-    api::request(socket, "POST", path, Some(&body.to_string()))
-        .with_context(|| format!("POST {path} {body} on the NodeEngine socket {}", socket.display()))
+    api::request(socket, "POST", path, Some(&body.to_string())).with_context(|| {
+        format!(
+            "POST {path} {body} on the NodeEngine socket {}",
+            socket.display()
+        )
+    })
 }
 
 /// What a successful `/container/deploy` answers.

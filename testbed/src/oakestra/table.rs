@@ -110,9 +110,10 @@ impl Job {
         self.service_ip_list()
             .iter()
             .any(|s| s["Address"] == ip || s["Address_v6"] == ip)
-            || self.instances.iter().any(|i| {
-                i.instance_ip.to_string() == ip || i.instance_ip_v6.to_string() == ip
-            })
+            || self
+                .instances
+                .iter()
+                .any(|i| i.instance_ip.to_string() == ip || i.instance_ip_v6.to_string() == ip)
     }
 
     /// `instance_list` after `format_instance_response`: each stored
@@ -150,16 +151,7 @@ impl Job {
 /// last two bytes (the root's v6 plan; the nodes ignore it).
 pub fn v6_of(block: u16, v4: Ipv4Addr) -> Ipv6Addr {
     let o = v4.octets();
-    Ipv6Addr::new(
-        0xfdff,
-        block,
-        0,
-        0,
-        0,
-        0,
-        u16::from(o[2]),
-        u16::from(o[3]),
-    )
+    Ipv6Addr::new(0xfdff, block, 0, 0, 0, 0, u16::from(o[2]), u16::from(o[3]))
 }
 
 /// What one message did, for the test's record.
@@ -483,11 +475,15 @@ mod tests {
     #[test]
     fn deployed_updates_the_instance_and_notifies() {
         let mut s = state();
-        let msg = br#"{"appname":"demo.default.web.default","status":"DEPLOYED","instance_number":0,
+        let msg =
+            br#"{"appname":"demo.default.web.default","status":"DEPLOYED","instance_number":0,
             "nsip":"10.18.0.66","nsipv6":"fc00::102","host_ip":"192.0.2.1","host_port":"50103"}"#;
         let (h, out) = s.handle("nodes/w1/net/service/deployed", msg);
         assert_eq!(h, Heard::Deployed("demo.default.web.default".into(), 0));
-        assert_eq!(out[0].topic, "jobs/demo.default.web.default/updates_available");
+        assert_eq!(
+            out[0].topic,
+            "jobs/demo.default.web.default/updates_available"
+        );
         assert_eq!(body(&out[0]), json!({"type":"DEPLOYMENT"}));
         let i = &s.jobs["demo.default.web.default"].instance_list()[0];
         assert_eq!(i["host_port"], 50103);

@@ -26,7 +26,8 @@ struct Worker {
 impl Worker {
     fn connect(broker: &Mosquitto, id: &str) -> Worker {
         let a = broker.addr();
-        let (client, mut conn) = Client::new(MqttOptions::new(id, a.ip().to_string(), a.port()), 64);
+        let (client, mut conn) =
+            Client::new(MqttOptions::new(id, a.ip().to_string(), a.port()), 64);
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let sub = client.clone();
@@ -106,7 +107,10 @@ fn setup() -> Option<(Mosquitto, OakCluster)> {
             JOB,
             Ipv4Addr::new(10, 30, 0, 2),
             Ipv4Addr::new(10, 30, 0, 3),
-            &[(0, Ipv4Addr::new(10, 30, 0, 5)), (1, Ipv4Addr::new(10, 30, 0, 6))],
+            &[
+                (0, Ipv4Addr::new(10, 30, 0, 5)),
+                (1, Ipv4Addr::new(10, 30, 0, 6)),
+            ],
         )
         .expect("add_job");
     Some((broker, cluster))
@@ -121,7 +125,10 @@ fn subnet_requests_get_consecutive_26s() {
     let w2 = Worker::connect(&broker, "w2");
     w1.send("subnet", &json!({"METHOD": "GET"}));
     let r = w1.next("nodes/w1/net/subnetwork/result");
-    assert_eq!(r, json!({"address": "10.18.0.64", "addressv6": "fc00::100"}));
+    assert_eq!(
+        r,
+        json!({"address": "10.18.0.64", "addressv6": "fc00::100"})
+    );
     w2.send("subnet", &json!({"METHOD": "GET"}));
     let r = w2.next("nodes/w2/net/subnetwork/result");
     assert_eq!(r["address"], "10.18.0.128");
@@ -138,7 +145,10 @@ fn queries_deployments_and_interests_follow_the_python_code() {
     };
     let w = Worker::connect(&broker, "w1");
     let result = "nodes/w1/net/tablequery/result";
-    w.send("tablequery/request", &json!({"sname": "", "sip": "10.30.0.3"}));
+    w.send(
+        "tablequery/request",
+        &json!({"sname": "", "sip": "10.30.0.3"}),
+    );
     let r = w.next(result);
     assert_eq!(r["app_name"], JOB);
     assert_eq!(r["query_key"], "10.30.0.3");

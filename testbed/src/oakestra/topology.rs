@@ -18,7 +18,7 @@
 use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -153,9 +153,7 @@ impl OakTopology {
     /// with cluster address [`MANAGER_IP`], then waits until its API
     /// answers (it joined: connected, got its subnet).
     pub fn register(node: &mut Node, client_id: &str) -> Result<()> {
-        let socket = nodeengine::socket_of(node);
-        wait_for_file(&socket, JOIN_TIMEOUT)
-            .with_context(|| format!("node {}: no NodeEngine socket", node.name))?;
+        let socket = OakTopology::wait_nodeengine(node)?;
         let r = nodeengine::register(&socket, client_id, &MANAGER_IP.to_string())?;
         if r.status != 200 {
             bail!(
@@ -167,6 +165,32 @@ impl OakTopology {
         }
         node.wait_started()
             .with_context(|| format!("node {} after /register", node.name))
+    }
+
+    /// Waits until `node`'s NodeEngine socket exists (the daemon listens
+    /// there before it joins); returns its path.
+    pub fn wait_nodeengine(node: &mut Node) -> Result<PathBuf> {
+        let socket = nodeengine::socket_of(node);
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        while !socket.exists() {
+            if let Some(st) = node.exited()? {
+                bail!(
+                    "daemon of node {} exited ({st}) before its NodeEngine socket appeared; log:\n{}",
+                    node.name,
+                    node.log_tail(40)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {}: no NodeEngine socket {} within {JOIN_TIMEOUT:?}; log:\n{}",
+                    node.name,
+                    socket.display(),
+                    node.log_tail(40)
+                );
+            }
+            cmd::sleep(Duration::from_millis(50))?;
+        }
+        Ok(socket)
     }
 
     /// A new container `<prefix><short>` with a process inside for the
@@ -207,17 +231,6 @@ impl OakTopology {
         }
         Ok(())
     }
-}
-
-fn wait_for_file(path: &Path, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        if Instant::now() >= deadline {
-            bail!("{} did not appear within {timeout:?}", path.display());
-        }
-        cmd::sleep(Duration::from_millis(50))?;
-    }
-    Ok(())
 }
 
 /// Waits until process `pid`'s network namespace is the one at `ns`.
