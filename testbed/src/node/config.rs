@@ -441,6 +441,22 @@ mod tests {
     }
 
     #[test]
+    fn oakestra_config_replaces_store_and_index() {
+        let mut c = cfg(None, None);
+        c.oakestra = Some(super::OakestraStore::default());
+        let text = c.render(Path::new("/d"));
+        assert!(!text.contains("index"), "{text}");
+        assert!(
+            text.starts_with("[node]\nname = \"a\"\n\n[store]\nbackend = \"oakestra\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[oakestra]\nsocket = \"/d/netmanager.sock\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn dns_section_renders_only_what_is_set() {
         let mut c = cfg(None, None);
         c.dns = Some(DnsConfig {
