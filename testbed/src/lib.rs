@@ -36,6 +36,7 @@ pub mod linkdelay;
 pub mod model;
 pub mod netns;
 pub mod node;
+pub mod nodeengine;
 pub mod nspawn;
 pub mod podman;
 pub mod support;
