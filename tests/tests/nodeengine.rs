@@ -11,10 +11,16 @@ use std::time::Duration;
 use serde_json::Value;
 use testbed::api::Response;
 use testbed::nodeengine::NodeEngine;
-use testbed::{Cluster, Instance};
+use testbed::{Cluster, Container, Instance};
 
 const JOB: &str = "demo.default.web.default";
 const SERVICE: &str = "demo-default/web-default";
+/// Oakestra's `portMappings`: node port 18080 to the server's TCP port.
+const PORTS: &str = "18080:7000/tcp";
+/// A host on the underlay, not a member (see `Cluster::outsider`).
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+/// Node a's published port on its underlay address.
+const NODE_PORT: &str = "192.0.2.1:18080";
 
 /// A cluster (namespace prefix from `test`) whose node `a` serves the
 /// NetManager API on `<dir>/netmanager/netmanager.sock` (a directory the
@@ -79,8 +85,8 @@ fn nodeengine_registers_deploys_and_undeploys() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("worker-a"), "{}", r.body);
 
-    // Deploy the task as instance 0 of the job.
-    let r = ne.deploy(pid, JOB, 0, "").expect("deploy");
+    // Deploy the task as instance 0 of the job, node port 18080 to its 7000.
+    let r = ne.deploy(pid, JOB, 0, PORTS).expect("deploy");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let answer: Value = r.json().expect("json");
@@ -112,7 +118,7 @@ fn nodeengine_registers_deploys_and_undeploys() {
     );
 
     // A repeated deploy of the same task is the same attachment.
-    let again = ne.deploy(pid, JOB, 0, "").expect("deploy again");
+    let again = ne.deploy(pid, JOB, 0, PORTS).expect("deploy again");
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(
         again.json().expect("json")["nsAddress"],
@@ -134,6 +140,17 @@ fn nodeengine_registers_deploys_and_undeploys() {
         client_b.tcp_hello(rr.v4).expect("hello from b").name,
         "oak0"
     );
+    // The port mapping is published on the node's address.
+    let outsider = Container::new(c.outsider("out", OUTSIDER).expect("outsider"));
+    let hello = |timeout: &str| {
+        outsider
+            .probe(
+                &["tcp-hello", NODE_PORT, "--timeout", timeout],
+                Duration::from_secs(20),
+            )
+            .expect("run ptprobe")
+    };
+    assert_eq!(hello("5").ok().expect("published").first_line(), "oak0");
 
     // Bad requests: 400 with a message, nothing changed.
     let before = c.a.instances().expect("instances");
@@ -175,6 +192,10 @@ fn nodeengine_registers_deploys_and_undeploys() {
             )
             .map_or(true, |o| !o.stdout.contains("oak0")),
         "nothing answers after the undeploy"
+    );
+    assert!(
+        !hello("2").status.success(),
+        "the port is no longer published"
     );
     drop(task);
 }
