@@ -1,6 +1,7 @@
 //! The routes' rules with a real `Manager` over the recording fake kernel
-//! (nothing touches the system's links; no root): registration, refusals
-//! before and after it, and the socket itself.
+//! (nothing touches the system's links): registration, refusals before and
+//! after it, and the socket itself; one deploy of a real network namespace
+//! (`unshare --net sleep`, needs root, killed by pid).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use super::{bind, serve_on, NodeEngine, NOT_REGISTERED};
 use crate::manager::Manager;
 use crate::oakestra::names::{JobBook, JobName};
 use crate::oakestra::registration::Registration;
-use crate::testing::{settings, RecordingKernel};
+use crate::testing::{settings, NetnsChild, RecordingKernel};
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -162,6 +163,63 @@ async fn bad_deploys_say_what_is_wrong_and_change_nothing() {
             .as_str(),
         "demo.default.web.default"
     );
+}
+
+#[tokio::test]
+async fn a_task_deployed_once_answered_like_go_and_undeployed() {
+    let (h, mgr) = Harness::new().with_manager().await;
+    h.post("/register", r#"{"client_id": "w1"}"#).await;
+    let task = NetnsChild::start();
+    let body = |n: u32| {
+        json!({"pid": task.pid(), "serviceName": "Demo.default.Web.default",
+               "instanceNumber": n, "portMappings": "18080:80"})
+        .to_string()
+    };
+    let r = h
+        .engine
+        .handle("POST", "/container/deploy/", body(0).as_bytes())
+        .await;
+    assert_eq!(
+        (r.status, r.content_type),
+        (200, Some("application/json")),
+        "{}",
+        r.body
+    );
+    let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let snap = mgr.snapshot();
+    let inst = snap.instances.values().next().expect("attached");
+    assert_eq!(inst.key.to_string(), "demo-default/web-default/0");
+    assert_eq!(inst.placement.ports().len(), 1);
+    assert_eq!(
+        answer,
+        json!({"serviceName": "Demo.default.Web.default",
+               "nsAddress": inst.ns_addr.v4.to_string(),
+               "nsAddressv6": inst.ns_addr.v6.to_string()})
+    );
+    let job = JobName::parse("Demo.default.Web.default").expect("valid");
+    assert_eq!(
+        h.engine
+            .book()
+            .job_for(job.service())
+            .expect("known")
+            .as_str(),
+        "Demo.default.Web.default"
+    );
+
+    // Again: the same attachment; under another number: refused.
+    let (status, again) = h.post("/container/deploy", &body(0)).await;
+    assert_eq!(status, 200);
+    assert_eq!(again.trim_end(), r.body.trim_end());
+    let (status, msg) = h.post("/container/deploy", &body(1)).await;
+    assert_eq!(status, 409, "{msg}");
+    assert_eq!(mgr.snapshot().instances.len(), 1);
+
+    let undeploy = r#"{"serviceName": "Demo.default.Web.default", "instanceNumber": 0}"#;
+    assert_eq!(
+        h.post("/container/undeploy", undeploy).await,
+        (200, String::new())
+    );
+    assert!(mgr.snapshot().instances.is_empty());
 }
 
 #[tokio::test]
