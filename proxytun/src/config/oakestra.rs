@@ -52,4 +52,26 @@ mod tests {
         s.enable = Some(false);
         assert!(!s.enabled(Backend::Oakestra));
     }
+
+    #[test]
+    fn the_socket_is_checked_when_enabled() {
+        let base = "[node]\nname = \"a\"\nindex = 1\n[oakestra]\n";
+        let parse = |extra: &str| {
+            crate::config::Config::parse(&format!("{base}{extra}"), std::path::Path::new("t.toml"))
+        };
+        let c = parse("").expect("defaults");
+        assert!(!c.oakestra.enabled(c.store.backend));
+        // Off: the socket is not looked at.
+        parse("socket = \"rel.sock\"\n").expect("off");
+        for bad in [
+            "enable = true\nsocket = \"rel.sock\"\n",
+            "enable = true\nsocket = \"/run/proxytun/api.sock\"\n",
+            "enable = true\nsocked = \"/x.sock\"\n",
+        ] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("oakestra.sock"), "{e}");
+        }
+        let c = parse("enable = true\nsocket = \"/run/nm.sock\"\n").expect("ok");
+        assert_eq!(c.oakestra.socket, PathBuf::from("/run/nm.sock"));
+    }
 }
