@@ -120,6 +120,7 @@ async fn open_manager(
             let mgr = Manager::open(settings(config.plan()), kernel).await?;
             Ok((Arc::new(mgr), None))
         }
+        Backend::Oakestra => anyhow::bail!("store.backend = \"oakestra\" is not available yet"),
         Backend::Etcd => {
             let cluster = EtcdCluster::start(
                 etcd_settings(config, public_key),
@@ -188,6 +189,8 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         tracing::info!(public_key = %k, "tunnel keys: per node");
     }
     let kernel = Netlink::new().context("open a netlink connection")?;
+    // Before the manager: with the oakestra backend it waits for /register.
+    let nodeengine = crate::oakestra::NodeEngineListener::start(&config)?;
     let (mgr, clustered) = open_manager(&config, kernel, public_key).await?;
     let plan = mgr.settings().plan.clone();
     for p in &config.peer {
@@ -454,6 +457,9 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         socket = %config.api.socket.display(),
         "proxytun is up"
     );
+    if let Some(ne) = &nodeengine {
+        ne.set_manager(mgr.clone());
+    }
     ready.set(true);
     notify::ready(&summary);
     notify::spawn_watchdog();
@@ -480,6 +486,9 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
             Ok(Err(e)) => tracing::error!("the CNM driver failed: {e:#}"),
             Err(e) => tracing::error!("the CNM driver task failed: {e}"),
         }
+    }
+    if let Some(ne) = nodeengine {
+        ne.stop().await;
     }
     if let Some(admin) = admin {
         admin.stop().await;

@@ -37,6 +37,7 @@ pub mod model;
 pub mod mosquitto;
 pub mod netns;
 pub mod node;
+pub mod nodeengine;
 pub mod nspawn;
 pub mod oakestra;
 pub mod podman;

@@ -8,6 +8,7 @@
 //! kept in the state directory.
 
 pub mod names;
+pub mod nodeengine;
 pub mod registration;
 
 pub use names::{JobBook, JobName};

@@ -31,6 +31,8 @@ pub enum Backend {
     Local,
     /// etcd: subnets, ServiceIPs and instances are agreed cluster-wide.
     Etcd,
+    /// Oakestra's cluster manager (MQTT), as its NetManager.
+    Oakestra,
 }
 
 /// `[store]`
