@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use testbed::oakestra::nodeengine;
+use testbed::nodeengine::NodeEngine;
 use testbed::oakestra::table::Heard;
 use testbed::oakestra::{forged_instance, topology::MANAGER_IP};
 use testbed::{eventually, Container, Node, OakTopology, Pod};
@@ -177,7 +177,7 @@ fn oakestra_workers_serve_jobs_and_drop_hostile_broker_messages() -> Result<()> 
     // Before b registers, a deploy there is refused (Oakestra: 400).
     OakTopology::wait_nodeengine(&mut t.b)?;
     let early = t.pod("early")?;
-    let r = nodeengine::deploy(&nodeengine::socket_of(&t.b), early.pid()?, WEB, 9)?;
+    let r = NodeEngine::of(&t.b).deploy(early.pid()?, WEB, 9, "")?;
     if r.status != 400 && r.status != 503 {
         bail!(
             "deploy before /register: HTTP {} {}, expected 400 or 503",
@@ -203,12 +203,12 @@ fn oakestra_workers_serve_jobs_and_drop_hostile_broker_messages() -> Result<()> 
     assert_eq!((sub_a.1, sub_b.1), (26, 26), "Oakestra's /26 per worker");
     assert_ne!(sub_a.0, sub_b.0);
     // Registering again: the same id is fine, another is refused.
-    let sock_a = nodeengine::socket_of(&t.a);
-    let again = nodeengine::register(&sock_a, ID_A, &MANAGER_IP.to_string())?;
+    let ne_a = NodeEngine::of(&t.a);
+    let again = ne_a.register(ID_A, Some(&MANAGER_IP.to_string()))?;
     assert_eq!(again.status, 200, "same id again: {}", again.body);
-    let other = nodeengine::register(&sock_a, ID_B, &MANAGER_IP.to_string())?;
+    let other = ne_a.register(ID_B, Some(&MANAGER_IP.to_string()))?;
     assert_eq!(other.status, 400, "another id: {}", other.body);
-    let bad = testbed::api::request(&sock_a, "POST", "/register", Some("{"))?;
+    let bad = ne_a.post("/register", "{")?;
     assert_eq!(bad.status, 400, "bad JSON: {}", bad.body);
 
     // --- deployments: web0 on a, web1 on b, the client on a.

@@ -13,10 +13,9 @@
 //!
 //! The MQTT client runs on its own thread, in the broker's namespace when
 //! the broker runs in one, so no traffic leaves the test's namespaces.
-//! [`nodeengine`] is the NodeEngine side: the HTTP calls Oakestra's
-//! NodeEngine makes on a worker's NetManager socket.
+//! The NodeEngine side, the HTTP calls Oakestra's NodeEngine makes on a
+//! worker's NetManager socket, is [`crate::nodeengine`].
 
-pub mod nodeengine;
 pub mod table;
 pub mod topology;
 

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::nodeengine::{self, DeployReply};
 use super::OakCluster;
 use crate::cluster::{plug_host, prefix_for, Container};
 use crate::cmd::{self, Bg};
 use crate::mosquitto::{Mosquitto, OAKESTRA_MQTT_PORT};
 use crate::netns::Netns;
 use crate::node::{Node, NodeConfig, OakestraStore, TestKey};
+use crate::nodeengine::{DeployReply, NodeEngine};
 
 /// The cluster manager's underlay address (`cluster_address`).
 pub const MANAGER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -154,7 +154,7 @@ impl OakTopology {
     /// answers (it joined: connected, got its subnet).
     pub fn register(node: &mut Node, client_id: &str) -> Result<()> {
         let socket = OakTopology::wait_nodeengine(node)?;
-        let r = nodeengine::register(&socket, client_id, &MANAGER_IP.to_string())?;
+        let r = NodeEngine::new(&socket).register(client_id, Some(&MANAGER_IP.to_string()))?;
         if r.status != 200 {
             bail!(
                 "/register on node {}: HTTP {} {}",
@@ -170,7 +170,7 @@ impl OakTopology {
     /// Waits until `node`'s NodeEngine socket exists (the daemon listens
     /// there before it joins); returns its path.
     pub fn wait_nodeengine(node: &mut Node) -> Result<PathBuf> {
-        let socket = nodeengine::socket_of(node);
+        let socket = NodeEngine::of(node).socket().to_owned();
         let deadline = Instant::now() + JOIN_TIMEOUT;
         while !socket.exists() {
             if let Some(st) = node.exited()? {
@@ -213,14 +213,15 @@ impl OakTopology {
     /// `/container/deploy` of `pod` as instance `number` of `job` on
     /// `node`, required to succeed.
     pub fn deploy(node: &Node, pod: &Pod, job: &str, number: u32) -> Result<DeployReply> {
-        nodeengine::deploy_ok(&nodeengine::socket_of(node), pod.pid()?, job, number)
+        NodeEngine::of(node)
+            .deploy_ok(pod.pid()?, job, number)
             .with_context(|| format!("deploying {job} {number} on node {}", node.name))
     }
 
     /// `/container/undeploy` of instance `number` of `job` on `node`,
     /// required to answer 200.
     pub fn undeploy(node: &Node, job: &str, number: u32) -> Result<()> {
-        let r = nodeengine::undeploy(&nodeengine::socket_of(node), job, number)?;
+        let r = NodeEngine::of(node).undeploy(job, number)?;
         if r.status != 200 {
             bail!(
                 "/container/undeploy {job} {number} on node {}: HTTP {} {}",
