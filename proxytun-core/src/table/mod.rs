@@ -66,6 +66,8 @@ pub struct Table {
     apps: Vec<Arc<str>>,
     /// The compiled isolation policy.
     access: Access,
+    /// External clients this node is the gateway of (docs/join.md).
+    clients: crate::clients::Clients,
 }
 
 impl Table {
@@ -91,6 +93,7 @@ impl Table {
             service_app: Vec::new(),
             apps: Vec::new(),
             access: Access::default(),
+            clients: crate::clients::Clients::default(),
         }
     }
 
@@ -211,6 +214,11 @@ impl Table {
     /// All services, in table order.
     pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
         self.services.iter()
+    }
+
+    /// The external clients this node is the gateway of.
+    pub fn clients(&self) -> &crate::clients::Clients {
+        &self.clients
     }
 
     /// True when tunnel datagrams from `addr` are accepted.
