@@ -76,6 +76,15 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
             location,
         );
     }
+    // External clients (docs/join.md), after every VIP so none is taken;
+    // they may query the resolver on the bridge's address.
+    for c in snapshot.clients.values() {
+        b.client(std::net::IpAddr::V4(c.address), c.endpoint);
+    }
+    if !snapshot.clients.is_empty() {
+        let resolver = envmgr::plan::gateway_of(node.subnet, node.subnet6).v4;
+        b.client_resolver(std::net::IpAddr::V4(resolver));
+    }
     b.build()
 }
 
@@ -168,6 +177,7 @@ mod tests {
             instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
             peers,
             policy: Default::default(),
+            clients: Default::default(),
         }
     }
 
