@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-pub use client::Client;
 pub use affinity::{Affinity, AffinityMode, DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S};
+pub use client::Client;
 pub use names::{check_label, check_runtime_id, valid_ifname, InstanceKey, NameError, ServiceName};
 pub use policy::{
     AllowRule, Policy, PolicyError, PortRange, RuleTarget, StaleVersion, MAX_ALLOW_RULES,

@@ -41,7 +41,13 @@ fn laptop(c: &Cluster) -> Result<Container> {
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["link", "set", "lo", "up"])?;
     let a_ip = c.a.endpoint().ip().to_string();
-    ns.ip(&["route", "add", &format!("{a_ip}/32"), "via", &LAPTOP_GW.to_string()])?;
+    ns.ip(&[
+        "route",
+        "add",
+        &format!("{a_ip}/32"),
+        "via",
+        &LAPTOP_GW.to_string(),
+    ])?;
     lap.serve("laptop")?;
     Ok(lap)
 }
@@ -101,35 +107,65 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     let lap = laptop(&c).expect("laptop");
 
     // A bad request is refused with its reason and changes nothing.
-    let bad = c.a.cli(&["client", "add", "lap", "--endpoint", "not-an-ip"]).expect("cli");
-    assert!(!bad.status.success() && bad.stderr.contains("endpoint"), "{bad:?}");
+    let bad =
+        c.a.cli(&["client", "add", "lap", "--endpoint", "not-an-ip"])
+            .expect("cli");
+    assert!(
+        !bad.status.success() && bad.stderr.contains("endpoint"),
+        "{bad:?}"
+    );
     assert_eq!(c.a.get("/v1/clients").expect("list"), json!([]));
 
     // Registered on a: the CLI prints the join line.
     let endpoint = format!("{LAPTOP}:50103");
-    let out = c.a.cli_ok(&["client", "add", "lap", "--endpoint", &endpoint]).expect("client add");
-    assert!(out.stdout.contains("proxytun join --gateway"), "{}", out.stdout);
+    let out =
+        c.a.cli_ok(&["client", "add", "lap", "--endpoint", &endpoint])
+            .expect("client add");
+    assert!(
+        out.stdout.contains("proxytun join --gateway"),
+        "{}",
+        out.stdout
+    );
     let list = c.a.get("/v1/clients").expect("list");
     let v = list[0].clone();
-    let addr: Ipv4Addr = v["address"].as_str().and_then(|s| s.parse().ok()).expect("address");
-    let again = c.a.cli(&["client", "add", "lap", "--endpoint", &endpoint]).expect("cli");
-    assert!(!again.status.success(), "a second add of the same name is refused");
+    let addr: Ipv4Addr = v["address"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("address");
+    let again =
+        c.a.cli(&["client", "add", "lap", "--endpoint", &endpoint])
+            .expect("cli");
+    assert!(
+        !again.status.success(),
+        "a second add of the same name is refused"
+    );
 
     // A wrong key gets nothing through (and the gateway counts it).
     let wrong = c.a.dir().join("wrong.key");
     std::fs::write(&wrong, format!("{}\n", "17".repeat(32))).expect("write key");
     let auth0 = c.a.drops("auth_failed").expect("drops");
     let mut bg = join(&c, &lap, &v, &wrong.to_string_lossy()).expect("join (wrong key)");
-    assert!(lap.tcp_hello(vip).is_err(), "a wrong key must get nothing through");
+    assert!(
+        lap.tcp_hello(vip).is_err(),
+        "a wrong key must get nothing through"
+    );
     let auth = c.a.drops("auth_failed").expect("drops");
-    assert!(auth > auth0, "the gateway counted the forgeries: {auth0} -> {auth}");
+    assert!(
+        auth > auth0,
+        "the gateway counted the forgeries: {auth0} -> {auth}"
+    );
     bg.stop();
 
     // The right key: by ServiceIP, and by name through a's resolver.
     let key = c.key().path().to_string_lossy().into_owned();
     let mut bg = join(&c, &lap, &v, &key).expect("join");
-    let hello = eventually(Duration::from_secs(15), || lap.tcp_hello(vip))
-        .unwrap_or_else(|e| panic!("laptop -> ServiceIP: {e:#}\n{}\n{}", bg.output(), c.a.log_tail(30)));
+    let hello = eventually(Duration::from_secs(15), || lap.tcp_hello(vip)).unwrap_or_else(|e| {
+        panic!(
+            "laptop -> ServiceIP: {e:#}\n{}\n{}",
+            bg.output(),
+            c.a.log_tail(30)
+        )
+    });
     assert_eq!(hello.name, "web2");
     let resolver = v["join"]["resolver"].as_str().expect("resolver").to_owned();
     let name = "web.shop.svc.cluster.internal.";
@@ -149,8 +185,14 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     let (from_a, _) = c.client(&c.a, "cla", 1).expect("client on a");
     let (from_b, _) = c.client(&c.b, "clb", 2).expect("client on b");
     let unsolicited0 = c.a.drops("client_unsolicited").expect("drops");
-    assert!(from_a.tcp_hello(addr).is_err(), "a container on a reached the laptop");
-    assert!(from_b.tcp_hello(addr).is_err(), "a container on b reached the laptop");
+    assert!(
+        from_a.tcp_hello(addr).is_err(),
+        "a container on a reached the laptop"
+    );
+    assert!(
+        from_b.tcp_hello(addr).is_err(),
+        "a container on b reached the laptop"
+    );
     let unsolicited = c.a.drops("client_unsolicited").expect("drops");
     assert!(
         unsolicited > unsolicited0,
@@ -165,12 +207,18 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
         panic!("no clean stop: {}", bg.output());
     }
     let link = lap.ns().ip(&["link", "show", "ptjoin0"]);
-    assert!(link.map(|o| !o.status.success()).unwrap_or(true), "the TUN is gone");
+    assert!(
+        link.map(|o| !o.status.success()).unwrap_or(true),
+        "the TUN is gone"
+    );
 
     // Removing the client: a later join gets nothing through.
     c.a.cli_ok(&["client", "remove", "lap"]).expect("remove");
     let bg = join(&c, &lap, &v, &key).expect("join after remove");
-    assert!(lap.tcp_hello(vip).is_err(), "a removed client must get nothing through");
+    assert!(
+        lap.tcp_hello(vip).is_err(),
+        "a removed client must get nothing through"
+    );
     drop(bg);
     check_no_route(&lap).expect("routes");
 }

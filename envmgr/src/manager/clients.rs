@@ -33,14 +33,22 @@ impl<K: Kernel> Manager<K> {
                 req.name, req.name
             )));
         }
-        if let Some(c) = table.clients.values().find(|c| c.endpoint.ip() == endpoint.ip()) {
+        if let Some(c) = table
+            .clients
+            .values()
+            .find(|c| c.endpoint.ip() == endpoint.ip())
+        {
             return Err(Error::Conflict(format!(
                 "endpoint address {} already belongs to client {}; each client needs its own address",
                 endpoint.ip(),
                 c.name
             )));
         }
-        if let Some(p) = table.peers.values().find(|p| p.endpoint.ip() == endpoint.ip()) {
+        if let Some(p) = table
+            .peers
+            .values()
+            .find(|p| p.endpoint.ip() == endpoint.ip())
+        {
             return Err(Error::Conflict(format!(
                 "endpoint address {} is peer {}'s; a node is not a client",
                 endpoint.ip(),

@@ -96,7 +96,11 @@ pub(super) async fn client(api: &Api, cmd: ClientsCommand) -> anyhow::Result<Str
         ClientsCommand::Remove { name } => {
             check_label("client", &name)?;
             let v = api.delete(&format!("/v1/clients/{name}")).await?;
-            format!("removed client {} (address {})\n", text(&v["name"]), text(&v["address"]))
+            format!(
+                "removed client {} (address {})\n",
+                text(&v["name"]),
+                text(&v["address"])
+            )
         }
         ClientsCommand::List(o) => show(api.get("/v1/clients").await?, o, format_clients)?,
     })

@@ -45,7 +45,12 @@ pub(super) fn open(args: &JoinArgs) -> anyhow::Result<SyncDevice> {
         // The resolver's /32 (the v6 range again: already there).
         nl.route_services(&args.tun, resolver, args.services6).await
     })
-    .with_context(|| format!("route the ServiceIP ranges and {} into {}", args.resolver, args.tun))?;
+    .with_context(|| {
+        format!(
+            "route the ServiceIP ranges and {} into {}",
+            args.resolver, args.tun
+        )
+    })?;
     Ok(dev)
 }
 
@@ -126,8 +131,13 @@ fn rx_loop(
                 tracing::debug!(error = %e, "keepalive not sent");
             }
         }
-        if !warned && rx.last_pong().is_none() && now.duration_since(started) > Duration::from_secs(15) {
-            eprintln!("warning: no answer from the gateway {gateway} yet (key, endpoint, client add?)");
+        if !warned
+            && rx.last_pong().is_none()
+            && now.duration_since(started) > Duration::from_secs(15)
+        {
+            eprintln!(
+                "warning: no answer from the gateway {gateway} yet (key, endpoint, client add?)"
+            );
             warned = true;
         }
         let (n, from) = match socket.recv_from(&mut buf) {

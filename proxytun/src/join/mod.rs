@@ -68,7 +68,9 @@ fn protection(s: &str) -> anyhow::Result<Protection> {
     match s {
         "auth" => Ok(Protection::Auth),
         "encrypt" => Ok(Protection::Encrypt),
-        other => bail!("--security {other:?}: use `auth` or `encrypt`, as the cluster's tunnel.security"),
+        other => {
+            bail!("--security {other:?}: use `auth` or `encrypt`, as the cluster's tunnel.security")
+        }
     }
 }
 
@@ -103,11 +105,21 @@ pub fn main(args: &JoinArgs) -> anyhow::Result<()> {
         .set_read_timeout(Some(io::WAKE))
         .context("set the socket's read timeout")?;
     let counters = Arc::new(JoinCounters::default());
-    let tx = JoinTx::new(Arc::clone(&settings), Arc::clone(&sealer), Arc::clone(&counters));
+    let tx = JoinTx::new(
+        Arc::clone(&settings),
+        Arc::clone(&sealer),
+        Arc::clone(&counters),
+    );
     let rx = JoinRx::new(settings, sealer, Arc::clone(&counters), Instant::now());
     println!(
         "joined through {} as {} ({}); ServiceIPs {} {} and the resolver {} route into {}",
-        args.gateway, args.address, args.security, args.services, args.services6, args.resolver, args.tun
+        args.gateway,
+        args.address,
+        args.security,
+        args.services,
+        args.services6,
+        args.resolver,
+        args.tun
     );
     println!(
         "resolve names with: dig @{} <service>.<app>.svc.{}",
@@ -144,7 +156,11 @@ mod signal_hook_like {
     /// Sets `flag` on `sig`.
     pub fn register(sig: Signal, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
         let _ = FLAG.set(flag);
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
         // SAFETY: the handler only does an atomic store on a value set before.
         unsafe { sigaction(sig, &action) }
             .map(|_| ())
