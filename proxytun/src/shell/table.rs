@@ -214,6 +214,36 @@ mod tests {
     }
 
     #[test]
+    fn clients_become_members_with_the_bridge_as_their_resolver() {
+        let mut snap = snapshot(true, false);
+        let endpoint: SocketAddr = "198.51.100.2:50103".parse().expect("addr");
+        snap.clients.insert(
+            "lap".into(),
+            envmgr::model::Client {
+                name: "lap".into(),
+                endpoint,
+                address: Ipv4Addr::new(10, 30, 1, 50),
+                public_key: None,
+            },
+        );
+        let t = build(&snap).expect("valid table");
+        let addr = IpAddr::from([10, 30, 1, 50]);
+        assert_eq!(t.clients().endpoint(addr), Some(endpoint));
+        assert!(
+            t.is_peer(endpoint.ip()),
+            "its datagrams pass the member check"
+        );
+        assert!(
+            !t.peer_endpoints().contains(&endpoint),
+            "but it is pinged by nobody"
+        );
+        assert_eq!(t.clients().resolver(), Some(IpAddr::from([10, 18, 1, 1])));
+        // An address that is a VIP already is refused.
+        snap.clients.get_mut("lap").expect("lap").address = Ipv4Addr::new(10, 30, 1, 1);
+        assert!(build(&snap).is_err());
+    }
+
+    #[test]
     fn instance_on_an_unknown_peer_is_left_out() {
         let t = build(&snapshot(false, false)).expect("valid table");
         assert!(t.instance_by_name("shop/web/1").is_some());
