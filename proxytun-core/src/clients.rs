@@ -17,6 +17,9 @@ pub struct Clients {
     by_endpoint: FastMap<IpAddr, IpAddr>,
     /// The node's resolver address (its bridge IP), port 53.
     resolver: Option<IpAddr>,
+    /// Per-node keys: each client's endpoint and public key, for the
+    /// handshaker (a client without one gets no handshake).
+    keys: Vec<(SocketAddr, crate::handshake::PublicKey)>,
 }
 
 /// The DNS port clients may reach on the resolver address.
@@ -31,6 +34,17 @@ impl Clients {
         self.by_addr.insert(addr, endpoint);
         self.by_endpoint.insert(endpoint.ip(), addr);
         true
+    }
+
+    /// Per-node keys: the client at `endpoint` must prove `key`.
+    pub fn set_key(&mut self, endpoint: SocketAddr, key: crate::handshake::PublicKey) {
+        self.keys.retain(|(ep, _)| ep.ip() != endpoint.ip());
+        self.keys.push((endpoint, key));
+    }
+
+    /// Per-node keys: every client's endpoint and public key.
+    pub fn keys(&self) -> &[(SocketAddr, crate::handshake::PublicKey)] {
+        &self.keys
     }
 
     /// Sets the resolver address clients may query.

@@ -150,6 +150,10 @@ pub struct JoinRx {
     seq: u32,
     next_ping: Option<Instant>,
     last_pong: Option<Instant>,
+    /// Per-node keys: the handshakes with the gateway (`None`: cluster key).
+    handshaker: Option<crate::handshake::Handshaker>,
+    /// What the handshaker counts (its own, not shown).
+    hs_counters: crate::counters::Counters,
 }
 
 impl JoinRx {
@@ -170,7 +174,24 @@ impl JoinRx {
             seq: 0,
             next_ping: Some(epoch),
             last_pong: None,
+            handshaker: None,
+            hs_counters: crate::counters::Counters::default(),
         }
+    }
+
+    /// Per-node keys: sessions come from handshakes with the gateway,
+    /// whose static key must be `gateway_key` (`sealer` must be
+    /// [`Sealer::node_keys`]).
+    pub fn with_handshaker(
+        mut self,
+        mut handshaker: crate::handshake::Handshaker,
+        gateway_key: crate::handshake::PublicKey,
+    ) -> Self {
+        let gw = self.settings.gateway;
+        let members = [(gw.ip(), gw, Some(gateway_key))];
+        handshaker.set_members(&members, &self.sealer, &mut self.opener, &self.hs_counters);
+        self.handshaker = Some(handshaker);
+        self
     }
 
     /// When the last pong arrived (`None`: the gateway never answered).
@@ -185,6 +206,16 @@ impl JoinRx {
 
     /// A sealed ping for the gateway in `buf[..n]` when one is due.
     pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if let Some(h) = &mut self.handshaker {
+            // A completed start is confirmed by a ping at once.
+            if h.take_confirm().is_some() {
+                self.next_ping = Some(now);
+            }
+            let (sealer, opener, counters) = (&self.sealer, &mut self.opener, &self.hs_counters);
+            if let Some((_, len)) = h.poll(now, buf, sealer, opener, counters) {
+                return Some(len);
+            }
+        }
         if self.next_ping.is_some_and(|t| t > now) || self.settings.keepalive.is_zero() {
             return None;
         }
@@ -236,8 +267,13 @@ impl JoinRx {
                 Ok(n) => n,
                 Err(e) => return JoinVerdict::Drop(e.into()),
             },
-            _ => return JoinVerdict::Drop(DropReason::UnknownType),
+            _ => return self.handshake(from, dgram, &h, now),
         };
+        if let (Some(hs), Some((ip, session))) =
+            (&mut self.handshaker, self.opener.take_confirmed())
+        {
+            hs.confirm(ip, session, &self.sealer);
+        }
         if h.msg == MsgType::Keepalive {
             return self.keepalive(dgram, n, now);
         }
@@ -252,6 +288,31 @@ impl JoinRx {
             return JoinVerdict::Drop(DropReason::Malformed);
         }
         JoinVerdict::Tun(n)
+    }
+
+    /// A handshake message from the gateway (per-node keys only).
+    fn handshake(
+        &mut self,
+        from: SocketAddr,
+        dgram: &mut [u8],
+        h: &tunnel::Header,
+        now: Instant,
+    ) -> JoinVerdict {
+        let Some(hs) = &mut self.handshaker else {
+            return JoinVerdict::Drop(DropReason::ProtectionMismatch);
+        };
+        if h.protection != self.opener.protection() {
+            return JoinVerdict::Drop(DropReason::ProtectionMismatch);
+        }
+        let r = match h.msg {
+            MsgType::HandshakeInit => hs
+                .on_start(from, dgram, now, &mut self.opener)
+                .map(JoinVerdict::Send),
+            _ => hs
+                .on_answer(from, dgram, now, &self.sealer, &mut self.opener)
+                .map(|()| JoinVerdict::Done),
+        };
+        r.unwrap_or_else(JoinVerdict::Drop)
     }
 
     fn keepalive(&mut self, dgram: &mut [u8], n: usize, now: Instant) -> JoinVerdict {

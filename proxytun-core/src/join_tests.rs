@@ -164,3 +164,62 @@ fn keepalives_ping_the_gateway_and_take_its_pong() {
     assert_eq!(r.handle_tunnel(A, &mut out[..len], now), JoinVerdict::Done);
     assert_eq!(r.last_pong(), Some(now));
 }
+
+#[test]
+fn with_per_node_keys_the_client_handshakes_with_its_gateway() {
+    use crate::dataplane::{Dataplane, NetVerdict};
+    use crate::handshake::{Handshaker, NodeKey, Timing};
+    use crate::testkit::{builder, cluster, rr, Node, SERVICES};
+    let p = Protection::Auth;
+    let (gw_key, lap_key) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
+    let laptop: std::net::SocketAddr = "198.51.100.2:50103".parse().unwrap();
+    let t0 = Instant::now();
+    // The gateway, A, lists the laptop with its key.
+    let services: Vec<_> = SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, rr(i, Fam::V4), rr(i, Fam::V6)))
+        .collect();
+    let mut b = builder(Node::A, &services, &cluster(), &[A, crate::testkit::B]);
+    b.client(ADDR, laptop).client_key(laptop, lap_key.public());
+    let gw_sealer = Arc::new(crate::seal::Sealer::node_keys(p).unwrap());
+    let hs = Handshaker::new(gw_key.clone(), p, Timing::default(), (t0, 1_000_000_000));
+    let mut gw = Dataplane::with_sealer(
+        crate::flow::CoreConfig::default(),
+        Arc::new(b.build().unwrap()),
+        gw_sealer,
+    )
+    .with_handshaker(hs);
+    // The laptop.
+    let sealer = Arc::new(crate::seal::Sealer::node_keys(p).unwrap());
+    let counters = Arc::new(JoinCounters::default());
+    let hs = Handshaker::new(lap_key, p, Timing::default(), (t0, 1_000_000_000));
+    let mut r = JoinRx::new(settings(), Arc::clone(&sealer), Arc::clone(&counters), t0)
+        .with_handshaker(hs, gw_key.public());
+    let t = JoinTx::new(settings(), sealer, counters);
+    // Before the handshake nothing can be sealed.
+    let syn = build(ADDR, 4000, VIP, 80, L::Syn, false);
+    assert_eq!(send(&t, &syn), JoinVerdict::Drop(DropReason::NoSession));
+    // Start, answer, confirming ping, pong.
+    let mut buf = [0u8; 256];
+    let n = r.poll_keepalive(t0, &mut buf).expect("a start");
+    let NetVerdict::Reply(n) = gw.handle_tunnel(laptop, &mut buf[..n], t0) else {
+        panic!("the gateway did not answer the start");
+    };
+    assert_eq!(r.handle_tunnel(A, &mut buf[..n], t0), JoinVerdict::Done);
+    let n = r.poll_keepalive(t0, &mut buf).expect("a confirming ping");
+    let NetVerdict::Reply(n) = gw.handle_tunnel(laptop, &mut buf[..n], t0) else {
+        panic!("the gateway did not answer the ping");
+    };
+    assert_eq!(r.handle_tunnel(A, &mut buf[..n], t0), JoinVerdict::Done);
+    assert_eq!(r.last_pong(), Some(t0));
+    // Data now passes, and the gateway takes it.
+    let mut d = framed(&syn);
+    let JoinVerdict::Send(n) = t.handle_tun(&mut d, syn.len()) else {
+        panic!("not sealed after the handshake");
+    };
+    assert_eq!(
+        gw.handle_tunnel(laptop, &mut d[..n], t0),
+        NetVerdict::Tun(syn.len())
+    );
+}

@@ -52,8 +52,32 @@ fn laptop(c: &Cluster) -> Result<Container> {
     Ok(lap)
 }
 
-/// `proxytun join` in the laptop with `key_file`, from the API's answer `v`.
-fn join(c: &Cluster, lap: &Container, v: &Value, key_file: &str) -> Result<Bg> {
+/// The laptop's key arguments: the cluster key's file, or (per-node keys,
+/// `PROXYTUN_TEST_KEYS=node`) its node key file and the gateway's public key.
+fn key_args(file: &str, gateway_key: Option<&str>) -> Vec<String> {
+    match gateway_key {
+        None => vec!["--key-file".into(), file.into()],
+        Some(gw) => vec![
+            "--node-key".into(),
+            file.into(),
+            "--gateway-key".into(),
+            gw.into(),
+        ],
+    }
+}
+
+/// A new node key for the laptop in `dir`: (file, public key).
+fn node_key(dir: &std::path::Path, name: &str) -> Result<(String, String)> {
+    let path = dir.join(name);
+    let path = path.to_string_lossy().into_owned();
+    let mut cmd = std::process::Command::new(testbed::proxytun_bin()?);
+    cmd.args(["keygen", "--node", "--out", &path]);
+    let out = testbed::cmd::run(&mut cmd, Duration::from_secs(10))?.ok()?;
+    Ok((path, out.stdout.trim().to_owned()))
+}
+
+/// `proxytun join` in the laptop with `keys`, from the API's answer `v`.
+fn join(c: &Cluster, lap: &Container, v: &Value, keys: &[String]) -> Result<Bg> {
     let bin = testbed::proxytun_bin()?;
     let j = &v["join"];
     let s = |x: &Value| x.as_str().map(str::to_owned).unwrap_or_default();
@@ -70,8 +94,6 @@ fn join(c: &Cluster, lap: &Container, v: &Value, key_file: &str) -> Result<Bg> {
         s(&j["services"]),
         "--services6".into(),
         s(&j["services6"]),
-        "--key-file".into(),
-        key_file.into(),
         "--security".into(),
         testbed::node::test_security_mode()?,
         "--bind".into(),
@@ -79,7 +101,7 @@ fn join(c: &Cluster, lap: &Container, v: &Value, key_file: &str) -> Result<Bg> {
         "--keepalive-secs".into(),
         "1".into(),
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args: Vec<&str> = args.iter().chain(keys).map(String::as_str).collect();
     let mut bg = lap
         .ns()
         .spawn(&bin.to_string_lossy(), &args)?
@@ -91,10 +113,6 @@ fn join(c: &Cluster, lap: &Container, v: &Value, key_file: &str) -> Result<Bg> {
 
 #[test]
 fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
-    if testbed::node::test_node_keys().expect("env") {
-        eprintln!("skipped: proxytun join supports the cluster key only (docs/join.md)");
-        return;
-    }
     if testbed::node::test_security_mode().expect("env") == "plain" {
         eprintln!("skipped: proxytun join needs the cluster key (auth or encrypt)");
         return;
@@ -116,11 +134,20 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     );
     assert_eq!(c.a.get("/v1/clients").expect("list"), json!([]));
 
-    // Registered on a: the CLI prints the join line.
+    // Per-node keys: the laptop's own key, registered with it.
+    let node_keys = testbed::node::test_node_keys().expect("env");
+    let gw_key = node_keys.then(|| c.a.public_key().expect("a's public key"));
+    let (lap_key, lap_pub) = match node_keys {
+        true => node_key(c.a.dir(), "laptop.key").expect("node key"),
+        false => (c.key().path().to_string_lossy().into_owned(), String::new()),
+    };
     let endpoint = format!("{LAPTOP}:50103");
-    let out =
-        c.a.cli_ok(&["client", "add", "lap", "--endpoint", &endpoint])
-            .expect("client add");
+    let mut add = vec!["client", "add", "lap", "--endpoint", endpoint.as_str()];
+    if node_keys {
+        add.extend(["--public-key", lap_pub.as_str()]);
+    }
+    // Registered on a: the CLI prints the join line.
+    let out = c.a.cli_ok(&add).expect("client add");
     assert!(
         out.stdout.contains("proxytun join --gateway"),
         "{}",
@@ -132,24 +159,35 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("address");
-    let again =
-        c.a.cli(&["client", "add", "lap", "--endpoint", &endpoint])
-            .expect("cli");
+    let again = c.a.cli(&add).expect("cli");
     assert!(
         !again.status.success(),
         "a second add of the same name is refused"
     );
 
     // A wrong key gets nothing through (and the gateway counts it).
-    let wrong = c.a.dir().join("wrong.key");
-    std::fs::write(&wrong, format!("{}\n", "17".repeat(32))).expect("write key");
-    let auth0 = c.a.drops("auth_failed").expect("drops");
-    let mut bg = join(&c, &lap, &v, &wrong.to_string_lossy()).expect("join (wrong key)");
+    let wrong = match node_keys {
+        true => node_key(c.a.dir(), "wrong.key").expect("node key").0,
+        false => {
+            let wrong = c.a.dir().join("wrong.key");
+            std::fs::write(&wrong, format!("{}\n", "17".repeat(32))).expect("write key");
+            wrong.to_string_lossy().into_owned()
+        }
+    };
+    let refused = || -> u64 {
+        ["auth_failed", "handshake_failed", "unknown_key"]
+            .iter()
+            .map(|r| c.a.drops(r).expect("drops"))
+            .sum()
+    };
+    let auth0 = refused();
+    let wrong_keys = key_args(&wrong, gw_key.as_deref());
+    let mut bg = join(&c, &lap, &v, &wrong_keys).expect("join (wrong key)");
     assert!(
         lap.tcp_hello(vip).is_err(),
         "a wrong key must get nothing through"
     );
-    let auth = c.a.drops("auth_failed").expect("drops");
+    let auth = refused();
     assert!(
         auth > auth0,
         "the gateway counted the forgeries: {auth0} -> {auth}"
@@ -157,8 +195,8 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     bg.stop();
 
     // The right key: by ServiceIP, and by name through a's resolver.
-    let key = c.key().path().to_string_lossy().into_owned();
-    let mut bg = join(&c, &lap, &v, &key).expect("join");
+    let keys = key_args(&lap_key, gw_key.as_deref());
+    let mut bg = join(&c, &lap, &v, &keys).expect("join");
     let hello = eventually(Duration::from_secs(15), || lap.tcp_hello(vip)).unwrap_or_else(|e| {
         panic!(
             "laptop -> ServiceIP: {e:#}\n{}\n{}",
@@ -214,7 +252,7 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
 
     // Removing the client: a later join gets nothing through.
     c.a.cli_ok(&["client", "remove", "lap"]).expect("remove");
-    let bg = join(&c, &lap, &v, &key).expect("join after remove");
+    let bg = join(&c, &lap, &v, &keys).expect("join after remove");
     assert!(
         lap.tcp_hello(vip).is_err(),
         "a removed client must get nothing through"

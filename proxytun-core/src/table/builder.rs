@@ -264,6 +264,17 @@ impl TableBuilder {
         self
     }
 
+    /// Per-node keys: an external client (added by [`Self::client`]) with
+    /// the public key its handshakes must prove.
+    pub fn client_key(
+        &mut self,
+        endpoint: SocketAddr,
+        key: crate::handshake::PublicKey,
+    ) -> &mut Self {
+        self.table.clients.set_key(endpoint, key);
+        self
+    }
+
     /// The resolver address external clients may query (port 53).
     pub fn client_resolver(&mut self, addr: IpAddr) -> &mut Self {
         self.table.clients.set_resolver(addr);

@@ -233,11 +233,18 @@ impl Table {
     }
 
     /// Per-node keys: every peer with its endpoint and the public key the
-    /// membership lists for it (`None`: no key listed, so no handshake).
+    /// membership lists for it (`None`: no key listed, so no handshake);
+    /// then the external clients with a key (docs/join.md).
     pub fn peer_members(&self) -> Vec<(IpAddr, SocketAddr, Option<crate::handshake::PublicKey>)> {
+        let clients = self
+            .clients
+            .keys()
+            .iter()
+            .map(|(ep, k)| (ep.ip(), *ep, Some(*k)));
         self.endpoints
             .iter()
             .map(|ep| (ep.ip(), *ep, self.peer_keys.get(&ep.ip()).copied()))
+            .chain(clients)
             .collect()
     }
 

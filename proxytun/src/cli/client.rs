@@ -20,8 +20,8 @@ pub enum ClientsCommand {
         /// The address (IP or IP:PORT) its datagrams come from.
         #[arg(long)]
         endpoint: String,
-        /// Its public key with `tunnel.keys = "node"` (not supported yet
-        /// by `proxytun join`; docs/join.md).
+        /// Its public key with `tunnel.keys = "node"` (the client's
+        /// `proxytun keygen --node` printed it).
         #[arg(long, value_name = "HEX")]
         public_key: Option<String>,
         /// This node's address as the client reaches it, for the printed
@@ -45,10 +45,15 @@ pub enum ClientsCommand {
 /// The `proxytun join` command line for client `v` (the API's answer).
 pub(super) fn join_line(v: &Value, gateway: Option<&str>, key_file: &str) -> String {
     let j = &v["join"];
+    let key = if v["public_key"].is_string() {
+        "--node-key <the client's key file> --gateway-key <`proxytun pubkey` here>".to_owned()
+    } else {
+        format!("--key-file {key_file}")
+    };
     let gw = gateway.unwrap_or("<this-node-ip>");
     let bind = text(&v["endpoint"]);
     format!(
-        "proxytun join --gateway {gw}:{port} --address {addr} --resolver {res} \\\n    --services {s4} --services6 {s6} --key-file {key_file} --bind {bind}\n",
+        "proxytun join --gateway {gw}:{port} --address {addr} --resolver {res} \\\n    --services {s4} --services6 {s6} {key} --bind {bind}\n",
         port = text(&j["tunnel_port"]),
         addr = text(&v["address"]),
         res = text(&j["resolver"]),

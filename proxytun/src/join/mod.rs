@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ipnet::{Ipv4Net, Ipv6Net};
+use proxytun_core::handshake::{Handshaker, NodeKey, PublicKey, Timing};
 use proxytun_core::join::{JoinCounters, JoinRx, JoinSettings, JoinTx};
 use proxytun_core::seal::{random_session, ClusterKey, Sealer};
 use proxytun_core::tunnel::Protection;
@@ -37,15 +38,26 @@ pub struct JoinArgs {
     /// The cluster's ServiceIP range (IPv6).
     #[arg(long, value_name = "CIDR", default_value = "fdff:30::/112")]
     pub services6: Ipv6Net,
-    /// The cluster key file (a copy of the nodes' `tunnel.key_file`).
-    #[arg(long, value_name = "FILE")]
-    pub key_file: PathBuf,
+    /// The cluster key file (a copy of the nodes' `tunnel.key_file`);
+    /// not with `--node-key`.
+    #[arg(long, value_name = "FILE", required_unless_present = "node_key")]
+    pub key_file: Option<PathBuf>,
     /// The cluster's `tunnel.security`: `auth` or `encrypt`.
     #[arg(long, default_value = "auth")]
     pub security: String,
-    /// Per-node keys are not supported yet (docs/join.md).
-    #[arg(long, value_name = "FILE")]
+    /// Per-node keys (`tunnel.keys = "node"`): this client's key file
+    /// (`proxytun keygen --node --out FILE`; its public key went to
+    /// `proxytun client add --public-key`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "key_file",
+        requires = "gateway_key"
+    )]
     pub node_key: Option<PathBuf>,
+    /// Per-node keys: the gateway's public key (`proxytun pubkey` there).
+    #[arg(long, value_name = "HEX", requires = "node_key")]
+    pub gateway_key: Option<String>,
     /// The TUN device's name.
     #[arg(long, default_value = "ptjoin0")]
     pub tun: String,
@@ -74,18 +86,37 @@ fn protection(s: &str) -> anyhow::Result<Protection> {
     }
 }
 
+/// The sealer: the cluster key's, or with `--node-key` one whose sessions
+/// come from handshakes, with the key and the gateway's public key.
+fn keys(
+    args: &JoinArgs,
+    protection: Protection,
+) -> anyhow::Result<(Arc<Sealer>, Option<(NodeKey, PublicKey)>)> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("{flag} {}: cannot read it", path.display()))
+    };
+    if let (Some(path), Some(hex)) = (&args.node_key, &args.gateway_key) {
+        let key = NodeKey::parse_hex(&read("--node-key", path)?)
+            .map_err(|e| anyhow::anyhow!("--node-key {}: {e}", path.display()))?;
+        let gw = PublicKey::parse_hex(hex).map_err(|e| anyhow::anyhow!("--gateway-key: {e}"))?;
+        let sealer = Sealer::node_keys(protection).context("per-node keys")?;
+        return Ok((Arc::new(sealer), Some((key, gw))));
+    }
+    let Some(path) = &args.key_file else {
+        bail!("give --key-file (the cluster key) or --node-key with --gateway-key");
+    };
+    let key = ClusterKey::parse_hex(&read("--key-file", path)?)
+        .map_err(|e| anyhow::anyhow!("--key-file {}: {e}", path.display()))?;
+    let session = random_session().context("draw a tunnel session")?;
+    let sealer = Sealer::new(protection, Some(&key), session).context("tunnel key")?;
+    Ok((Arc::new(sealer), None))
+}
+
 /// Runs the client until SIGINT or SIGTERM.
 pub fn main(args: &JoinArgs) -> anyhow::Result<()> {
-    if args.node_key.is_some() {
-        bail!("--node-key: per-node keys are not supported by `proxytun join` yet; use the cluster key (docs/join.md)");
-    }
     let protection = protection(&args.security)?;
-    let text = std::fs::read_to_string(&args.key_file)
-        .with_context(|| format!("--key-file {}: cannot read it", args.key_file.display()))?;
-    let key = ClusterKey::parse_hex(&text)
-        .map_err(|e| anyhow::anyhow!("--key-file {}: {e}", args.key_file.display()))?;
-    let session = random_session().context("draw a tunnel session")?;
-    let sealer = Arc::new(Sealer::new(protection, Some(&key), session).context("tunnel key")?);
+    let (sealer, node) = keys(args, protection)?;
     let settings = Arc::new(JoinSettings {
         addr: IpAddr::V4(args.address),
         gateway: args.gateway,
@@ -110,12 +141,26 @@ pub fn main(args: &JoinArgs) -> anyhow::Result<()> {
         Arc::clone(&sealer),
         Arc::clone(&counters),
     );
-    let rx = JoinRx::new(settings, sealer, Arc::clone(&counters), Instant::now());
+    let t0 = Instant::now();
+    let mut rx = JoinRx::new(settings, sealer, Arc::clone(&counters), t0);
+    if let Some((key, gateway_key)) = node {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let hs = Handshaker::new(key, protection, Timing::default(), (t0, wall));
+        rx = rx.with_handshaker(hs, gateway_key);
+    }
     println!(
-        "joined through {} as {} ({}); ServiceIPs {} {} and the resolver {} route into {}",
+        "joined through {} as {} ({}{}); ServiceIPs {} {} and the resolver {} route into {}",
         args.gateway,
         args.address,
         args.security,
+        if args.node_key.is_some() {
+            ", node key"
+        } else {
+            ""
+        },
         args.services,
         args.services6,
         args.resolver,

@@ -80,6 +80,15 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
     // they may query the resolver on the bridge's address.
     for c in snapshot.clients.values() {
         b.client(std::net::IpAddr::V4(c.address), c.endpoint);
+        match c.public_key.as_deref().map(PublicKey::parse_hex) {
+            Some(Ok(k)) => {
+                b.client_key(c.endpoint, k);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(client = %c.name, error = %e, "client public key ignored")
+            }
+            None => {}
+        }
     }
     if !snapshot.clients.is_empty() {
         let resolver = envmgr::plan::gateway_of(node.subnet, node.subnet6).v4;
