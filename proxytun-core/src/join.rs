@@ -204,7 +204,8 @@ impl JoinRx {
         self.next_ping
     }
 
-    /// A sealed ping for the gateway in `buf[..n]` when one is due.
+    /// The next control datagram for the gateway in `buf[..n]` (a handshake
+    /// start or a sealed ping; [`crate::keepalive::CONTROL_MAX`] bytes fit).
     pub fn poll_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if let Some(h) = &mut self.handshaker {
             // A completed start is confirmed by a ping at once.

@@ -201,7 +201,7 @@ fn with_per_node_keys_the_client_handshakes_with_its_gateway() {
     let syn = build(ADDR, 4000, VIP, 80, L::Syn, false);
     assert_eq!(send(&t, &syn), JoinVerdict::Drop(DropReason::NoSession));
     // Start, answer, confirming ping, pong.
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; crate::keepalive::CONTROL_MAX];
     let n = r.poll_keepalive(t0, &mut buf).expect("a start");
     let NetVerdict::Reply(n) = gw.handle_tunnel(laptop, &mut buf[..n], t0) else {
         panic!("the gateway did not answer the start");

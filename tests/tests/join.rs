@@ -73,7 +73,9 @@ fn node_key(dir: &std::path::Path, name: &str) -> Result<(String, String)> {
     let mut cmd = std::process::Command::new(testbed::proxytun_bin()?);
     cmd.args(["keygen", "--node", "--out", &path]);
     let out = testbed::cmd::run(&mut cmd, Duration::from_secs(10))?.ok()?;
-    Ok((path, out.stdout.trim().to_owned()))
+    // The public key is the output's last word.
+    let public = out.stdout.split_whitespace().last().unwrap_or_default();
+    Ok((path, public.to_owned()))
 }
 
 /// `proxytun join` in the laptop with `keys`, from the API's answer `v`.
@@ -190,7 +192,9 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     let auth = refused();
     assert!(
         auth > auth0,
-        "the gateway counted the forgeries: {auth0} -> {auth}"
+        "the gateway counted the forgeries: {auth0} -> {auth}: {}\n{}",
+        c.a.counters().expect("counters")["drops"],
+        bg.output()
     );
     bg.stop();
 

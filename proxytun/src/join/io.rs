@@ -121,7 +121,7 @@ fn rx_loop(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; BUF];
-    let mut ka = [0u8; 128];
+    let mut ka = [0u8; proxytun_core::keepalive::CONTROL_MAX];
     let mut warned = false;
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {

@@ -86,12 +86,15 @@ fn protection(s: &str) -> anyhow::Result<Protection> {
     }
 }
 
+/// Per-node keys: this client's key and the gateway's public key.
+type NodeKeys = (NodeKey, PublicKey);
+
 /// The sealer: the cluster key's, or with `--node-key` one whose sessions
 /// come from handshakes, with the key and the gateway's public key.
 fn keys(
     args: &JoinArgs,
     protection: Protection,
-) -> anyhow::Result<(Arc<Sealer>, Option<(NodeKey, PublicKey)>)> {
+) -> anyhow::Result<(Arc<Sealer>, Option<NodeKeys>)> {
     let read = |flag: &str, path: &PathBuf| {
         std::fs::read_to_string(path)
             .with_context(|| format!("{flag} {}: cannot read it", path.display()))
