@@ -124,6 +124,10 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     web.serve("web2").expect("serve");
     let d = c.deploy("shop/web", &[(&c.b, &web, 1)]).expect("deploy");
     let vip = d.rr.v4;
+    // A service whose one instance runs on the gateway itself.
+    let mut api = c.container("w1").expect("container");
+    api.serve("api1").expect("serve");
+    let local = c.deploy("shop/api", &[(&c.a, &api, 1)]).expect("deploy");
     let lap = laptop(&c).expect("laptop");
 
     // A bad request is refused with its reason and changes nothing.
@@ -222,6 +226,16 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
     assert_eq!(lap.tcp_hello(ip).expect("by name").name, "web2");
     let udp = lap.udp_hello(vip).expect("udp");
     assert_eq!(udp.name, "web2");
+    // An instance on the gateway itself, and a bulk transfer (segments
+    // coalesced and cut again on the gateway) with matching checksums.
+    assert_eq!(
+        lap.tcp_hello(local.rr.v4).expect("local instance").name,
+        "api1"
+    );
+    let t = lap
+        .tcp_send(vip, 4 << 20, Duration::from_secs(30))
+        .expect("4 MiB to the ServiceIP");
+    assert_eq!(t.name, "web2");
 
     // Nothing in the cluster can open a connection to the laptop.
     let (from_a, _) = c.client(&c.a, "cla", 1).expect("client on a");
