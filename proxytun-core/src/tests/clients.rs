@@ -167,3 +167,20 @@ fn isolation_refuses_client_flows() {
         "{v:?}"
     );
 }
+
+#[test]
+fn a_table_swap_keeps_client_flows_until_the_client_is_removed() {
+    let mut dp = gateway(&[WEB2]);
+    let now = Instant::now();
+    let (v, _) = tun(&mut dp, build(ADDR, 4000, rr(WEB, Fam::V4), 443, L::Syn, false), now);
+    assert_eq!(v, TunVerdict::Peer(B));
+    let same = Arc::clone(gateway(&[WEB2]).table());
+    dp.set_table(same);
+    assert_eq!(dp.flows_active(), 1, "the client's flow survives a swap");
+    // Without the client: its flows go, and its answers reach nobody.
+    dp.set_table(table(Node::A, &[WEB2]));
+    assert_eq!(dp.flows_active(), 0);
+    let reply = build(WEB2.ns(Fam::V4), 443, ADDR, 4000, L::SynAck, false);
+    let (v, _) = net(&mut dp, B, &reply, now);
+    assert_eq!(dropped(v), Some(DropReason::InnerDstNotLocal));
+}
