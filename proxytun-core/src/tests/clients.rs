@@ -172,7 +172,11 @@ fn isolation_refuses_client_flows() {
 fn a_table_swap_keeps_client_flows_until_the_client_is_removed() {
     let mut dp = gateway(&[WEB2]);
     let now = Instant::now();
-    let (v, _) = tun(&mut dp, build(ADDR, 4000, rr(WEB, Fam::V4), 443, L::Syn, false), now);
+    let (v, _) = tun(
+        &mut dp,
+        build(ADDR, 4000, rr(WEB, Fam::V4), 443, L::Syn, false),
+        now,
+    );
     assert_eq!(v, TunVerdict::Peer(B));
     let same = Arc::clone(gateway(&[WEB2]).table());
     dp.set_table(same);
