@@ -142,6 +142,7 @@ impl Synthetic {
             instances,
             peers,
             policy: Default::default(),
+            clients: Default::default(),
         }
     }
 }

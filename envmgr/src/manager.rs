@@ -23,6 +23,7 @@
 mod affinity;
 mod allocate;
 mod attach;
+mod clients;
 mod cluster_view;
 mod detach;
 mod nat;

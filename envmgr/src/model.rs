@@ -10,6 +10,7 @@
 //! as before.
 
 mod affinity;
+mod client;
 mod names;
 mod policy;
 mod ports;
@@ -22,6 +23,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use affinity::{Affinity, AffinityMode, DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S};
+pub use client::Client;
 pub use names::{check_label, check_runtime_id, valid_ifname, InstanceKey, NameError, ServiceName};
 pub use policy::{
     AllowRule, Policy, PolicyError, PortRange, RuleTarget, StaleVersion, MAX_ALLOW_RULES,
@@ -203,6 +205,9 @@ pub struct Snapshot {
     /// everything, as before policies existed.
     #[serde(default)]
     pub policy: Policy,
+    /// The external clients this node is the gateway of (docs/join.md).
+    #[serde(default)]
+    pub clients: BTreeMap<String, Client>,
 }
 
 /// The instances of one service in number order: keys sort by service

@@ -86,6 +86,19 @@ pub struct PeerRequest {
     pub public_key: Option<String>,
 }
 
+/// Register an external client (`POST /v1/clients`, docs/join.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRequest {
+    /// Its name (a label).
+    pub name: String,
+    /// `ip:port` its datagrams come from (`ip` alone: the tunnel port).
+    pub endpoint: String,
+    /// Its public key with per-node tunnel keys (64 hex characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
 /// The body of `PUT /v1/policy`: the whole new policy and, optionally, the
 /// version it was based on (what `GET /v1/policy` gave). A stale version
 /// is refused with 409; without one the write is accepted whatever

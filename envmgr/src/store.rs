@@ -60,6 +60,9 @@ pub struct State {
     /// the default, which isolates nothing).
     #[serde(default)]
     pub policy: Policy,
+    /// External clients (docs/join.md; absent in older states: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<crate::model::Client>,
 }
 
 impl State {
@@ -74,6 +77,7 @@ impl State {
             instances: Vec::new(),
             peers: Vec::new(),
             policy: Policy::default(),
+            clients: Vec::new(),
         }
     }
 }

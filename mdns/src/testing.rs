@@ -32,6 +32,7 @@ pub fn snapshot(version: u64, services: &[(&str, &str, u32)]) -> Snapshot {
         instances: BTreeMap::new(),
         peers: BTreeMap::new(),
         policy: Default::default(),
+        clients: Default::default(),
     };
     for (i, (app, service, count)) in services.iter().enumerate() {
         let name = ServiceName::new(app, service).expect("valid");

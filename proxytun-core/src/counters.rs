@@ -108,6 +108,12 @@ drop_reasons! {
     HandshakeReplay => "handshake_replay",
     /// Per-node keys: handshake from a member under another static key than the membership lists, or from a member with no key listed.
     UnknownKey => "unknown_key",
+    /// External client (docs/join.md): data packet whose source is not the client's own address.
+    ClientSpoofed => "client_spoofed",
+    /// External client: data packet to neither a ServiceIP nor the gateway's resolver (port 53).
+    ClientNotAllowed => "client_not_allowed",
+    /// External client: packet towards a client's address that answers no flow the client opened.
+    ClientUnsolicited => "client_unsolicited",
 }
 
 impl fmt::Display for DropReason {

@@ -26,6 +26,7 @@
 pub mod access;
 pub mod affinity;
 pub mod checksum;
+pub mod clients;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
@@ -38,6 +39,7 @@ pub mod handshake;
 pub mod health;
 pub mod icmp_error;
 pub mod ipv6_ext;
+pub mod join;
 pub mod keepalive;
 pub mod map;
 pub mod miss;

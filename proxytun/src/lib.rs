@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod join;
 pub mod log_settings;
 pub mod logging;
 pub mod notify;

@@ -60,6 +60,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Join the service network from a machine that is no worker, through
+    /// a gateway node (`proxytun client add` there prints this line;
+    /// docs/join.md). Runs until SIGINT or SIGTERM.
+    Join(proxytun::join::JoinArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
                 println!("{} man pages in {}", pages.len(), out.display());
             })
         }
+        Command::Join(args) => proxytun::join::main(&args),
         Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -94,6 +94,7 @@ fn local_snapshot(layout: &Layout, plan: &AddressPlan, interest: &[u32]) -> Snap
         instances,
         peers: BTreeMap::new(),
         policy: Default::default(),
+        clients: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! This file puts them together: the routes, the last-resort JSON errors,
 //! and serving.
 
+mod clients;
 mod dataplane;
 mod error;
 mod extract;
@@ -76,6 +77,11 @@ pub fn router<K: Kernel>(mgr: Arc<Manager<K>>, dp: Arc<dyn DataplaneView>) -> Ro
         .route("/v1/peers", get(list_peers::<K>).post(put_peer::<K>))
         .route("/v1/peers/{name}", delete(remove_peer::<K>))
         .route("/v1/nodes/{name}", delete(nodes::remove_node::<K>))
+        .route(
+            "/v1/clients",
+            get(clients::list_clients::<K>).post(clients::add_client::<K>),
+        )
+        .route("/v1/clients/{name}", delete(clients::remove_client::<K>))
         .route("/v1/flows", get(flows::<K>))
         .route("/v1/policy", get(get_policy::<K>).put(put_policy::<K>))
         .route("/v1/counters", get(counters::<K>))

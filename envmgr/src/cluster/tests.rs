@@ -113,6 +113,7 @@ fn snapshot(
         instances,
         peers: BTreeMap::new(),
         policy: Default::default(),
+        clients: Default::default(),
     })
 }
 

@@ -54,6 +54,7 @@ fn merge_view(table: &Table, view: &ClusterView, settings: &Settings) -> Table {
         instances: BTreeMap::new(),
         peers: BTreeMap::new(),
         policy: view.policy.clone().unwrap_or_else(|| table.policy.clone()),
+        clients: table.clients.clone(),
     };
     for (name, peer) in &view.peers {
         if name == &settings.node_name {

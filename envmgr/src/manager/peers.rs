@@ -108,7 +108,7 @@ impl<K: Kernel> Manager<K> {
 }
 
 /// `ip:port`, `[ipv6]:port`, or a bare IP with the default tunnel port.
-fn parse_endpoint(s: &str, default_port: u16) -> Result<SocketAddr> {
+pub(super) fn parse_endpoint(s: &str, default_port: u16) -> Result<SocketAddr> {
     let s = s.trim();
     let bare = s
         .strip_prefix('[')

@@ -20,6 +20,7 @@ pub(super) struct Table {
     pub(super) instances: BTreeMap<InstanceKey, Instance>,
     pub(super) peers: BTreeMap<String, Peer>,
     pub(super) policy: Policy,
+    pub(super) clients: BTreeMap<String, crate::model::Client>,
 }
 
 impl Table {
@@ -32,6 +33,7 @@ impl Table {
             instances: BTreeMap::new(),
             peers: BTreeMap::new(),
             policy: state.policy,
+            clients: BTreeMap::new(),
         };
         let corrupt = |what: String| {
             anyhow::anyhow!(
@@ -46,6 +48,11 @@ impl Table {
         for p in state.peers {
             if let Some(old) = t.peers.insert(p.name.clone(), p) {
                 return Err(corrupt(format!("peer {} is listed twice", old.name)));
+            }
+        }
+        for c in state.clients {
+            if let Some(old) = t.clients.insert(c.name.clone(), c) {
+                return Err(corrupt(format!("client {} is listed twice", old.name)));
             }
         }
         for i in state.instances {
@@ -78,6 +85,7 @@ impl Table {
         s.instances = self.instances.values().cloned().collect();
         s.peers = self.peers.values().cloned().collect();
         s.policy = self.policy.clone();
+        s.clients = self.clients.values().cloned().collect();
         s
     }
 
@@ -97,6 +105,7 @@ impl Table {
             instances: self.instances.clone(),
             peers: self.peers.clone(),
             policy: self.policy.clone(),
+            clients: self.clients.clone(),
         }
     }
 
@@ -119,6 +128,9 @@ impl Table {
         }
         for i in self.instances.values() {
             used.insert(i.instance_ip.v4, format!("the instance IP of {}", i.key));
+        }
+        for c in self.clients.values() {
+            used.insert(c.address, format!("the address of client {}", c.name));
         }
         used
     }

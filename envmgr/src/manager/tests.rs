@@ -7,6 +7,7 @@
 //! refused request changes nothing).
 
 mod attach;
+mod clients;
 mod cluster;
 mod detach;
 mod multinet;

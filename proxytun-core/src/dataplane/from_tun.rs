@@ -52,9 +52,12 @@ impl Dataplane {
                     Dir::Forward => Some((flow.client_iip, flow.instance_ns, flow.location.peer())),
                     // Replies of a local instance come back through the TUN;
                     // a remote instance's replies must come through the tunnel.
-                    Dir::Reverse if flow.location == Location::Local => {
-                        Some((flow.key.dst, flow.key.src, None))
-                    }
+                    // (To an external client's endpoint when it opened the flow.)
+                    Dir::Reverse if flow.location == Location::Local => Some((
+                        flow.key.dst,
+                        flow.key.src,
+                        self.table.clients().endpoint(flow.key.src),
+                    )),
                     Dir::Reverse => None,
                 };
                 if let Some((src, dst, peer)) = routed {
@@ -72,6 +75,9 @@ impl Dataplane {
             let peer = entry.peer;
             self.arm(closing);
             return Ok(Some(peer));
+        }
+        if self.table.clients().has(info.dst) {
+            return self.to_client(info, &key);
         }
         self.new_flow(pkt, info, key, now)
     }
@@ -112,12 +118,17 @@ impl Dataplane {
             }
             return Err(DropReason::NoService);
         };
-        let (_, client) = table
-            .local_by_ns(info.src)
-            .ok_or(DropReason::SourceNotInstance)?;
+        // `None`: an external client's packet, handed back by the kernel
+        // (docs/join.md); it has no service, so isolation refuses it.
+        let client = match table.local_by_ns(info.src) {
+            Some((_, c)) => Some(c),
+            None if table.clients().has(info.src) && !table.access().isolate() => None,
+            None if table.clients().has(info.src) => return Err(DropReason::PolicyDenied),
+            None => return Err(DropReason::SourceNotInstance),
+        };
         // Before `opens`: the next packets of a flow a policy change cut
         // are counted as policy denials, not as flowless.
-        if table.access().isolate() {
+        if let Some(client) = client.filter(|_| table.access().isolate()) {
             let dst = table.service_of_vip(vip);
             let allowed = dst.is_some_and(|d| table.allows(client.service, d, policy_port(info)));
             if !allowed {
@@ -141,7 +152,7 @@ impl Dataplane {
             // A mid-flow packet of a local instance to a client's instance
             // IP whose reply entry (or flow) the policy forbids: a cut
             // connection's server side, refused like its client side.
-            if let Vip::Instance(peer) = vip {
+            if let (Vip::Instance(peer), Some(client)) = (vip, client) {
                 let reply_port = policy_port(info).map(|_| info.sport);
                 let forbidden = table
                     .instance(peer)
@@ -186,7 +197,7 @@ impl Dataplane {
         let instance = table.instance(chosen).ok_or(DropReason::NoInstance)?;
         let mut flow = Flow {
             key,
-            client_iip: client.iip_for(info.src),
+            client_iip: client.map_or(info.src, |c| c.iip_for(info.src)),
             instance: Arc::clone(&instance.name),
             instance_ns: instance.ns_for(info.dst),
             location: instance.location,

@@ -70,6 +70,10 @@ impl Dataplane {
         pkt: &mut [u8],
         now: Instant,
     ) -> Result<(), DropReason> {
+        // An external client's packet goes to the TUN as it came (docs/join.md).
+        if let Some(client) = self.table.clients().by_endpoint(from.ip()) {
+            return self.client_input(client, pkt);
+        }
         // Fragments first: a later one's data may look like anything.
         if frag::is_v4_fragment(pkt) {
             return self.tunnel_fragment(from, pkt, now);
@@ -160,7 +164,7 @@ impl Dataplane {
             self.arm(deadline);
             return Ok(());
         }
-        if self.table.local_by_iip(info.dst).is_none() {
+        if self.table.local_by_iip(info.dst).is_none() && !self.table.clients().has(info.dst) {
             return Err(DropReason::InnerDstNotLocal);
         }
         // A reply to a local client from a remote instance.

@@ -4,6 +4,7 @@
 //! with the (rewritten in place) packet. Nothing here blocks, sleeps, reads
 //! a clock or does I/O.
 
+mod clients;
 mod fragments;
 mod from_tun;
 mod from_tunnel;
@@ -207,6 +208,12 @@ impl Dataplane {
             let instance_ok = instance.is_some_and(|i| {
                 i.ns_for(f.instance_ns) == f.instance_ns && i.location == f.location
             });
+            // An external client's flow: no service, so no policy allows it.
+            if table.clients().has(f.key.src) {
+                let allowed = !table.access().isolate();
+                cut += u64::from(instance_ok && !allowed);
+                return instance_ok && allowed;
+            }
             let client = table
                 .local_by_ns(f.key.src)
                 .filter(|(_, c)| c.iip_for(f.client_iip) == f.client_iip);

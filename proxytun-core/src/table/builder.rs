@@ -47,6 +47,10 @@ pub enum TableError {
         /// Who wanted it again.
         second: String,
     },
+    /// A client's address is a VIP or another client's, or its endpoint
+    /// is another client's.
+    #[error("client address {0} (or its endpoint) is already in use")]
+    DuplicateClient(IpAddr),
     /// Two instances share a name.
     #[error("instance {0} is listed twice")]
     DuplicateInstance(String),
@@ -245,6 +249,36 @@ impl TableBuilder {
     ) -> &mut Self {
         self.table.peer_keys.insert(endpoint.ip(), key);
         self.peer(endpoint)
+    }
+
+    /// Adds an external client (docs/join.md): its address (inside the
+    /// ServiceIP range, no VIP: add it after the services and instances,
+    /// whose addresses it must not take) and tunnel endpoint, whose datagrams the
+    /// member check then accepts. It is sent no keepalives: it pings us.
+    pub fn client(&mut self, addr: IpAddr, endpoint: SocketAddr) -> &mut Self {
+        if self.vips.contains_key(&addr) || !self.table.clients.insert(addr, endpoint) {
+            self.fail(TableError::DuplicateClient(addr));
+            return self;
+        }
+        self.table.peers.insert(endpoint.ip());
+        self
+    }
+
+    /// Per-node keys: an external client (added by [`Self::client`]) with
+    /// the public key its handshakes must prove.
+    pub fn client_key(
+        &mut self,
+        endpoint: SocketAddr,
+        key: crate::handshake::PublicKey,
+    ) -> &mut Self {
+        self.table.clients.set_key(endpoint, key);
+        self
+    }
+
+    /// The resolver address external clients may query (port 53).
+    pub fn client_resolver(&mut self, addr: IpAddr) -> &mut Self {
+        self.table.clients.set_resolver(addr);
+        self
     }
 
     /// Finishes the table, or reports the first inconsistency found.

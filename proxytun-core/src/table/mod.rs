@@ -66,6 +66,8 @@ pub struct Table {
     apps: Vec<Arc<str>>,
     /// The compiled isolation policy.
     access: Access,
+    /// External clients this node is the gateway of (docs/join.md).
+    clients: crate::clients::Clients,
 }
 
 impl Table {
@@ -91,6 +93,7 @@ impl Table {
             service_app: Vec::new(),
             apps: Vec::new(),
             access: Access::default(),
+            clients: crate::clients::Clients::default(),
         }
     }
 
@@ -213,6 +216,11 @@ impl Table {
         self.services.iter()
     }
 
+    /// The external clients this node is the gateway of.
+    pub fn clients(&self) -> &crate::clients::Clients {
+        &self.clients
+    }
+
     /// True when tunnel datagrams from `addr` are accepted.
     pub fn is_peer(&self, addr: IpAddr) -> bool {
         self.peers.contains(&addr)
@@ -225,11 +233,18 @@ impl Table {
     }
 
     /// Per-node keys: every peer with its endpoint and the public key the
-    /// membership lists for it (`None`: no key listed, so no handshake).
+    /// membership lists for it (`None`: no key listed, so no handshake);
+    /// then the external clients with a key (docs/join.md).
     pub fn peer_members(&self) -> Vec<(IpAddr, SocketAddr, Option<crate::handshake::PublicKey>)> {
+        let clients = self
+            .clients
+            .keys()
+            .iter()
+            .map(|(ep, k)| (ep.ip(), *ep, Some(*k)));
         self.endpoints
             .iter()
             .map(|ep| (ep.ip(), *ep, self.peer_keys.get(&ep.ip()).copied()))
+            .chain(clients)
             .collect()
     }
 

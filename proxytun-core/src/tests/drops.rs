@@ -325,12 +325,22 @@ fn every_drop_reason_is_counted() {
     p.net(&mut kb.dp, A, start.clone(), HandshakeReplay);
     p.net(&mut kb.dp, C, start, UnknownKey);
 
+    // External clients (docs/join.md): a spoofed source, a destination
+    // that is no ServiceIP, a packet towards a client it did not ask for.
+    let mut gw = super::clients::gateway(&cluster());
+    let (laptop, addr) = (super::clients::LAPTOP, super::clients::ADDR);
+    let spoofed = build(WEB2.ns(Fam::V4), 1, rr(WEB, Fam::V4), 80, L::Udp, false);
+    p.net(&mut gw, laptop, wrap(&spoofed), ClientSpoofed);
+    let outside = build(addr, 1, WEB2.ns(Fam::V4), 80, L::Udp, false);
+    p.net(&mut gw, laptop, wrap(&outside), ClientNotAllowed);
+    p.tun(&mut gw, udp4(CLI1.ns(Fam::V4), addr), ClientUnsolicited);
+
     let missing: Vec<_> = DropReason::ALL
         .iter()
         .filter(|r| !p.seen.contains(r))
         .collect();
     assert!(missing.is_empty(), "untested drop reasons: {missing:?}");
-    for dp in [&a, &b, &small_a, &small_b, &b_auth, &iso] {
+    for dp in [&a, &b, &small_a, &small_b, &b_auth, &iso, &gw] {
         assert_balanced(dp);
     }
 }

@@ -14,6 +14,7 @@
 
 mod affinity;
 mod api;
+mod client;
 mod flows;
 pub mod generate;
 mod instances;
@@ -36,6 +37,7 @@ use envmgr::model::InstanceKey;
 pub use affinity::AffinityArgs;
 use api::Api;
 pub use api::ApiFailure;
+pub use client::ClientsCommand;
 use instances::parse_instance_key;
 pub use instances::{AttachArgs, RemoteCommand};
 pub use keygen::keygen;
@@ -107,6 +109,9 @@ pub enum ClientCommand {
     /// Register or remove an instance that runs on a peer node.
     #[command(subcommand)]
     Remote(RemoteCommand),
+    /// Add, remove or list external clients (`proxytun join`, docs/join.md).
+    #[command(subcommand)]
+    Client(ClientsCommand),
     /// Remove a dead node's records from the cluster store (etcd).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -171,6 +176,7 @@ pub async fn execute(cmd: ClientCommand, socket: &Path) -> anyhow::Result<String
         ClientCommand::Detach { instance } => instances::detach(&api, &instance).await?,
         ClientCommand::Peer(cmd) => status::peer(&api, cmd).await?,
         ClientCommand::Remote(cmd) => instances::remote(&api, cmd).await?,
+        ClientCommand::Client(cmd) => client::client(&api, cmd).await?,
         ClientCommand::Node(cmd) => node::node(&api, cmd).await?,
         ClientCommand::Top(_) => anyhow::bail!(
             "`proxytun top` draws on a terminal and has no text to return; use `proxytun status`"

@@ -76,6 +76,24 @@ pub fn build(snapshot: &Snapshot) -> Result<Table, TableError> {
             location,
         );
     }
+    // External clients (docs/join.md), after every VIP so none is taken;
+    // they may query the resolver on the bridge's address.
+    for c in snapshot.clients.values() {
+        b.client(std::net::IpAddr::V4(c.address), c.endpoint);
+        match c.public_key.as_deref().map(PublicKey::parse_hex) {
+            Some(Ok(k)) => {
+                b.client_key(c.endpoint, k);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(client = %c.name, error = %e, "client public key ignored")
+            }
+            None => {}
+        }
+    }
+    if !snapshot.clients.is_empty() {
+        let resolver = envmgr::plan::gateway_of(node.subnet, node.subnet6).v4;
+        b.client_resolver(std::net::IpAddr::V4(resolver));
+    }
     b.build()
 }
 
@@ -168,6 +186,7 @@ mod tests {
             instances: insts.into_iter().map(|i| (i.key.clone(), i)).collect(),
             peers,
             policy: Default::default(),
+            clients: Default::default(),
         }
     }
 
@@ -201,6 +220,36 @@ mod tests {
             t.local_by_ns(IpAddr::from([10, 18, 2, 2])).is_none(),
             "remote is not local"
         );
+    }
+
+    #[test]
+    fn clients_become_members_with_the_bridge_as_their_resolver() {
+        let mut snap = snapshot(true, false);
+        let endpoint: SocketAddr = "198.51.100.2:50103".parse().expect("addr");
+        snap.clients.insert(
+            "lap".into(),
+            envmgr::model::Client {
+                name: "lap".into(),
+                endpoint,
+                address: Ipv4Addr::new(10, 30, 1, 50),
+                public_key: None,
+            },
+        );
+        let t = build(&snap).expect("valid table");
+        let addr = IpAddr::from([10, 30, 1, 50]);
+        assert_eq!(t.clients().endpoint(addr), Some(endpoint));
+        assert!(
+            t.is_peer(endpoint.ip()),
+            "its datagrams pass the member check"
+        );
+        assert!(
+            !t.peer_endpoints().contains(&endpoint),
+            "but it is pinged by nobody"
+        );
+        assert_eq!(t.clients().resolver(), Some(IpAddr::from([10, 18, 1, 1])));
+        // An address that is a VIP already is refused.
+        snap.clients.get_mut("lap").expect("lap").address = Ipv4Addr::new(10, 30, 1, 1);
+        assert!(build(&snap).is_err());
     }
 
     #[test]
