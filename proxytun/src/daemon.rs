@@ -27,9 +27,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use std::net::IpAddr;
 
 use envmgr::cluster::{ClusterError, EtcdCluster, EtcdSettings, TlsFiles};
+use envmgr::model::Snapshot;
+use envmgr::oakestra::mqtt::OakestraCluster;
 use envmgr::plan::AddressPlan;
+use envmgr::registry::ClusterView;
 use envmgr::store::LocalStore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+mod oakestra_store;
+pub use oakestra_store::OakestraLink;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
@@ -58,9 +64,41 @@ const JOIN_WAIT: Duration = Duration::from_secs(15);
 /// more (each is one first packet to a ServiceIP this node does not know).
 const MISS_QUEUE: usize = 1024;
 
-/// The cluster store, when the node runs with `store.backend = "etcd"`.
+/// The cluster backend's handle.
+enum ClusterHandle {
+    /// `store.backend = "etcd"`.
+    Etcd(EtcdCluster),
+    /// `store.backend = "oakestra"`.
+    Oakestra(OakestraCluster),
+}
+
+impl ClusterHandle {
+    /// Starts the backend's sync task; see `EtcdCluster::start_sync`.
+    fn start_sync(
+        &self,
+        local: watch::Receiver<Arc<Snapshot>>,
+        misses: mpsc::Receiver<IpAddr>,
+        names: mpsc::Receiver<ServiceName>,
+    ) -> watch::Receiver<Arc<ClusterView>> {
+        match self {
+            ClusterHandle::Etcd(c) => c.start_sync(local, misses, names),
+            ClusterHandle::Oakestra(c) => c.start_sync(local, misses, names),
+        }
+    }
+
+    /// Stops the background tasks.
+    fn stop(&self) {
+        match self {
+            ClusterHandle::Etcd(c) => c.stop(),
+            ClusterHandle::Oakestra(c) => c.stop(),
+        }
+    }
+}
+
+/// The cluster store, when the node runs with `store.backend = "etcd"`
+/// or `"oakestra"`.
 struct Clustered {
-    cluster: EtcdCluster,
+    cluster: ClusterHandle,
     misses_tx: mpsc::Sender<IpAddr>,
     misses_rx: mpsc::Receiver<IpAddr>,
     names_tx: mpsc::Sender<ServiceName>,
@@ -98,11 +136,14 @@ fn cached_index(config: &Config) -> anyhow::Result<Option<u32>> {
 }
 
 /// Opens the manager on the configured store; with etcd, first leases the
-/// node's subnet (or falls back to the cached one when etcd is down).
+/// node's subnet (or falls back to the cached one when etcd is down); with
+/// oakestra, first finds the worker's registration (config, state
+/// directory, or `oakestra`'s NodeEngine `/register`) and its subnet.
 async fn open_manager(
     config: &Config,
     kernel: Netlink,
     public_key: Option<String>,
+    oakestra: Option<OakestraLink>,
 ) -> anyhow::Result<(Arc<Manager<Netlink>>, Option<Clustered>)> {
     let settings = |plan: AddressPlan| Settings {
         node_name: config.node.name.clone(),
@@ -154,19 +195,36 @@ async fn open_manager(
             let plan = config.plan_with_index(index);
             let registry = cluster.registry(plan.clone());
             let mgr = Manager::open_clustered(settings(plan), kernel, registry).await?;
-            let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
-            let (names_tx, names_rx) = mpsc::channel(MISS_QUEUE);
+            Ok((Arc::new(mgr), Some(clustered(ClusterHandle::Etcd(cluster)))))
+        }
+        Backend::Oakestra => {
+            let (cluster, plan) = oakestra_store::open(config, oakestra).await?;
+            let registry = cluster.registry(plan.clone());
+            let mgr = match Manager::open_clustered(settings(plan), kernel, registry).await {
+                Ok(m) => m,
+                Err(e) => {
+                    cluster.stop();
+                    return Err(e);
+                }
+            };
             Ok((
                 Arc::new(mgr),
-                Some(Clustered {
-                    cluster,
-                    misses_tx,
-                    misses_rx,
-                    names_tx,
-                    names_rx,
-                }),
+                Some(clustered(ClusterHandle::Oakestra(cluster))),
             ))
         }
+    }
+}
+
+/// The cluster handle with the channels its sync reads.
+fn clustered(cluster: ClusterHandle) -> Clustered {
+    let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
+    let (names_tx, names_rx) = mpsc::channel(MISS_QUEUE);
+    Clustered {
+        cluster,
+        misses_tx,
+        misses_rx,
+        names_tx,
+        names_rx,
     }
 }
 
@@ -188,7 +246,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         tracing::info!(public_key = %k, "tunnel keys: per node");
     }
     let kernel = Netlink::new().context("open a netlink connection")?;
-    let (mgr, clustered) = open_manager(&config, kernel, public_key).await?;
+    let (mgr, clustered) = open_manager(&config, kernel, public_key, None).await?;
     let plan = mgr.settings().plan.clone();
     for p in &config.peer {
         let req = PeerRequest {

@@ -72,7 +72,12 @@ pub(super) fn dispatch(inner: &Inner, topic: &str, payload: &[u8]) {
             inner.subnet.send_replace(Some(a));
         }
         Ok(Incoming::Table(a)) => {
-            let _ = inner.events.send(Event::Answer(Arc::new(a)));
+            let solicited = inner.take_asked(&a.query_key)
+                | a.app_name.as_deref().is_some_and(|j| inner.take_asked(j));
+            let _ = inner.events.send(Event::Answer {
+                answer: Arc::new(a),
+                solicited,
+            });
         }
         Ok(Incoming::Update { job }) => {
             let _ = inner.events.send(Event::Update(job));

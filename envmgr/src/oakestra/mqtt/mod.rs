@@ -95,8 +95,14 @@ pub enum OakestraError {
 pub(crate) enum Event {
     /// A (re)connect: subscriptions are back; updates may have been missed.
     Connected,
-    /// A table answer (well-formed JSON; not yet checked).
-    Answer(Arc<TableAnswer>),
+    /// A table answer (well-formed JSON; not yet checked); `solicited`
+    /// when its key or job was asked (and so no longer in flight).
+    Answer {
+        /// The answer.
+        answer: Arc<TableAnswer>,
+        /// It answers a query of this node.
+        solicited: bool,
+    },
     /// `jobs/{job}/updates_available`.
     Update(String),
 }
@@ -203,7 +209,7 @@ impl Inner {
         }
     }
 
-    /// True (and forgotten) when `key` was asked.
+    /// True (and no longer in flight) when `key` was asked.
     pub(crate) fn take_asked(&self, key: &str) -> bool {
         lock(&self.asked).remove(key).is_some()
     }

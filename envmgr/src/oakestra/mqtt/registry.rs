@@ -71,7 +71,7 @@ impl OakestraRegistry {
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(Event::Answer(a))
+                    Ok(Event::Answer { answer: a, .. })
                         if a.query_key == job.as_str()
                             || a.app_name.as_deref() == Some(job.as_str()) =>
                     {

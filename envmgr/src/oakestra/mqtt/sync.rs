@@ -80,7 +80,7 @@ pub(super) async fn run(
                 s.local(&snap);
             }
             e = events.recv() => match e {
-                Ok(Event::Answer(a)) => s.answer(&a),
+                Ok(Event::Answer { answer, solicited }) => s.answer(&answer, solicited),
                 Ok(Event::Update(job)) => s.update(&job),
                 Ok(Event::Connected) => s.requery_all(),
                 Err(RecvError::Lagged(n)) => {
@@ -235,11 +235,7 @@ impl Sync<'_> {
     }
 
     /// A table answer (checked here; the registry may have asked it).
-    fn answer(&mut self, a: &TableAnswer) {
-        let asked = self.inner.take_asked(&a.query_key)
-            | a.app_name
-                .as_deref()
-                .is_some_and(|j| self.inner.take_asked(j));
+    fn answer(&mut self, a: &TableAnswer, asked: bool) {
         let interest = a
             .app_name
             .as_deref()
