@@ -330,13 +330,17 @@ fn header_timeouts_are_checked_and_name_the_key() {
     );
 }
 
-const OAK: &str = "[node]\nname = \"w1\"\n[tunnel]\nadvertise = \"192.0.2.1\"\n[store]\nbackend = \"oakestra\"\n";
+const OAK: &str =
+    "[node]\nname = \"w1\"\n[tunnel]\nadvertise = \"192.0.2.1\"\n[store]\nbackend = \"oakestra\"\n";
 
 #[test]
 fn oakestra_store_config() {
     let c = parse(OAK).expect("valid: everything else from the NodeEngine");
     assert_eq!(c.store.backend, Backend::Oakestra);
-    assert_eq!((c.store.broker.as_deref(), c.store.broker_port), (None, 10003));
+    assert_eq!(
+        (c.store.broker.as_deref(), c.store.broker_port),
+        (None, 10003)
+    );
     assert_eq!(c.store.client_id, None);
     let c = parse(&format!(
         "{OAK}broker = \"10.0.0.1:1883\"\nclient_id = \"6617a1\"\ninterest_idle_secs = 30\n"
