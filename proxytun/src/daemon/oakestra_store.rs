@@ -62,7 +62,12 @@ async fn registration(
         .await
         .context("store.client_id: the NodeEngine listener stopped before /register")?
         .clone();
-    r.context("store.client_id: no registration")
+    let r = r.context("store.client_id: no registration")?;
+    // Kept for the next start (the listener may have saved it already).
+    if let Err(e) = r.save(&config.state.dir) {
+        tracing::warn!("oakestra: registration not saved: {e}");
+    }
+    Ok(r)
 }
 
 /// Starts the MQTT client and finds the node's plan. Returns the cluster
@@ -106,4 +111,62 @@ pub async fn open(
     };
     tracing::info!(subnet = %plan.node_subnet(), index = plan.node_index, "oakestra: subnet");
     Ok((cluster, plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(state: &Path, extra: &str) -> Config {
+        let text = format!(
+            "[node]\nname = \"w1\"\n[state]\ndir = {:?}\n[tunnel]\nadvertise = \"192.0.2.1\"\n[store]\nbackend = \"oakestra\"\n{extra}",
+            state.display().to_string()
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("a valid config")
+    }
+
+    #[tokio::test]
+    async fn the_registration_comes_from_config_file_or_nodeengine() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = config(dir.path(), "");
+        let e = registration(&c, None).await.expect_err("nothing known");
+        assert!(format!("{e:#}").contains("store.client_id"), "{e:#}");
+
+        // The NodeEngine's first /register, then kept.
+        let (tx, rx) = watch::channel(None);
+        let link = OakestraLink {
+            registration: rx,
+            book: JobBook::default(),
+        };
+        let reg = Registration {
+            client_id: "w-ne".into(),
+            cluster_address: Some("10.0.0.9".into()),
+        };
+        let r2 = reg.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Some(r2));
+        });
+        assert_eq!(
+            registration(&c, Some(&link)).await.expect("registered"),
+            reg
+        );
+        assert_eq!(
+            c.store.oakestra_broker(reg.cluster_address.as_deref()),
+            Some(("10.0.0.9".to_owned(), 10003))
+        );
+
+        // The saved one, without a listener.
+        assert_eq!(registration(&c, None).await.expect("saved"), reg);
+
+        // The config's id wins; the saved address is another worker's.
+        let c = config(
+            dir.path(),
+            "client_id = \"w-cfg\"\nbroker = \"10.0.0.1:1883\"\n",
+        );
+        let r = registration(&c, None).await.expect("configured");
+        assert_eq!((r.client_id.as_str(), r.cluster_address), ("w-cfg", None));
+    }
 }

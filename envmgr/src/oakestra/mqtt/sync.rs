@@ -285,7 +285,8 @@ impl Sync<'_> {
             .ok()
             .and_then(|j| self.st.interests.get(j.service()).cloned());
         match known {
-            Some(j) => self.ask_job(&j, false),
+            // Forced: an answer in flight may predate the change.
+            Some(j) => self.ask_job(&j, true),
             None => self.inner.dropped(
                 Drop::UnknownService,
                 &format!("update for job {job:?} this node has no interest in"),
