@@ -32,14 +32,18 @@ impl std::ops::Drop for Broker {
 }
 
 fn broker() -> Option<Broker> {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("a free port")
         .local_addr()
         .expect("addr")
         .port();
+    broker_on(port)
+}
+
+fn broker_on(port: u16) -> Option<Broker> {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let dir = tempfile::tempdir().expect("dir");
     let conf = dir.path().join("m.conf");
     std::fs::write(
@@ -88,9 +92,6 @@ async fn fake_cluster(port: u16, fake: Arc<Mutex<Fake>>) -> AsyncClient {
     let mut o = MqttOptions::new("cluster", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(5));
     let (c, mut ev) = AsyncClient::new(o, 64);
-    c.subscribe("nodes/+/net/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
     let pc = c.clone();
     tokio::spawn(async move {
         loop {
@@ -98,6 +99,11 @@ async fn fake_cluster(port: u16, fake: Arc<Mutex<Fake>>) -> AsyncClient {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            if let MqttEvent::Incoming(Packet::ConnAck(_)) = e {
+                // Clean session: subscribe after every (re)connect.
+                let _ = pc.try_subscribe("nodes/+/net/#", QoS::AtLeastOnce);
+                continue;
+            }
             let MqttEvent::Incoming(Packet::Publish(p)) = e else {
                 continue;
             };
@@ -333,5 +339,88 @@ async fn against_mosquitto_and_a_fake_cluster() {
         .get("interest/remove")
         .cloned();
     assert_eq!(removed.expect("interest/remove")[0]["appname"], JOB);
+    c.stop();
+}
+
+fn heard(fake: &Mutex<Fake>, leaf: &str) -> usize {
+    fake.lock()
+        .expect("lock")
+        .heard
+        .get(leaf)
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_resubscribes_and_asks_again() {
+    let Some(b) = broker() else {
+        eprintln!("mosquitto not installed: skipped");
+        return;
+    };
+    let port = b.port;
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    let cm = fake_cluster(port, fake.clone()).await;
+    let state = tempfile::tempdir().expect("state");
+    let settings = OakestraSettings {
+        client_id: "w1".into(),
+        broker_host: "127.0.0.1".into(),
+        broker_port: port,
+        me: "10.77.0.1:50103".parse().expect("addr"),
+        query_timeout: Duration::from_secs(5),
+        interest_idle: None,
+    };
+    let c = OakestraCluster::start(settings, JobBook::default()).expect("start");
+    let plan = c
+        .plan(
+            &AddressPlan::with_default_ranges(0),
+            state.path(),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("a subnet");
+    let (_local_tx, local) = watch::channel(Arc::new(snapshot(&plan)));
+    let (_miss_tx, misses) = mpsc::channel(8);
+    let (names_tx, names) = mpsc::channel(8);
+    let mut views = c.start_sync(local, misses, names);
+    names_tx
+        .send("demo-default/web-prod".parse().expect("name"))
+        .await
+        .expect("send");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        views.wait_for(|v| v.instances.len() == 1),
+    )
+    .await
+    .expect("a view in time")
+    .expect("the sync runs");
+
+    drop(b);
+    until("the node sees the broker gone", || !c.status().connected).await;
+    let asked = heard(&fake, "tablequery/request");
+    let _b = broker_on(port).expect("mosquitto again");
+    until("the node back", || c.status().connected).await;
+    // Every interest is asked again after a reconnect.
+    until("the interest asked again", || {
+        heard(&fake, "tablequery/request") > asked
+    })
+    .await;
+    // The view survived the outage.
+    assert_eq!(views.borrow().instances.len(), 1);
+    // And its updates subscription is back: a forged update is asked and dropped.
+    fake.lock().expect("lock").forged = true;
+    for _ in 0..40 {
+        let _ = cm
+            .publish(
+                format!("jobs/{JOB}/updates_available"),
+                QoS::AtLeastOnce,
+                false,
+                &b"{}"[..],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if dropped(&c, "own_subnet") >= 1 {
+            break;
+        }
+    }
+    assert!(dropped(&c, "own_subnet") >= 1, "{:?}", c.status());
     c.stop();
 }
