@@ -102,10 +102,13 @@ pub fn check(ctx: &Ctx, answer: &TableAnswer) -> Result<Option<JobTable>, Drop> 
     }))
 }
 
-/// The instance IP of an entry: its `instance_ip` ServiceIP entry, else
-/// its `instance_ip` field.
+/// The instance IP of an entry: its `instance_ip` ServiceIP entry (the
+/// Go NetManager also knows the type as `InstanceNumber`), else its
+/// `instance_ip` field.
 fn instance_ip(e: &InstanceEntry) -> Option<&str> {
-    e.sip("instance_ip").or(e.instance_ip.as_deref())
+    e.sip("instance_ip")
+        .or_else(|| e.sip("InstanceNumber"))
+        .or(e.instance_ip.as_deref())
 }
 
 /// One instance: `None` when it is not deployed yet or runs here.
