@@ -377,4 +377,8 @@ fn oakestra_store_errors_name_the_key() {
         )),
         "peer"
     );
+    assert_eq!(
+        key_of(&OAK.replace("[tunnel]\n", "[tunnel]\nkeys = \"node\"\n")),
+        "tunnel.keys"
+    );
 }
