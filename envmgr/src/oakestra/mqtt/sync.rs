@@ -260,15 +260,10 @@ impl Sync<'_> {
                     &format!("table answer for {job:?}; keeping the previous entries"),
                 );
             }
-            Ok(None) => {
-                let now = Instant::now();
-                if self.st.negative.len() > 4096 {
-                    self.st.negative.retain(|_, until| *until > now);
-                }
-                self.st
-                    .negative
-                    .insert(a.query_key.clone(), now + NEGATIVE_TTL);
-            }
+            Ok(None) => self.not_known(&a.query_key),
+            // A job without ServiceIPs is no interest yet (a name lookup
+            // of a job the cluster does not know makes none).
+            Ok(Some(t)) if t.service.is_none() && !interest => self.not_known(&a.query_key),
             Ok(Some(t)) => {
                 self.inner.book.remember(&t.job);
                 let job = t.job.clone();
@@ -277,6 +272,15 @@ impl Sync<'_> {
                 self.publish();
             }
         }
+    }
+
+    /// The cluster knows nothing of `key`: not asked again for a while.
+    fn not_known(&mut self, key: &str) {
+        let now = Instant::now();
+        if self.st.negative.len() > 4096 {
+            self.st.negative.retain(|_, until| *until > now);
+        }
+        self.st.negative.insert(key.to_owned(), now + NEGATIVE_TTL);
     }
 
     /// `jobs/{job}/updates_available`: ask the job again.

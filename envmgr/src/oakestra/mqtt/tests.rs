@@ -312,6 +312,23 @@ async fn against_mosquitto_and_a_fake_cluster() {
         dropped(&c, "bad_json") >= 1 && dropped(&c, "unknown_service") >= 1
     })
     .await;
+    // A lookup of a job the cluster does not know makes no interest.
+    let asked = |f: &Mutex<Fake>| {
+        f.lock()
+            .expect("lock")
+            .heard
+            .get("tablequery/request")
+            .map_or(0, |v| {
+                v.iter()
+                    .filter(|q| q["sname"] == "no.such.job.here")
+                    .count()
+            })
+    };
+    let before = asked(&fake);
+    names_tx.send(unknown.clone()).await.expect("send");
+    until("the unknown name asked", || asked(&fake) > before).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.status().interests, 1);
     let st = reg.status();
     assert_eq!(st["backend"], "oakestra");
     assert_eq!(st["connected"], true);
