@@ -41,8 +41,9 @@ install_deps() {
     # promtool: the alert rules' check; lintian: the .deb's check;
     # mmdebstrap and systemd-nspawn: the Debian system the package test
     # boots with systemd as PID 1; nft: the daemon's NAT table (published
-    # ports, masquerade).
-    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3 promtool lintian mmdebstrap systemd-nspawn nft)
+    # ports, masquerade); mosquitto: the MQTT broker of the Oakestra
+    # cluster-manager fixture.
+    local tools=(ip ping iperf3 dig curl socat jq etcd etcdctl protoc podman runc busybox systemd-analyze tcpdump python3 promtool lintian mmdebstrap systemd-nspawn nft mosquitto)
     local missing=()
     local t
     for t in "${tools[@]}"; do
@@ -53,7 +54,7 @@ install_deps() {
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 ||
-        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3 prometheus lintian mmdebstrap systemd-container nftables"
+        die "missing ${missing[*]} and no apt-get: install iproute2 iputils-ping iperf3 dnsutils curl socat jq etcd-server etcd-client protobuf-compiler podman containernetworking-plugins runc busybox-static systemd tcpdump python3 prometheus lintian mmdebstrap systemd-container nftables mosquitto"
     note "installing packages for: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # etcd-server's postinst may try to start a system etcd; without systemd
@@ -62,7 +63,7 @@ install_deps() {
         iproute2 iputils-ping iperf3 bind9-dnsutils curl socat jq \
         etcd-server etcd-client protobuf-compiler \
         podman containernetworking-plugins runc busybox-static systemd tcpdump python3 \
-        prometheus lintian mmdebstrap systemd-container nftables >/dev/null
+        prometheus lintian mmdebstrap systemd-container nftables mosquitto >/dev/null
 }
 
 # Makes cargo reachable under sudo, which resets PATH: looks in the

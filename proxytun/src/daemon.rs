@@ -24,17 +24,13 @@ use envmgr::manager::{Manager, Settings};
 use envmgr::requests::PeerRequest;
 use tokio::signal::unix::{signal, SignalKind};
 
-use std::net::IpAddr;
-
 use envmgr::cluster::{ClusterError, EtcdCluster, EtcdSettings, TlsFiles};
-use envmgr::model::Snapshot;
-use envmgr::oakestra::mqtt::OakestraCluster;
 use envmgr::plan::AddressPlan;
-use envmgr::registry::ClusterView;
 use envmgr::store::LocalStore;
-use tokio::sync::{mpsc, watch};
 
+mod clustered;
 mod oakestra_store;
+use clustered::{clustered, ClusterHandle, Clustered};
 pub use oakestra_store::OakestraLink;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
@@ -49,7 +45,6 @@ use crate::shell::pmtu;
 use crate::shell::shared::IoCounters;
 use crate::shell::table;
 use crate::shell::view::{ShellView, ViewSources};
-use envmgr::model::ServiceName;
 use mdns::DnsServer;
 use proxytun_core::handshake::{Handshaker, Timing};
 use proxytun_core::seal::{self, Sealer};
@@ -59,51 +54,6 @@ use proxytun_core::Dataplane;
 /// How long a starting node waits for etcd to lease its subnet before it
 /// falls back to the subnet cached in its state directory.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
-
-/// The misses the dataplane may queue for the cluster sync before it drops
-/// more (each is one first packet to a ServiceIP this node does not know).
-const MISS_QUEUE: usize = 1024;
-
-/// The cluster backend's handle.
-enum ClusterHandle {
-    /// `store.backend = "etcd"`.
-    Etcd(EtcdCluster),
-    /// `store.backend = "oakestra"`.
-    Oakestra(OakestraCluster),
-}
-
-impl ClusterHandle {
-    /// Starts the backend's sync task; see `EtcdCluster::start_sync`.
-    fn start_sync(
-        &self,
-        local: watch::Receiver<Arc<Snapshot>>,
-        misses: mpsc::Receiver<IpAddr>,
-        names: mpsc::Receiver<ServiceName>,
-    ) -> watch::Receiver<Arc<ClusterView>> {
-        match self {
-            ClusterHandle::Etcd(c) => c.start_sync(local, misses, names),
-            ClusterHandle::Oakestra(c) => c.start_sync(local, misses, names),
-        }
-    }
-
-    /// Stops the background tasks.
-    fn stop(&self) {
-        match self {
-            ClusterHandle::Etcd(c) => c.stop(),
-            ClusterHandle::Oakestra(c) => c.stop(),
-        }
-    }
-}
-
-/// The cluster store, when the node runs with `store.backend = "etcd"`
-/// or `"oakestra"`.
-struct Clustered {
-    cluster: ClusterHandle,
-    misses_tx: mpsc::Sender<IpAddr>,
-    misses_rx: mpsc::Receiver<IpAddr>,
-    names_tx: mpsc::Sender<ServiceName>,
-    names_rx: mpsc::Receiver<ServiceName>,
-}
 
 /// The etcd client settings from the config.
 fn etcd_settings(config: &Config, public_key: Option<String>) -> EtcdSettings {
@@ -215,19 +165,6 @@ async fn open_manager(
     }
 }
 
-/// The cluster handle with the channels its sync reads.
-fn clustered(cluster: ClusterHandle) -> Clustered {
-    let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
-    let (names_tx, names_rx) = mpsc::channel(MISS_QUEUE);
-    Clustered {
-        cluster,
-        misses_tx,
-        misses_rx,
-        names_tx,
-        names_rx,
-    }
-}
-
 /// Runs the stack described by `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     run_with_log(config, None).await
@@ -246,7 +183,12 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         tracing::info!(public_key = %k, "tunnel keys: per node");
     }
     let kernel = Netlink::new().context("open a netlink connection")?;
-    let (mgr, clustered) = open_manager(&config, kernel, public_key, None).await?;
+    // Before the manager: with the oakestra backend it waits for /register.
+    let nodeengine = crate::oakestra::NodeEngineListener::start(&config)?;
+    let link = nodeengine
+        .as_ref()
+        .map(|ne| oakestra_store::link(&config, ne));
+    let (mgr, clustered) = open_manager(&config, kernel, public_key, link).await?;
     let plan = mgr.settings().plan.clone();
     for p in &config.peer {
         let req = PeerRequest {
@@ -512,6 +454,9 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         socket = %config.api.socket.display(),
         "proxytun is up"
     );
+    if let Some(ne) = &nodeengine {
+        ne.set_manager(mgr.clone());
+    }
     ready.set(true);
     notify::ready(&summary);
     notify::spawn_watchdog();
@@ -538,6 +483,9 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
             Ok(Err(e)) => tracing::error!("the CNM driver failed: {e:#}"),
             Err(e) => tracing::error!("the CNM driver task failed: {e}"),
         }
+    }
+    if let Some(ne) = nodeengine {
+        ne.stop().await;
     }
     if let Some(admin) = admin {
         admin.stop().await;

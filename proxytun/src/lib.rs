@@ -7,4 +7,5 @@ pub mod dns;
 pub mod log_settings;
 pub mod logging;
 pub mod notify;
+pub mod oakestra;
 pub mod shell;

@@ -159,6 +159,7 @@ impl Cluster3 {
                 underlay: ip,
                 peers: vec![],
                 store: Some(store.clone()),
+                oakestra: None,
                 keepalive: Some(Keepalive {
                     interval_ms: KEEPALIVE_MS,
                     peer_timeout_ms: PEER_TIMEOUT_MS,

@@ -34,9 +34,12 @@ pub mod dnswire;
 pub mod etcd;
 pub mod linkdelay;
 pub mod model;
+pub mod mosquitto;
 pub mod netns;
 pub mod node;
+pub mod nodeengine;
 pub mod nspawn;
+pub mod oakestra;
 pub mod podman;
 pub mod support;
 pub mod tls;
@@ -46,11 +49,14 @@ pub use cluster::{Cluster, Container, Deployment, Hello, Transfer, TCP_PORT, UDP
 pub use cluster3::Cluster3;
 pub use etcd::Etcd;
 pub use model::{Dual, Instance, Service};
+pub use mosquitto::Mosquitto;
 pub use netns::Netns;
 pub use node::{
-    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, NodeKeys, PeerState,
-    TUNNEL_PORT,
+    offload_wanted, DnsConfig, EtcdStore, Keepalive, Node, NodeConfig, NodeKeys, OakestraStore,
+    PeerState, TUNNEL_PORT,
 };
+pub use oakestra::topology::{OakTopology, Pod};
+pub use oakestra::OakCluster;
 pub use support::{
     eventually, fakedns_bin, proxytun_bin, ptprobe_bin, registered_peers, require_root,
     workspace_root,

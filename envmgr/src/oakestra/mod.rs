@@ -10,6 +10,7 @@
 
 pub mod mqtt;
 pub mod names;
+pub mod nodeengine;
 pub mod registration;
 
 pub use names::{JobBook, JobName};

@@ -7,7 +7,7 @@
 //! One file per section: [`node`] (`[node]`, `[network]`), [`tunnel`],
 //! [`devices`] (`[tun]`, `[bridge]`), [`api`] (`[api]`, `[cnm]`),
 //! [`admin`], [`store`] (`[state]`, `[store]`), [`flows`], [`dns`],
-//! [`peer`] (`[[peer]]`); `[log]` is [`crate::log_settings`], which the
+//! [`peer`] (`[[peer]]`), [`oakestra`]; `[log]` is [`crate::log_settings`], which the
 //! logging shares. This module reads the file and checks what crosses
 //! sections; the sections never import it.
 
@@ -17,6 +17,7 @@ pub mod devices;
 pub mod dns;
 pub mod flows;
 pub mod node;
+pub mod oakestra;
 pub mod peer;
 pub mod store;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub use devices::{BridgeSection, TunSection};
 pub use dns::DnsSection;
 pub use flows::FlowsSection;
 pub use node::{NetworkSection, NodeSection};
+pub use oakestra::{OakestraSection, DEFAULT_NODEENGINE_SOCKET};
 use peer::endpoint;
 pub use peer::PeerEntry;
 use proxytun_core::CoreConfig;
@@ -120,6 +122,9 @@ pub struct Config {
     /// Docker's network plugin protocol (CNM remote driver).
     #[serde(default)]
     pub cnm: CnmSection,
+    /// The NetManager API of Oakestra's NodeEngine.
+    #[serde(default)]
+    pub oakestra: OakestraSection,
     /// Peers known from the start (a static cluster); more come via the API.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
@@ -252,6 +257,19 @@ impl Config {
             }
             if self.cnm.socket == self.api.socket {
                 return Err(("cnm.socket", "must differ from api.socket".into()));
+            }
+        }
+        if self.oakestra.enabled(self.store.backend) {
+            let s = &self.oakestra.socket;
+            if !s.is_absolute() {
+                let m = format!("{} must be an absolute path", s.display());
+                return Err(("oakestra.socket", m));
+            }
+            if *s == self.api.socket || (self.cnm.enable && *s == self.cnm.socket) {
+                return Err((
+                    "oakestra.socket",
+                    "must differ from api.socket and cnm.socket".into(),
+                ));
             }
         }
         if !(1280..=65535 - 100).contains(&self.tun.mtu) {

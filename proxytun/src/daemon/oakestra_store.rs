@@ -10,7 +10,7 @@ use envmgr::oakestra::{JobBook, Registration};
 use envmgr::plan::AddressPlan;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 
 /// How long a starting node waits for the cluster's subnet answer when
 /// none is cached.
@@ -23,6 +23,28 @@ pub struct OakestraLink {
     pub registration: watch::Receiver<Option<Registration>>,
     /// The job spellings the NodeEngine's deploys taught.
     pub book: JobBook,
+}
+
+/// The NodeEngine listener's side of the backend: its registrations and
+/// job book; with `store.client_id` set, that id preset as the worker's,
+/// so a `/register` with another id is refused.
+pub fn link(config: &Config, ne: &crate::oakestra::NodeEngineListener) -> OakestraLink {
+    let engine = ne.engine();
+    if let (Backend::Oakestra, Some(id)) = (config.store.backend, &config.store.client_id) {
+        let same = engine
+            .registrations()
+            .borrow()
+            .clone()
+            .filter(|r| &r.client_id == id);
+        engine.preset(Registration {
+            client_id: id.clone(),
+            cluster_address: same.and_then(|r| r.cluster_address),
+        });
+    }
+    OakestraLink {
+        registration: engine.registrations(),
+        book: engine.book().clone(),
+    }
 }
 
 /// The worker id and the cluster manager's address, in this order: the

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use super::oakestra::OakestraStore;
 use crate::tls::CertFiles;
 
 /// The tunnel port every test node uses (the product's default).
@@ -38,6 +39,10 @@ pub struct NodeConfig {
     /// written); `Some` selects etcd, and `index` is then left out because
     /// the node leases it from the cluster.
     pub store: Option<EtcdStore>,
+    /// `store.backend = "oakestra"` and the `[oakestra]` section; when set
+    /// it replaces `store` and `index` (the node's subnet, hence its index,
+    /// comes from the Oakestra cluster).
+    pub oakestra: Option<OakestraStore>,
     /// `tunnel.keepalive_ms` and `tunnel.peer_timeout_ms`; `None` keeps the
     /// daemon's defaults. Tests shorten them so liveness changes show fast.
     pub keepalive: Option<Keepalive>,
@@ -264,6 +269,11 @@ impl NodeConfig {
         let mut s = String::new();
         let _ = write!(s, "[node]\nname = \"{}\"\n", self.name);
         match &self.store {
+            _ if self.oakestra.is_some() => {
+                if let Some(o) = &self.oakestra {
+                    s.push_str(&o.render(dir));
+                }
+            }
             None => {
                 let _ = writeln!(s, "index = {}", self.index);
             }
@@ -362,6 +372,7 @@ mod tests {
             underlay: Ipv4Addr::new(192, 0, 2, 1),
             peers: vec![("b".into(), "192.0.2.2:50103".parse().expect("test input"))],
             store,
+            oakestra: None,
             keepalive,
             dns: None,
             extra: String::new(),
@@ -427,6 +438,22 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn oakestra_config_replaces_store_and_index() {
+        let mut c = cfg(None, None);
+        c.oakestra = Some(super::OakestraStore::default());
+        let text = c.render(Path::new("/d"));
+        assert!(!text.contains("index"), "{text}");
+        assert!(
+            text.starts_with("[node]\nname = \"a\"\n\n[store]\nbackend = \"oakestra\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[oakestra]\nsocket = \"/d/netmanager.sock\"\n"),
+            "{text}"
+        );
     }
 
     #[test]

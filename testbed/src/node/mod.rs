@@ -24,11 +24,13 @@ use crate::netns::Netns;
 
 mod config;
 mod keys;
+mod oakestra;
 
 pub use config::{
     offload_wanted, test_node_keys, test_security_mode, DnsConfig, EtcdStore, Keepalive,
     NodeConfig, NodeKeys, TestKey, TunnelSecurity, KEYS_ENV, SECURITY_ENV, TUNNEL_PORT,
 };
+pub use oakestra::{OakestraStore, NODEENGINE_SOCKET};
 
 /// How long a daemon may take to answer on its socket after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -180,6 +182,19 @@ impl Node {
     /// The daemon's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// `Some(status)` once a launched daemon has exited (reaped then);
+    /// `None` while it runs. For waits that must not outlast the daemon.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("node {} is not running", self.name);
+        };
+        let st = child.try_wait().context("waitpid")?;
+        if st.is_some() {
+            self.child = None;
+        }
+        Ok(st)
     }
 
     /// The daemon's state directory (`[state] dir`: the store, `flows.json`).
