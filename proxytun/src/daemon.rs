@@ -183,6 +183,16 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         tracing::info!(public_key = %k, "tunnel keys: per node");
     }
     let kernel = Netlink::new().context("open a netlink connection")?;
+    // The state directory first: the NodeEngine's /register and the
+    // Oakestra subnet are saved there before the manager opens it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state.dir)
+            .with_context(|| format!("create state.dir {}", config.state.dir.display()))?;
+    }
     // Before the manager: with the oakestra backend it waits for /register.
     let nodeengine = crate::oakestra::NodeEngineListener::start(&config)?;
     let link = nodeengine
