@@ -24,12 +24,14 @@ use envmgr::manager::{Manager, Settings};
 use envmgr::requests::PeerRequest;
 use tokio::signal::unix::{signal, SignalKind};
 
-use std::net::IpAddr;
-
 use envmgr::cluster::{ClusterError, EtcdCluster, EtcdSettings, TlsFiles};
 use envmgr::plan::AddressPlan;
 use envmgr::store::LocalStore;
-use tokio::sync::mpsc;
+
+mod clustered;
+mod oakestra_store;
+use clustered::{clustered, ClusterHandle, Clustered};
+pub use oakestra_store::OakestraLink;
 
 use crate::admin::{AdminServer, MetricsSources, Readiness};
 use crate::config::{Backend, Config};
@@ -43,7 +45,6 @@ use crate::shell::pmtu;
 use crate::shell::shared::IoCounters;
 use crate::shell::table;
 use crate::shell::view::{ShellView, ViewSources};
-use envmgr::model::ServiceName;
 use mdns::DnsServer;
 use proxytun_core::handshake::{Handshaker, Timing};
 use proxytun_core::seal::{self, Sealer};
@@ -53,19 +54,6 @@ use proxytun_core::Dataplane;
 /// How long a starting node waits for etcd to lease its subnet before it
 /// falls back to the subnet cached in its state directory.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
-
-/// The misses the dataplane may queue for the cluster sync before it drops
-/// more (each is one first packet to a ServiceIP this node does not know).
-const MISS_QUEUE: usize = 1024;
-
-/// The cluster store, when the node runs with `store.backend = "etcd"`.
-struct Clustered {
-    cluster: EtcdCluster,
-    misses_tx: mpsc::Sender<IpAddr>,
-    misses_rx: mpsc::Receiver<IpAddr>,
-    names_tx: mpsc::Sender<ServiceName>,
-    names_rx: mpsc::Receiver<ServiceName>,
-}
 
 /// The etcd client settings from the config.
 fn etcd_settings(config: &Config, public_key: Option<String>) -> EtcdSettings {
@@ -98,11 +86,14 @@ fn cached_index(config: &Config) -> anyhow::Result<Option<u32>> {
 }
 
 /// Opens the manager on the configured store; with etcd, first leases the
-/// node's subnet (or falls back to the cached one when etcd is down).
+/// node's subnet (or falls back to the cached one when etcd is down); with
+/// oakestra, first finds the worker's registration (config, state
+/// directory, or `oakestra`'s NodeEngine `/register`) and its subnet.
 async fn open_manager(
     config: &Config,
     kernel: Netlink,
     public_key: Option<String>,
+    oakestra: Option<OakestraLink>,
 ) -> anyhow::Result<(Arc<Manager<Netlink>>, Option<Clustered>)> {
     let settings = |plan: AddressPlan| Settings {
         node_name: config.node.name.clone(),
@@ -120,7 +111,6 @@ async fn open_manager(
             let mgr = Manager::open(settings(config.plan()), kernel).await?;
             Ok((Arc::new(mgr), None))
         }
-        Backend::Oakestra => anyhow::bail!("store.backend = \"oakestra\" is not available yet"),
         Backend::Etcd => {
             let cluster = EtcdCluster::start(
                 etcd_settings(config, public_key),
@@ -155,17 +145,21 @@ async fn open_manager(
             let plan = config.plan_with_index(index);
             let registry = cluster.registry(plan.clone());
             let mgr = Manager::open_clustered(settings(plan), kernel, registry).await?;
-            let (misses_tx, misses_rx) = mpsc::channel(MISS_QUEUE);
-            let (names_tx, names_rx) = mpsc::channel(MISS_QUEUE);
+            Ok((Arc::new(mgr), Some(clustered(ClusterHandle::Etcd(cluster)))))
+        }
+        Backend::Oakestra => {
+            let (cluster, plan) = oakestra_store::open(config, oakestra).await?;
+            let registry = cluster.registry(plan.clone());
+            let mgr = match Manager::open_clustered(settings(plan), kernel, registry).await {
+                Ok(m) => m,
+                Err(e) => {
+                    cluster.stop();
+                    return Err(e);
+                }
+            };
             Ok((
                 Arc::new(mgr),
-                Some(Clustered {
-                    cluster,
-                    misses_tx,
-                    misses_rx,
-                    names_tx,
-                    names_rx,
-                }),
+                Some(clustered(ClusterHandle::Oakestra(cluster))),
             ))
         }
     }
@@ -189,9 +183,22 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
         tracing::info!(public_key = %k, "tunnel keys: per node");
     }
     let kernel = Netlink::new().context("open a netlink connection")?;
+    // The state directory first: the NodeEngine's /register and the
+    // Oakestra subnet are saved there before the manager opens it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state.dir)
+            .with_context(|| format!("create state.dir {}", config.state.dir.display()))?;
+    }
     // Before the manager: with the oakestra backend it waits for /register.
     let nodeengine = crate::oakestra::NodeEngineListener::start(&config)?;
-    let (mgr, clustered) = open_manager(&config, kernel, public_key).await?;
+    let link = nodeengine
+        .as_ref()
+        .map(|ne| oakestra_store::link(&config, ne));
+    let (mgr, clustered) = open_manager(&config, kernel, public_key, link).await?;
     let plan = mgr.settings().plan.clone();
     for p in &config.peer {
         let req = PeerRequest {

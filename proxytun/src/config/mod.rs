@@ -413,9 +413,7 @@ impl Config {
                 return Ok(());
             }
             Backend::Etcd => {}
-            Backend::Oakestra => {
-                return Err(("store.backend", "\"oakestra\" is not available yet".into()))
-            }
+            Backend::Oakestra => return self.check_oakestra(),
         }
         if self.node.index.is_some() {
             return Err((
@@ -443,6 +441,41 @@ impl Config {
             .validate()
             .map_err(|e| (e.key, e.message))?;
         Ok(())
+    }
+
+    /// With `store.backend = "oakestra"`: the cluster gives the subnet (a
+    /// /26, whatever `network.node_prefix` says) and the peers.
+    fn check_oakestra(&self) -> Result<(), (&'static str, String)> {
+        if self.node.index.is_some() {
+            return Err((
+                "node.index",
+                "must be absent with store.backend = \"oakestra\": the cluster assigns the subnet"
+                    .into(),
+            ));
+        }
+        if !self.peer.is_empty() {
+            return Err((
+                "peer",
+                "[[peer]] entries are for the local store; with oakestra the peers come from the cluster's table answers".into(),
+            ));
+        }
+        if self.tunnel.keys == tunnel::TunnelKeys::Node {
+            return Err((
+                "tunnel.keys",
+                "\"node\" needs the peers' public keys, which Oakestra's table answers do not carry: use the cluster key with store.backend = \"oakestra\"".into(),
+            ));
+        }
+        self.store.check_oakestra()?;
+        let ip = self.tunnel.advertise.unwrap_or(self.tunnel.bind);
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err((
+                "tunnel.advertise",
+                "with oakestra the node tells the cluster the address other workers reach it at: set tunnel.advertise (or bind the tunnel to that address)".into(),
+            ));
+        }
+        let mut plan = self.plan_with_index(1);
+        plan.node_prefix = envmgr::oakestra::mqtt::subnet::NODE_PREFIX;
+        plan.validate().map_err(|e| (e.key, e.message))
     }
 
     /// The flow limits as the packet core wants them.

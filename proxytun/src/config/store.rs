@@ -1,5 +1,6 @@
 //! `[state]` and `[store]`: where this node keeps its files, and which
-//! store holds the cluster's view (the local file or etcd).
+//! store holds the cluster's view (the local file, etcd, or an Oakestra
+//! cluster over MQTT).
 
 use std::path::PathBuf;
 
@@ -31,7 +32,8 @@ pub enum Backend {
     Local,
     /// etcd: subnets, ServiceIPs and instances are agreed cluster-wide.
     Etcd,
-    /// Oakestra's cluster manager (MQTT), as its NetManager.
+    /// An Oakestra cluster: the subnet, ServiceIPs and instances come from
+    /// its cluster manager over MQTT (docs/oakestra.md).
     Oakestra,
 }
 
@@ -39,7 +41,7 @@ pub enum Backend {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// `local` (default) or `etcd`.
+    /// `local` (default), `etcd` or `oakestra`.
     pub backend: Backend,
     /// etcd client URLs, e.g. `http://10.0.0.5:2379`.
     pub endpoints: Vec<String>,
@@ -64,6 +66,14 @@ pub struct StoreSection {
     /// none of its flows or name lookups used it for this many seconds;
     /// 0 keeps interests for ever.
     pub interest_idle_secs: u64,
+    /// Oakestra: the cluster's MQTT broker, `HOST:PORT`; absent: the
+    /// NodeEngine's `cluster_address` on [`Self::broker_port`].
+    pub broker: Option<String>,
+    /// Oakestra: the broker's port when only its host is known (10003).
+    pub broker_port: u16,
+    /// Oakestra: this worker's id (the MQTT client id); absent: the
+    /// NodeEngine's `/register` (kept in `oakestra.json`).
+    pub client_id: Option<String>,
 }
 
 impl Default for StoreSection {
@@ -79,6 +89,9 @@ impl Default for StoreSection {
             key_file: None,
             empty_service_grace_secs: 600,
             interest_idle_secs: 600,
+            broker: None,
+            broker_port: 10003,
+            client_id: None,
         }
     }
 }
@@ -141,15 +154,7 @@ impl StoreSection {
                 ),
             ));
         }
-        if st.interest_idle_secs > 30 * 86_400 || (1..5).contains(&st.interest_idle_secs) {
-            return Err((
-                "store.interest_idle_secs",
-                format!(
-                    "must be between 5 and 2592000 (30 days), or 0 to keep interests, got {}",
-                    st.interest_idle_secs
-                ),
-            ));
-        }
+        st.check_interest_idle()?;
         if st.cert_file.is_some() != st.key_file.is_some() {
             return Err((
                 "store.key_file",
@@ -177,5 +182,126 @@ impl StoreSection {
             ));
         }
         Ok(())
+    }
+}
+
+impl StoreSection {
+    /// `store.interest_idle_secs`: 0, or 5 s to 30 days.
+    fn check_interest_idle(&self) -> Result<(), (&'static str, String)> {
+        let v = self.interest_idle_secs;
+        if v > 30 * 86_400 || (1..5).contains(&v) {
+            return Err((
+                "store.interest_idle_secs",
+                format!("must be between 5 and 2592000 (30 days), or 0 to keep interests, got {v}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `[store]` values of an Oakestra store serde cannot check.
+    pub(super) fn check_oakestra(&self) -> Result<(), (&'static str, String)> {
+        if let Some(b) = &self.broker {
+            parse_broker(b).map_err(|e| ("store.broker", e))?;
+        }
+        if self.broker_port == 0 {
+            return Err(("store.broker_port", "must be a port, 1 to 65535".into()));
+        }
+        if let Some(id) = &self.client_id {
+            check_client_id(id).map_err(|e| ("store.client_id", e))?;
+        }
+        self.check_interest_idle()
+    }
+
+    /// The broker, `(host, port)`: `store.broker`, else the NodeEngine's
+    /// `cluster_address` on `store.broker_port`. `None` when neither is
+    /// known.
+    pub fn oakestra_broker(&self, cluster_address: Option<&str>) -> Option<(String, u16)> {
+        if let Some(b) = &self.broker {
+            return parse_broker(b).ok();
+        }
+        let host = cluster_address?.trim();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        (!host.is_empty()).then(|| (host.to_owned(), self.broker_port))
+    }
+}
+
+/// `HOST:PORT` or `[V6]:PORT`.
+pub fn parse_broker(b: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{b:?} must be HOST:PORT, e.g. \"10.0.0.1:10003\"");
+    let (host, port) = b.trim().rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(['/', ' ']) {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// An MQTT client id that is also a topic level: 1 to 128 characters,
+/// no `/`, `+`, `#` or white space.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&id.len())
+        && !id.contains(['/', '+', '#'])
+        && !id.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 128 characters without '/', '+', '#' or spaces (the worker id the NodeEngine registers)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_and_client_id() {
+        assert_eq!(
+            parse_broker("10.0.0.1:10003"),
+            Ok(("10.0.0.1".into(), 10003))
+        );
+        assert_eq!(parse_broker("[fd00::1]:1883"), Ok(("fd00::1".into(), 1883)));
+        assert_eq!(parse_broker("cm.local:1"), Ok(("cm.local".into(), 1)));
+        for bad in ["10.0.0.1", ":10003", "h:0", "h:x", "tcp://h:1"] {
+            assert!(parse_broker(bad).is_err(), "{bad}");
+        }
+        assert!(check_client_id("6617a1b2c3").is_ok());
+        for bad in ["", "a/b", "a+", "#", "a b"] {
+            assert!(check_client_id(bad).is_err(), "{bad:?}");
+        }
+        let mut st = StoreSection {
+            backend: Backend::Oakestra,
+            ..StoreSection::default()
+        };
+        assert_eq!(st.oakestra_broker(None), None);
+        assert_eq!(
+            st.oakestra_broker(Some("10.0.0.9")),
+            Some(("10.0.0.9".into(), 10003))
+        );
+        st.broker = Some("10.0.0.1:1883".into());
+        assert_eq!(
+            st.oakestra_broker(Some("10.0.0.9")),
+            Some(("10.0.0.1".into(), 1883))
+        );
+        assert!(st.check_oakestra().is_ok());
+        st.client_id = Some("a/b".into());
+        assert_eq!(st.check_oakestra().map_err(|e| e.0), Err("store.client_id"));
+        st.client_id = None;
+        st.broker = Some("nope".into());
+        assert_eq!(st.check_oakestra().map_err(|e| e.0), Err("store.broker"));
+        st.broker = None;
+        st.broker_port = 0;
+        assert_eq!(
+            st.check_oakestra().map_err(|e| e.0),
+            Err("store.broker_port")
+        );
     }
 }

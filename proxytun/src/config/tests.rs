@@ -329,3 +329,56 @@ fn header_timeouts_are_checked_and_name_the_key() {
         std::time::Duration::from_millis(500)
     );
 }
+
+const OAK: &str =
+    "[node]\nname = \"w1\"\n[tunnel]\nadvertise = \"192.0.2.1\"\n[store]\nbackend = \"oakestra\"\n";
+
+#[test]
+fn oakestra_store_config() {
+    let c = parse(OAK).expect("valid: everything else from the NodeEngine");
+    assert_eq!(c.store.backend, Backend::Oakestra);
+    assert_eq!(
+        (c.store.broker.as_deref(), c.store.broker_port),
+        (None, 10003)
+    );
+    assert_eq!(c.store.client_id, None);
+    let c = parse(&format!(
+        "{OAK}broker = \"10.0.0.1:1883\"\nclient_id = \"6617a1\"\ninterest_idle_secs = 30\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.store.oakestra_broker(None),
+        Some(("10.0.0.1".to_owned(), 1883))
+    );
+    assert_eq!(c.store.client_id.as_deref(), Some("6617a1"));
+}
+
+#[test]
+fn oakestra_store_errors_name_the_key() {
+    for (extra, key) in [
+        ("broker = \"10.0.0.1\"\n", "store.broker"),
+        ("broker_port = 0\n", "store.broker_port"),
+        ("broker_port = 70000\n", "store.broker_port"),
+        ("client_id = \"a/b\"\n", "store.client_id"),
+        ("client_id = \"\"\n", "store.client_id"),
+        ("interest_idle_secs = 2\n", "store.interest_idle_secs"),
+    ] {
+        assert_eq!(key_of(&format!("{OAK}{extra}")), key, "{extra}");
+    }
+    let with_index = OAK.replace("name = \"w1\"\n", "name = \"w1\"\nindex = 1\n");
+    assert_eq!(key_of(&with_index), "node.index");
+    assert_eq!(
+        key_of(&OAK.replace("advertise = \"192.0.2.1\"\n", "")),
+        "tunnel.advertise"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{OAK}[[peer]]\nname = \"b\"\nendpoint = \"192.0.2.2:50103\"\n"
+        )),
+        "peer"
+    );
+    assert_eq!(
+        key_of(&OAK.replace("[tunnel]\n", "[tunnel]\nkeys = \"node\"\n")),
+        "tunnel.keys"
+    );
+}

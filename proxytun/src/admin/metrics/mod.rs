@@ -17,6 +17,7 @@
 mod dns;
 mod encode;
 mod health;
+mod oakestra;
 mod peers;
 mod store;
 mod table;
@@ -33,6 +34,7 @@ use super::sources::{MetricsSources, Readiness};
 use crate::shell::shared::IoReadings;
 use encode::gauge_labelled;
 pub use health::HealthReadings;
+pub use oakestra::OakestraReadings;
 pub use peers::PeerReading;
 use proxytun_core::CountersSnapshot;
 pub use store::StoreReadings;
@@ -59,6 +61,8 @@ pub struct Readings {
     pub dns: Option<DnsStats>,
     /// The store.
     pub store: StoreReadings,
+    /// The Oakestra backend's drop counters (that backend only).
+    pub oakestra: Option<OakestraReadings>,
     /// What `/ready` and `/live` answer.
     pub health: HealthReadings,
 }
@@ -81,13 +85,15 @@ impl Readings {
                 health,
             })
             .collect();
+        let store = (sources.store)();
         Readings {
             counters: sources.counters.snapshot(),
             io: IoReadings::read(&sources.io),
             peers,
             table: TableReadings::read(&snap),
             dns: sources.dns.as_ref().map(|d| d.stats()),
-            store: StoreReadings::from_json(&(sources.store)()),
+            store: StoreReadings::from_json(&store),
+            oakestra: OakestraReadings::from_json(&store),
             health: HealthReadings {
                 ready: ready.get(),
                 live: sources.ctrl.threads_alive(),
@@ -111,6 +117,9 @@ impl Readings {
             dns::encode(enc, d)?;
         }
         self.store.encode(enc)?;
+        if let Some(o) = &self.oakestra {
+            o.encode(enc)?;
+        }
         self.health.encode(enc)?;
         Ok(())
     }

@@ -108,6 +108,7 @@ fn readings(dns: bool) -> Readings {
             backend: "etcd".into(),
             connected: false,
         },
+        oakestra: None,
         health: HealthReadings {
             ready: true,
             live: false,
