@@ -1,5 +1,5 @@
 //! The daemon's NodeEngine listener (`[oakestra]`): Oakestra's NodeEngine
-//! talks to proxytun as to its NetManager (docs/oakestra-nodeengine.md).
+//! talks to proxytun as to its NetManager (docs/oakestra.md).
 //!
 //! It starts before the manager is opened (with `store.backend =
 //! "oakestra"` the manager can open only after the NodeEngine's

@@ -16,7 +16,7 @@
 //!
 //! The daemon's side is read only through its API, the CLI and the
 //! NodeEngine socket; the status keys of the drop counters
-//! (`store.dropped.<reason>`) are the spec's (docs/oakestra-fixture.md).
+//! (`store.dropped.<reason>`) are the spec's (docs/oakestra.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -1,5 +1,5 @@
 //! `[oakestra]`: the NetManager API Oakestra's NodeEngine calls
-//! (docs/oakestra-nodeengine.md).
+//! (docs/oakestra.md).
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! The Oakestra backend of the cluster control plane: this node speaks
 //! Oakestra's table protocol over MQTT, as the Go NetManager does, and the
 //! cluster's answers become the same [`ClusterView`] the etcd backend
-//! builds (docs/oakestra-mqtt.md).
+//! builds (docs/oakestra.md).
 //!
 //! One client task owns the MQTT session (`client.rs`): it connects as the
 //! worker's client id, subscribes the node's result topics and every

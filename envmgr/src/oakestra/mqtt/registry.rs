@@ -101,7 +101,7 @@ impl OakestraRegistry {
             }
             Ok(None) => Err(not_known(job)),
             Err(reason) => Err(Error::Unprocessable(format!(
-                "the Oakestra cluster's table answer for {job} was refused ({reason}); see docs/oakestra-mqtt.md"
+                "the Oakestra cluster's table answer for {job} was refused ({reason}); see docs/oakestra.md"
             ))),
         }
     }

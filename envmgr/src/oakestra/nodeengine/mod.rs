@@ -1,5 +1,5 @@
 //! The API Oakestra's NodeEngine calls on its NetManager, so an unmodified
-//! NodeEngine drives proxytun (docs/oakestra-nodeengine.md).
+//! NodeEngine drives proxytun (docs/oakestra.md).
 //!
 //! HTTP/1 POSTs with JSON bodies on a unix socket
 //! (`/etc/netmanager/netmanager.sock` by default): `/register` records the

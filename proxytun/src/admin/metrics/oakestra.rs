@@ -1,5 +1,5 @@
 //! The Oakestra backend's family: broker messages dropped, by reason
-//! (docs/oakestra-mqtt.md).
+//! (docs/oakestra.md).
 
 use prometheus_client::encoding::DescriptorEncoder;
 
