@@ -168,6 +168,7 @@ fn snapshot(plan: &AddressPlan) -> Snapshot {
         instances: BTreeMap::new(),
         peers: BTreeMap::new(),
         policy: Policy::default(),
+        clients: Default::default(),
     }
 }
 
