@@ -97,7 +97,11 @@ fn a_laptop_joins_through_an_oakestra_worker() -> Result<()> {
 
     // a has one: the laptop's address is the range's first.
     let out = t.a.cli_ok(&add)?;
-    assert!(out.stdout.contains("proxytun join --gateway"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("proxytun join --gateway"),
+        "{}",
+        out.stdout
+    );
     let v: Value = t.a.get("/v1/clients")?[0].clone();
     assert_eq!(v["address"], json!("10.30.255.1"), "{v}");
 
@@ -127,6 +131,11 @@ fn a_laptop_joins_through_an_oakestra_worker() -> Result<()> {
     let ip = eventually(PROPAGATION, || lookup(&lap, &resolver, WEB_NAME))?;
     assert_eq!(ip, IpAddr::V4(RR));
     assert!(names(&lap, RR, 6)?.is_subset(&seen));
+    assert_eq!(
+        t.a.status()?["store"]["client_clashes"],
+        json!(0),
+        "no cluster entry holds the laptop's address"
+    );
 
     bg.stop();
     if !bg.output().contains("stopped:") {
