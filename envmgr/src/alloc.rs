@@ -47,6 +47,13 @@ pub fn lowest_free_service_addr(block: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Op
     lowest_free_addr(block, &[], used)
 }
 
+/// The lowest free address for an external client in `range` (the node's
+/// `network.client_range`, else its block): like a ServiceIP, never the
+/// range's network or broadcast address, so a /30 holds two clients.
+pub fn lowest_free_client_addr(range: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    lowest_free_addr(range, &[], used)
+}
+
 /// The lowest instance number not in `used`; `None` only if all 2^32 are taken.
 pub fn lowest_free_number(used: &BTreeSet<u32>) -> Option<u32> {
     // `used` is sorted: the first gap is the answer.
@@ -168,6 +175,23 @@ mod tests {
             used.insert(Ipv4Addr::new(10, 30, 1, i));
         }
         assert_eq!(lowest_free_service_addr(block, &used), None);
+    }
+
+    #[test]
+    fn client_addr_stays_in_its_range() {
+        let range = net("10.30.255.252/30");
+        let mut used = BTreeSet::from([ip("10.30.255.251"), ip("10.30.0.1")]);
+        assert_eq!(
+            lowest_free_client_addr(range, &used),
+            Some(ip("10.30.255.253"))
+        );
+        used.insert(ip("10.30.255.253"));
+        assert_eq!(
+            lowest_free_client_addr(range, &used),
+            Some(ip("10.30.255.254"))
+        );
+        used.insert(ip("10.30.255.254"));
+        assert_eq!(lowest_free_client_addr(range, &used), None, "no broadcast");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Manager<K: Kernel> {
     registry: Option<Arc<dyn Registry>>,
     table: Mutex<Table>,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// Cluster-view entries holding a client's address (warned, counted).
+    client_clashes: clients::ClientClashes,
 }
 
 impl<K: Kernel> fmt::Debug for Manager<K> {
@@ -94,6 +96,7 @@ impl<K: Kernel> Manager<K> {
                 if let Some(o) = v.as_object_mut() {
                     o.entry("backend").or_insert_with(|| "etcd".into());
                     o.insert("cache".into(), self.store.location().into());
+                    o.insert("client_clashes".into(), self.client_clashes.total().into());
                 }
                 v
             }
@@ -106,6 +109,7 @@ impl<K: Kernel> Manager<K> {
     }
 
     /// Refuses a manual peer or remote-instance change on a clustered node.
+    /// (Clients have a rule of their own: `clients.rs`.)
     fn refuse_when_clustered(&self, what: &str) -> Result<()> {
         if self.registry.is_some() {
             return Err(Error::Conflict(format!(

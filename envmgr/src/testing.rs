@@ -32,6 +32,7 @@ pub fn settings(state_dir: PathBuf) -> Settings {
         resolv: None,
         masquerade: true,
         masquerade_except: Default::default(),
+        client_range: None,
     }
 }
 

@@ -104,6 +104,7 @@ async fn open_manager(
         resolv: dns::resolv_conf(config, &plan),
         masquerade: config.network.masquerade,
         masquerade_except: config.network.masquerade_except.iter().cloned().collect(),
+        client_range: config.network.client_range,
         plan,
     };
     match config.store.backend {

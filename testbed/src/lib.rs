@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod dig;
 pub mod dnswire;
 pub mod etcd;
+pub mod laptop;
 pub mod linkdelay;
 pub mod model;
 pub mod mosquitto;

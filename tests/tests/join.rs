@@ -11,14 +11,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use testbed::cmd::Bg;
 use testbed::dig::dig;
+use testbed::laptop::{self, key_args, node_key};
 use testbed::{eventually, Cluster, Container, DnsConfig, NodeConfig};
-
-const LAPTOP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const LAPTOP_GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 fn dns_on(cfg: &mut NodeConfig) {
     cfg.dns = Some(DnsConfig {
@@ -27,90 +25,14 @@ fn dns_on(cfg: &mut NodeConfig) {
     });
 }
 
-/// The laptop: a namespace with one veth to node a, a route to a's tunnel
-/// address only, and a ptprobe server listening (so a connection towards
-/// it would succeed if one got through).
+/// The laptop, cabled to node a ([`testbed::laptop::cable`]).
 fn laptop(c: &Cluster) -> Result<Container> {
-    let mut lap = c.container("lap")?;
-    let host = c.a.host();
-    host.add_veth("lp0", lap.ns(), "eth0", None)?;
-    host.ip(&["addr", "add", &format!("{LAPTOP_GW}/24"), "dev", "lp0"])?;
-    host.ip(&["link", "set", "lp0", "up"])?;
-    let ns = lap.ns();
-    ns.ip(&["addr", "add", &format!("{LAPTOP}/24"), "dev", "eth0"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["link", "set", "lo", "up"])?;
-    let a_ip = c.a.endpoint().ip().to_string();
-    ns.ip(&[
-        "route",
-        "add",
-        &format!("{a_ip}/32"),
-        "via",
-        &LAPTOP_GW.to_string(),
-    ])?;
-    lap.serve("laptop")?;
-    Ok(lap)
+    laptop::cable(c.container("lap")?, &c.a)
 }
 
-/// The laptop's key arguments: the cluster key's file, or (per-node keys,
-/// `PROXYTUN_TEST_KEYS=node`) its node key file and the gateway's public key.
-fn key_args(file: &str, gateway_key: Option<&str>) -> Vec<String> {
-    match gateway_key {
-        None => vec!["--key-file".into(), file.into()],
-        Some(gw) => vec![
-            "--node-key".into(),
-            file.into(),
-            "--gateway-key".into(),
-            gw.into(),
-        ],
-    }
-}
-
-/// A new node key for the laptop in `dir`: (file, public key).
-fn node_key(dir: &std::path::Path, name: &str) -> Result<(String, String)> {
-    let path = dir.join(name);
-    let path = path.to_string_lossy().into_owned();
-    let mut cmd = std::process::Command::new(testbed::proxytun_bin()?);
-    cmd.args(["keygen", "--node", "--out", &path]);
-    let out = testbed::cmd::run(&mut cmd, Duration::from_secs(10))?.ok()?;
-    // The public key is the output's last word.
-    let public = out.stdout.split_whitespace().last().unwrap_or_default();
-    Ok((path, public.to_owned()))
-}
-
-/// `proxytun join` in the laptop with `keys`, from the API's answer `v`.
+/// `proxytun join` in the laptop through node a.
 fn join(c: &Cluster, lap: &Container, v: &Value, keys: &[String]) -> Result<Bg> {
-    let bin = testbed::proxytun_bin()?;
-    let j = &v["join"];
-    let s = |x: &Value| x.as_str().map(str::to_owned).unwrap_or_default();
-    let gateway = format!("{}", c.a.endpoint());
-    let args = [
-        "join".to_owned(),
-        "--gateway".into(),
-        gateway,
-        "--address".into(),
-        s(&v["address"]),
-        "--resolver".into(),
-        s(&j["resolver"]),
-        "--services".into(),
-        s(&j["services"]),
-        "--services6".into(),
-        s(&j["services6"]),
-        "--security".into(),
-        testbed::node::test_security_mode()?,
-        "--bind".into(),
-        format!("{LAPTOP}:50103"),
-        "--keepalive-secs".into(),
-        "1".into(),
-    ];
-    let args: Vec<&str> = args.iter().chain(keys).map(String::as_str).collect();
-    let mut bg = lap
-        .ns()
-        .spawn(&bin.to_string_lossy(), &args)?
-        .with_grace(Duration::from_secs(5));
-    bg.wait_for("joined through", Duration::from_secs(10))
-        .with_context(|| format!("join did not start: {}", bg.output()))?;
-    Ok(bg)
+    laptop::join(&c.a, lap, v, keys)
 }
 
 #[test]
@@ -147,7 +69,7 @@ fn a_laptop_joins_through_a_gateway_and_reaches_services_only() {
         true => node_key(c.a.dir(), "laptop.key").expect("node key"),
         false => (c.key().path().to_string_lossy().into_owned(), String::new()),
     };
-    let endpoint = format!("{LAPTOP}:50103");
+    let endpoint = laptop::endpoint();
     let mut add = vec!["client", "add", "lap", "--endpoint", endpoint.as_str()];
     if node_keys {
         add.extend(["--public-key", lap_pub.as_str()]);

@@ -29,6 +29,7 @@ impl<K: Kernel> Manager<K> {
     /// publishes nothing.
     pub async fn set_cluster_view(&self, view: &ClusterView) -> Result<bool> {
         let mut table = self.table.lock().await;
+        self.client_clashes.observe(&table.clients, view);
         let mut next = merge_view(&table, view, &self.settings);
         if next == *table {
             return Ok(false);

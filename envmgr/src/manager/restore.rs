@@ -202,6 +202,7 @@ impl<K: Kernel> Manager<K> {
             registry,
             table: Mutex::new(table),
             tx,
+            client_clashes: Default::default(),
         })
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use ipnet::Ipv4Net;
+
 use crate::plan::AddressPlan;
 use crate::resolv::ResolvConf;
 
@@ -32,4 +34,9 @@ pub struct Settings {
     /// Apps whose containers are never masqueraded (`[network]
     /// masquerade_except`): they keep their own address on the way out.
     pub masquerade_except: BTreeSet<String>,
+    /// Where external clients' addresses come from (`[network]
+    /// client_range`, docs/join.md). `None`: this node's ServiceIP block,
+    /// which only the local store may use (with a cluster store the block's
+    /// addresses are the cluster's, so `client add` is refused).
+    pub client_range: Option<Ipv4Net>,
 }

@@ -7,6 +7,7 @@
 //! refused request changes nothing).
 
 mod attach;
+mod client_range;
 mod clients;
 mod cluster;
 mod detach;
@@ -234,6 +235,7 @@ fn settings(dir: &Path) -> Settings {
         resolv: None,
         masquerade: true,
         masquerade_except: Default::default(),
+        client_range: None,
     }
 }
 

@@ -13,8 +13,9 @@ pub struct Client {
     pub name: String,
     /// The address and port its tunnel datagrams come from.
     pub endpoint: SocketAddr,
-    /// Its one address, from this node's ServiceIP block (so it clashes
-    /// with no ServiceIP or instance IP), on its TUN.
+    /// Its one address, from this node's ServiceIP block or its
+    /// `network.client_range` (so it clashes with no ServiceIP or instance
+    /// IP in the table), on its TUN.
     pub address: Ipv4Addr,
     /// Its public key with per-node tunnel keys (64 lowercase hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]

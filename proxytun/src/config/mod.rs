@@ -194,6 +194,7 @@ impl Config {
         envmgr::model::check_label("node", &self.node.name)
             .map_err(|e| ("node.name", e.to_string()))?;
         self.plan().validate().map_err(|e| (e.key, e.message))?;
+        self.network.check_client_range()?;
         for app in &self.network.masquerade_except {
             envmgr::model::check_label("app", app).map_err(|e| {
                 (

@@ -37,6 +37,48 @@ pub struct NetworkSection {
     /// Apps whose containers are not masqueraded even when `masquerade`
     /// is on (they need a route back to the container subnet).
     pub masquerade_except: Vec<String>,
+    /// Where external clients' addresses come from (`proxytun client add`,
+    /// docs/join.md): a block of `services` the cluster never hands out.
+    /// Absent: this node's ServiceIP block, which only the local store
+    /// allows (with etcd or Oakestra `client add` then asks for this key).
+    pub client_range: Option<Ipv4Net>,
+}
+
+impl NetworkSection {
+    /// `client_range` must be a network (no host bits) inside `services`
+    /// with room for a client: at most a /30 (its network and broadcast
+    /// addresses are never given out).
+    pub fn check_client_range(&self) -> Result<(), (&'static str, String)> {
+        const KEY: &str = "network.client_range";
+        let Some(r) = self.client_range else {
+            return Ok(());
+        };
+        if r.addr() != r.network() {
+            return Err((
+                KEY,
+                format!(
+                    "{r} is not a network address (host bits set); did you mean {}?",
+                    r.trunc()
+                ),
+            ));
+        }
+        if r.prefix_len() > 30 {
+            return Err((
+                KEY,
+                format!("{r} is too small: a client range needs at least a /30 (its network and broadcast addresses are never given out)"),
+            ));
+        }
+        if !self.services.contains(&r) {
+            return Err((
+                KEY,
+                format!(
+                    "{r} is outside network.services {}: clients get ServiceIP-range addresses; pick a block inside it, e.g. its top /24",
+                    self.services
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for NetworkSection {
@@ -50,6 +92,7 @@ impl Default for NetworkSection {
             services6: p.services6,
             masquerade: true,
             masquerade_except: Vec::new(),
+            client_range: None,
         }
     }
 }

@@ -382,3 +382,35 @@ fn oakestra_store_errors_name_the_key() {
         "tunnel.keys"
     );
 }
+
+#[test]
+fn client_range_is_a_block_of_the_services_range() {
+    let c = parse(&format!(
+        "{OAK}[network]\nclient_range = \"10.30.255.0/24\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.network.client_range.map(|r| r.to_string()).as_deref(),
+        Some("10.30.255.0/24")
+    );
+    assert_eq!(parse(OAK).expect("valid").network.client_range, None);
+    for (range, why) in [
+        ("10.31.0.0/24", "outside network.services"),
+        ("10.0.0.0/8", "outside network.services"),
+        ("10.30.255.7/24", "did you mean 10.30.255.0/24"),
+        ("10.30.255.0/31", "too small"),
+        ("10.30.255.9/32", "too small"),
+        ("10.30.255.8/28", "not a network address"),
+        ("10.30.255", "invalid"),
+        ("fdff:30::/120", "invalid"),
+    ] {
+        let text = format!("{OAK}[network]\nclient_range = \"{range}\"\n");
+        match parse(&text) {
+            Err(ConfigError::Key { key, message, .. }) => {
+                assert_eq!(key, "network.client_range", "{range}: {message}");
+                assert!(message.contains(why), "{range}: {message}");
+            }
+            other => panic!("{range}: expected a key error, got {other:?}"),
+        }
+    }
+}

@@ -76,6 +76,12 @@ impl OakTopology {
     /// Builds the underlay, starts the broker and the fixture on the
     /// manager host, and launches both daemons (not yet registered).
     pub fn two_nodes(test: &str) -> Result<OakTopology> {
+        OakTopology::two_nodes_with(test, |_| {})
+    }
+
+    /// [`Self::two_nodes`] with each worker's config passed through `edit`
+    /// first (e.g. `[network] client_range` for a gateway, in `extra`).
+    pub fn two_nodes_with(test: &str, edit: impl Fn(&mut NodeConfig)) -> Result<OakTopology> {
         crate::support::require_root()?;
         if !Mosquitto::available() {
             bail!(
@@ -96,22 +102,26 @@ impl OakTopology {
         let cluster = OakCluster::start(&broker)?;
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
-        let cfg = |name: &str, underlay| NodeConfig {
-            name: name.into(),
-            index: 0,
-            underlay,
-            peers: vec![],
-            store: None,
-            oakestra: Some(OakestraStore::default()),
-            keepalive: None,
-            dns: None,
-            extra: String::new(),
-            security: security.clone(),
-            offload: None,
-            busy_poll_us: None,
-            threads: None,
-            node_keys: None,
-            peer_keys: Vec::new(),
+        let cfg = |name: &str, underlay| {
+            let mut c = NodeConfig {
+                name: name.into(),
+                index: 0,
+                underlay,
+                peers: vec![],
+                store: None,
+                oakestra: Some(OakestraStore::default()),
+                keepalive: None,
+                dns: None,
+                extra: String::new(),
+                security: security.clone(),
+                offload: None,
+                busy_poll_us: None,
+                threads: None,
+                node_keys: None,
+                peer_keys: Vec::new(),
+            };
+            edit(&mut c);
+            c
         };
         let mut a = Node::new(host_a, &cfg("a", ip_a))?;
         let mut b = Node::new(host_b, &cfg("b", ip_b))?;

@@ -7,7 +7,7 @@ use crate::model::{AllowRule, Policy};
 /// A registry that allocates from fixed addresses and records releases;
 /// fails with `Unavailable` on demand, like an unreachable etcd.
 #[derive(Debug, Default)]
-struct FakeRegistry {
+pub(super) struct FakeRegistry {
     released: StdMutex<Vec<InstanceKey>>,
     down: AtomicBool,
     next_ip: AtomicU64,
@@ -105,7 +105,13 @@ async fn clustered(dir: &Path, ns: &FakeNs, reg: Arc<FakeRegistry>) -> Manager<F
     .expect("open clustered")
 }
 
-fn remote_inst(app_service: &str, n: u32, node: &str, ns_addr: &str, iip: &str) -> Instance {
+pub(super) fn remote_inst(
+    app_service: &str,
+    n: u32,
+    node: &str,
+    ns_addr: &str,
+    iip: &str,
+) -> Instance {
     let p = plan(1);
     Instance {
         key: key(app_service, n),
@@ -115,7 +121,11 @@ fn remote_inst(app_service: &str, n: u32, node: &str, ns_addr: &str, iip: &str) 
     }
 }
 
-fn view_with(services: &[Service], instances: &[Instance], peers: &[(&str, &str)]) -> ClusterView {
+pub(super) fn view_with(
+    services: &[Service],
+    instances: &[Instance],
+    peers: &[(&str, &str)],
+) -> ClusterView {
     ClusterView {
         revision: 7,
         peers: peers
@@ -143,7 +153,7 @@ fn view_with(services: &[Service], instances: &[Instance], peers: &[(&str, &str)
     }
 }
 
-fn svc(name: &str, rr: &str, closest: &str) -> Service {
+pub(super) fn svc(name: &str, rr: &str, closest: &str) -> Service {
     let p = plan(1);
     Service {
         name: name.parse().expect("name"),
