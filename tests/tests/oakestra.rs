@@ -33,6 +33,8 @@ const WEB: &str = "demo.default.web.default";
 /// Our name of [`WEB`] (envmgr's `JobName` mapping).
 const WEB_OURS: &str = "demo-default/web-default";
 const CLIENT: &str = "demo.default.client.default";
+/// A job whose only instance runs on b and serves nothing a uses.
+const PROBE: &str = "demo.default.probe.default";
 const RR: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 2);
 const CLOSEST: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 3);
 const WEB0_IP: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 5);
@@ -231,9 +233,16 @@ fn oakestra_workers_serve_jobs_and_drop_hostile_broker_messages() -> Result<()> 
 
     // --- traffic: the round-robin ServiceIP reaches both instances, the
     // closest one the local instance.
-    eventually(PROPAGATION, || cli.tcp_hello(RR))?;
-    let seen: BTreeSet<String> = names(cli, RR, 12)?.into_iter().collect();
-    assert_eq!(seen, ["web0", "web1"].map(String::from).into(), "RR {RR}");
+    // A peer is judged by its keepalives: b may count as down for a ping
+    // round after a first learns of it, so the spread is waited for.
+    let both: BTreeSet<String> = ["web0", "web1"].map(String::from).into();
+    eventually(PROPAGATION, || {
+        let seen: BTreeSet<String> = names(cli, RR, 12)?.into_iter().collect();
+        if seen != both {
+            bail!("RR {RR} reached {seen:?}, expected {both:?}");
+        }
+        Ok(())
+    })?;
     let closest = names(cli, CLOSEST, 6)?;
     assert!(
         closest.iter().all(|n| n == "web0"),
@@ -324,5 +333,23 @@ fn oakestra_workers_serve_jobs_and_drop_hostile_broker_messages() -> Result<()> 
         after.iter().all(|n| n == "web0"),
         "RR after the undeployment: {after:?}"
     );
+
+    // --- a worker that hosts nothing of a's jobs: b now runs only a
+    // probe, and its flows to web0 on a must still be taken. No table
+    // answer a gets names b any more; a knows b as a peer from b's
+    // presence (`proxytun/workers/{id}`, retained on the broker).
+    t.cluster.add_job(
+        PROBE,
+        Ipv4Addr::new(10, 30, 0, 20),
+        Ipv4Addr::new(10, 30, 0, 21),
+        &[(0, Ipv4Addr::new(10, 30, 0, 22))],
+    )?;
+    let probe = t.pod("probe")?;
+    OakTopology::deploy(&t.b, &probe, PROBE, 0)?;
+    let hello = eventually(PROPAGATION, || probe.container.tcp_hello(RR))
+        .context("b's probe, on a worker hosting nothing a uses, to web0 on a")?;
+    assert_eq!(hello.name, "web0");
+    let from_b: BTreeSet<String> = names(&probe.container, RR, 4)?.into_iter().collect();
+    assert_eq!(from_b, ["web0"].map(String::from).into());
     Ok(())
 }

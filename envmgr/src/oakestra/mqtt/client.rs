@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rumqttc::{Event as MqttEvent, EventLoop, Packet, QoS, SubscribeFilter};
 
-use super::wire::Incoming;
+use super::wire::{to_payload, worker_topic, Incoming, Presence, WORKERS_FILTER};
 use super::{lock, Event, Inner};
 
 /// Backoff between connection attempts.
@@ -33,6 +33,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut ev: EventLoop) {
                 let mut filters = vec![
                     SubscribeFilter::new(inner.topics.tablequery_result(), QoS::AtLeastOnce),
                     SubscribeFilter::new(inner.topics.subnetwork_result(), QoS::AtLeastOnce),
+                    SubscribeFilter::new(WORKERS_FILTER.to_owned(), QoS::AtLeastOnce),
                 ];
                 filters.extend(
                     lock(&inner.subscriptions)
@@ -41,6 +42,19 @@ pub(super) async fn run(inner: Arc<Inner>, mut ev: EventLoop) {
                 );
                 if let Err(e) = inner.client.try_subscribe_many(filters) {
                     tracing::warn!("oakestra: subscribe after connect: {e}");
+                }
+                // This worker's presence, retained (its last will clears it).
+                let me = inner.settings.me;
+                let presence = to_payload(&Presence {
+                    host_ip: me.ip().to_string(),
+                    host_port: me.port(),
+                });
+                let topic = worker_topic(&inner.settings.client_id);
+                if let Err(e) = inner
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, true, presence)
+                {
+                    tracing::warn!("oakestra: publish this worker's presence: {e}");
                 }
                 let _ = inner.events.send(Event::Connected);
             }
@@ -81,6 +95,20 @@ pub(super) fn dispatch(inner: &Inner, topic: &str, payload: &[u8]) {
         }
         Ok(Incoming::Update { job }) => {
             let _ = inner.events.send(Event::Update(job));
+        }
+        Ok(Incoming::Worker { id, endpoint }) => {
+            let changed = {
+                let mut w = lock(&inner.workers);
+                match endpoint {
+                    _ if id == inner.settings.client_id => false,
+                    Some(e) if e == inner.settings.me => false,
+                    Some(e) => w.insert(id, e) != Some(e),
+                    None => w.remove(&id).is_some(),
+                }
+            };
+            if changed {
+                let _ = inner.events.send(Event::Workers);
+            }
         }
         Err(reason) => {
             let shown: String = String::from_utf8_lossy(payload).chars().take(120).collect();

@@ -105,6 +105,9 @@ pub(crate) enum Event {
     },
     /// `jobs/{job}/updates_available`.
     Update(String),
+    /// Another proxytun worker's presence (`proxytun/workers/{id}`) came
+    /// or went: [`Inner::workers`] changed.
+    Workers,
 }
 
 /// The backend's health for `proxytun status`.
@@ -137,6 +140,12 @@ pub(crate) struct Inner {
     /// answer must match to be taken.
     pub(crate) asked: Mutex<HashMap<String, Instant>>,
     pub(crate) ctx: Mutex<Option<Ctx>>,
+    /// The other proxytun workers' tunnel endpoints, by client id, from
+    /// their retained presences: peers even when they host no job this
+    /// node uses. Kept here, not in the sync task, since the broker
+    /// delivers retained presences once, at subscribe, possibly before
+    /// the sync task runs.
+    pub(crate) workers: Mutex<BTreeMap<String, SocketAddr>>,
     pub(crate) status: Mutex<OakestraStatus>,
     warned: Mutex<HashMap<Drop, Instant>>,
 }
@@ -295,6 +304,13 @@ impl OakestraCluster {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(true);
         opts.set_max_packet_size(1 << 20, 1 << 20);
+        // A worker that goes away without a word leaves no presence behind.
+        opts.set_last_will(rumqttc::LastWill::new(
+            wire::worker_topic(id),
+            Vec::new(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let (events, _) = broadcast::channel(1024);
         let (subnet, _) = watch::channel(None);
@@ -308,6 +324,7 @@ impl OakestraCluster {
             subscriptions: Mutex::default(),
             asked: Mutex::default(),
             ctx: Mutex::default(),
+            workers: Mutex::default(),
             status: Mutex::default(),
             warned: Mutex::default(),
         });

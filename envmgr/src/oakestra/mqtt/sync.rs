@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 
-use super::view::{check, Ctx, Tables};
+use super::view::{add_workers, check, Ctx, Tables};
 use super::wire::{self, Drop, InterestRemove, Leaf, TableAnswer, TableQuery};
-use super::{Event, Inner};
+use super::{lock, Event, Inner};
 use crate::model::{Placement, ServiceName, Snapshot};
 use crate::oakestra::JobName;
 use crate::plan;
@@ -82,6 +82,7 @@ pub(super) async fn run(
             e = events.recv() => match e {
                 Ok(Event::Answer { answer, solicited }) => s.answer(&answer, solicited),
                 Ok(Event::Update(job)) => s.update(&job),
+                Ok(Event::Workers) => s.publish(),
                 Ok(Event::Connected) => s.requery_all(),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "oakestra sync: fell behind the broker's messages; asking every interest again");
@@ -347,7 +348,8 @@ impl Sync<'_> {
 
     /// Publishes the view if it changed.
     fn publish(&mut self) {
-        let view = self.st.tables.view(&self.ctx.plan);
+        let mut view = self.st.tables.view(&self.ctx.plan);
+        add_workers(&mut view, lock(&self.inner.workers).values().copied());
         self.tx.send_if_modified(|cur| {
             let same = cur.peers == view.peers
                 && cur.services == view.services

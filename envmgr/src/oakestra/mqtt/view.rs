@@ -139,6 +139,25 @@ pub fn peer_name(host: SocketAddr) -> String {
     format!("oak-{ip}-{}", host.port())
 }
 
+/// Adds the other proxytun workers as peers, those the answers did not
+/// already name (by endpoint).
+pub fn add_workers(view: &mut ClusterView, workers: impl IntoIterator<Item = SocketAddr>) {
+    for w in workers {
+        if view.peers.values().any(|p| p.endpoint == w) {
+            continue;
+        }
+        let name = peer_name(w);
+        view.peers.insert(
+            name.clone(),
+            Peer {
+                name,
+                endpoint: w,
+                public_key: None,
+            },
+        );
+    }
+}
+
 /// The accepted answers, one per job.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {

@@ -160,3 +160,22 @@ fn peer_names() {
         "oak-fd00--1-7"
     );
 }
+
+#[test]
+fn workers_become_peers_once_by_endpoint() {
+    let named: SocketAddr = "10.77.0.2:50103".parse().expect("a");
+    let other: SocketAddr = "10.77.0.3:50103".parse().expect("a");
+    let mut v = ClusterView::default();
+    v.peers.insert(
+        "from-an-answer".into(),
+        Peer {
+            name: "from-an-answer".into(),
+            endpoint: named,
+            public_key: None,
+        },
+    );
+    add_workers(&mut v, [named, other, other]);
+    assert_eq!(v.peers.len(), 2, "{:?}", v.peers);
+    assert_eq!(v.peers[&peer_name(other)].endpoint, other);
+    assert!(v.peers.contains_key("from-an-answer"));
+}

@@ -7,6 +7,7 @@
 //! (`interfaces/mqtt_client.py`) of oakestra-net v0.4.411.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -116,6 +117,29 @@ pub fn updates_topic(job: &str) -> String {
     format!("jobs/{job}/updates_available")
 }
 
+/// proxytun's own topic beside Oakestra's: every proxytun worker keeps a
+/// retained [`Presence`] on `proxytun/workers/{id}`, so workers that share
+/// no job still know each other as tunnel peers (Oakestra's table answers
+/// name only the workers that host a job of interest, and a worker that
+/// only uses a job would otherwise be a stranger to the one hosting it).
+/// The cluster subscribes `nodes/+/net/#` only, so it never sees these.
+pub const WORKERS_FILTER: &str = "proxytun/workers/+";
+
+/// The retained presence topic of worker `id`.
+pub fn worker_topic(id: &str) -> String {
+    format!("proxytun/workers/{id}")
+}
+
+/// A worker's tunnel endpoint, retained on [`worker_topic`]; an empty
+/// retained message (the broker's last will of a worker gone) clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Its underlay address.
+    pub host_ip: String,
+    /// Its tunnel port.
+    pub host_port: u16,
+}
+
 /// `{"address":"10.18.0.64","addressv6":"fc00::100"}`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SubnetAnswer {
@@ -207,6 +231,13 @@ pub enum Incoming {
         /// The job, from the topic.
         job: String,
     },
+    /// A proxytun worker's presence (`None`: it is gone).
+    Worker {
+        /// Its client id, from the topic.
+        id: String,
+        /// Its tunnel endpoint.
+        endpoint: Option<SocketAddr>,
+    },
 }
 
 impl Incoming {
@@ -234,6 +265,25 @@ impl Incoming {
             let _: UpdateNotice = serde_json::from_slice(payload).map_err(|_| Drop::BadJson)?;
             return Ok(Incoming::Update {
                 job: job.to_owned(),
+            });
+        }
+        if let Some(id) = topic.strip_prefix("proxytun/workers/") {
+            if id.is_empty() || id.contains('/') {
+                return Err(Drop::BadJson);
+            }
+            let endpoint = if payload.is_empty() {
+                None
+            } else {
+                let p: Presence = serde_json::from_slice(payload).map_err(|_| Drop::BadJson)?;
+                let ip: IpAddr = p.host_ip.trim().parse().map_err(|_| Drop::BadAddress)?;
+                if ip.is_unspecified() || ip.is_multicast() || p.host_port == 0 {
+                    return Err(Drop::BadAddress);
+                }
+                Some(SocketAddr::new(ip, p.host_port))
+            };
+            return Ok(Incoming::Worker {
+                id: id.to_owned(),
+                endpoint,
             });
         }
         Err(Drop::BadJson)
@@ -445,5 +495,43 @@ mod tests {
         assert_eq!(v["host_port"], "50103");
         assert_eq!(v["instance_number"], 2);
         assert_eq!(subnet_request(), br#"{"METHOD":"GET"}"#.to_vec());
+    }
+
+    #[test]
+    fn worker_presence_set_cleared_and_checked() {
+        let t = topics();
+        let body = to_payload(&Presence {
+            host_ip: "10.77.0.2".into(),
+            host_port: 50103,
+        });
+        assert_eq!(
+            Incoming::parse(&t, &worker_topic("w2"), &body),
+            Ok(Incoming::Worker {
+                id: "w2".into(),
+                endpoint: Some("10.77.0.2:50103".parse().expect("addr")),
+            })
+        );
+        assert_eq!(
+            Incoming::parse(&t, "proxytun/workers/w2", b""),
+            Ok(Incoming::Worker {
+                id: "w2".into(),
+                endpoint: None,
+            })
+        );
+        for (body, want) in [
+            (&b"{"[..], Drop::BadJson),
+            (br#"{"host_ip":"nope","host_port":1}"#, Drop::BadAddress),
+            (br#"{"host_ip":"0.0.0.0","host_port":1}"#, Drop::BadAddress),
+            (
+                br#"{"host_ip":"10.77.0.2","host_port":0}"#,
+                Drop::BadAddress,
+            ),
+        ] {
+            assert_eq!(Incoming::parse(&t, "proxytun/workers/w2", body), Err(want));
+        }
+        assert_eq!(
+            Incoming::parse(&t, "proxytun/workers/", &body),
+            Err(Drop::BadJson)
+        );
     }
 }
