@@ -376,10 +376,14 @@ impl OakestraCluster {
         let mut rx = inner.subnet.subscribe();
         let work = async {
             loop {
-                if inner.connected() {
-                    if let Err(e) = inner.publish(Leaf::Subnet, wire::subnet_request()) {
-                        tracing::warn!("oakestra: {e}");
-                    }
+                // Asked only once connected: a request queued before the
+                // session is up would wait a whole SUBNET_TIMEOUT.
+                if !inner.connected() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                if let Err(e) = inner.publish(Leaf::Subnet, wire::subnet_request()) {
+                    tracing::warn!("oakestra: {e}");
                 }
                 let got = tokio::time::timeout(SUBNET_TIMEOUT, async {
                     loop {
