@@ -65,13 +65,7 @@ impl Cluster {
     pub fn two_nodes_with(test: &str, tweak: impl Fn(&mut NodeConfig)) -> Result<Cluster> {
         crate::support::require_root()?;
         let prefix = prefix_for(test);
-        let switch = Netns::create(&format!("{prefix}sw"))?;
-        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
-        switch.ip(&["link", "set", "br0", "up"])?;
-        let ip_a = Ipv4Addr::new(192, 0, 2, 1);
-        let ip_b = Ipv4Addr::new(192, 0, 2, 2);
-        let host_a = plug_host(&switch, &format!("{prefix}a"), "pa", ip_a)?;
-        let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
+        let (switch, [(host_a, ip_a), (host_b, ip_b)]) = two_hosts(&prefix)?;
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
         let node_keys = crate::node::test_node_keys()?.then(crate::node::NodeKeys::default);
@@ -237,6 +231,20 @@ impl Cluster {
             instances: placed.into_iter().map(|(_, i)| i).collect(),
         })
     }
+}
+
+/// The underlay of a two-node test: switch `{prefix}sw` with its bridge
+/// `br0`, and hosts `{prefix}a` (192.0.2.1) and `{prefix}b` (192.0.2.2)
+/// plugged into it.
+pub(crate) fn two_hosts(prefix: &str) -> Result<(Netns, [(Netns, Ipv4Addr); 2])> {
+    let switch = Netns::create(&format!("{prefix}sw"))?;
+    switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+    switch.ip(&["link", "set", "br0", "up"])?;
+    let ip_a = Ipv4Addr::new(192, 0, 2, 1);
+    let ip_b = Ipv4Addr::new(192, 0, 2, 2);
+    let host_a = plug_host(&switch, &format!("{prefix}a"), "pa", ip_a)?;
+    let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
+    Ok((switch, [(host_a, ip_a), (host_b, ip_b)]))
 }
 
 /// Creates host namespace `name`, plugs it into the switch's bridge through

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::OakCluster;
-use crate::cluster::{plug_host, prefix_for, Container};
+use crate::cluster::{plug_host, prefix_for, two_hosts, Container};
 use crate::cmd::{self, Bg};
 use crate::mosquitto::{Mosquitto, OAKESTRA_MQTT_PORT};
 use crate::netns::Netns;
@@ -90,13 +90,7 @@ impl OakTopology {
             );
         }
         let prefix = prefix_for(test);
-        let switch = Netns::create(&format!("{prefix}sw"))?;
-        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
-        switch.ip(&["link", "set", "br0", "up"])?;
-        let ip_a = Ipv4Addr::new(192, 0, 2, 1);
-        let ip_b = Ipv4Addr::new(192, 0, 2, 2);
-        let host_a = plug_host(&switch, &format!("{prefix}a"), "pa", ip_a)?;
-        let host_b = plug_host(&switch, &format!("{prefix}b"), "pb", ip_b)?;
+        let (switch, [(host_a, ip_a), (host_b, ip_b)]) = two_hosts(&prefix)?;
         let manager = plug_host(&switch, &format!("{prefix}cm"), "pcm", MANAGER_IP)?;
         let broker = Mosquitto::start_in(&manager, MANAGER_IP, OAKESTRA_MQTT_PORT)?;
         let cluster = OakCluster::start(&broker)?;
