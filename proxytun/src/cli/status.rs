@@ -192,9 +192,27 @@ fn describe_store(v: &Value) -> String {
                 None => "",
             };
             let mut details = Vec::new();
-            for key in ["lease", "revision", "interests"] {
+            for key in [
+                "lease",
+                "revision",
+                "client_id",
+                "broker",
+                "subnet",
+                "interests",
+            ] {
                 if !v[key].is_null() {
                     details.push(format!("{key} {}", text(&v[key])));
+                }
+            }
+            // The oakestra backend's dropped broker messages, when any.
+            if let Some(d) = v["dropped"].as_object() {
+                let n: Vec<String> = d
+                    .iter()
+                    .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                if !n.is_empty() {
+                    details.push(format!("dropped {}", n.join(" ")));
                 }
             }
             if details.is_empty() {
@@ -305,5 +323,17 @@ mod tests {
         );
         assert!(out.contains("flows    2 active, 3 created"), "{out}");
         assert!(out.contains("drops    5 "), "{out}");
+    }
+
+    #[test]
+    fn oakestra_store_line_names_the_worker_and_drops() {
+        let v = json!({"backend": "oakestra", "connected": true, "client_id": "w1",
+                       "broker": "10.0.0.1:10003", "subnet": "10.18.0.64/26", "interests": 2,
+                       "dropped": {"bad_json": 2, "unknown_service": 0, "own_subnet": 1}});
+        assert_eq!(
+            describe_store(&v),
+            "oakestra connected (client_id w1, broker 10.0.0.1:10003, subnet 10.18.0.64/26, \
+             interests 2, dropped bad_json 2 own_subnet 1)"
+        );
     }
 }
