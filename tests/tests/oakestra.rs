@@ -351,5 +351,38 @@ fn oakestra_workers_serve_jobs_and_drop_hostile_broker_messages() -> Result<()> 
     assert_eq!(hello.name, "web0");
     let from_b: BTreeSet<String> = names(&probe.container, RR, 4)?.into_iter().collect();
     assert_eq!(from_b, ["web0"].map(String::from).into());
+
+    // --- a crash of a loses nothing: it starts again without the
+    // NodeEngine (its registration and subnet are in its state
+    // directory), asks the cluster for no new subnet, keeps web0 and the
+    // client attached, and both workers reach web0 again (b's presence,
+    // retained, comes back to a with its new subscription).
+    let asked_before = t.cluster.subnets(ID_A)?;
+    t.a.kill()?;
+    t.a.start()?;
+    assert_eq!(subnet_of(&t.a)?, sub_a, "a's subnet after the crash");
+    assert_eq!(
+        placements(&t.a, WEB_OURS)?.get(&0),
+        Some(&None),
+        "web0 still attached on a"
+    );
+    eventually(PROPAGATION, || {
+        let h = cli.tcp_hello(RR)?;
+        let p = probe.container.tcp_hello(RR)?;
+        if h.name != "web0" || p.name != "web0" {
+            bail!(
+                "after a's crash: a's client reached {}, b's probe {}",
+                h.name,
+                p.name
+            );
+        }
+        Ok(())
+    })
+    .context("web0 through RR from both workers after a's crash")?;
+    assert_eq!(
+        t.cluster.subnets(ID_A)?,
+        asked_before,
+        "a asked for no new subnet after its crash"
+    );
     Ok(())
 }
