@@ -48,6 +48,11 @@ else
     heading "cargo test -p tests, offloads forced off"
     PROXYTUN_TEST_OFFLOAD=off cargo test -p tests --no-fail-fast -- --test-threads=2
 
+    # The Oakestra workers and the external clients with per-node tunnel
+    # keys (the workers publish their keys in their presences).
+    heading "cargo test -p tests, per-node keys: oakestra, join, connectivity"
+    PROXYTUN_TEST_KEYS=node cargo test -p tests --no-fail-fast --test oakestra --test join --test connectivity -- --test-threads=2
+
     # What an operator installs: the .deb (release build, man pages,
     # completions), lintian on it, then the package installed and its unit
     # run in a Debian system booted with systemd as PID 1 (docs/packaging.md).

@@ -149,7 +149,7 @@ async fn open_manager(
             Ok((Arc::new(mgr), Some(clustered(ClusterHandle::Etcd(cluster)))))
         }
         Backend::Oakestra => {
-            let (cluster, plan) = oakestra_store::open(config, oakestra).await?;
+            let (cluster, plan) = oakestra_store::open(config, oakestra, public_key).await?;
             let registry = cluster.registry(plan.clone());
             let mgr = match Manager::open_clustered(settings(plan), kernel, registry).await {
                 Ok(m) => m,

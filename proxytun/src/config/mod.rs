@@ -460,12 +460,6 @@ impl Config {
                 "[[peer]] entries are for the local store; with oakestra the peers come from the cluster's table answers".into(),
             ));
         }
-        if self.tunnel.keys == tunnel::TunnelKeys::Node {
-            return Err((
-                "tunnel.keys",
-                "\"node\" needs the peers' public keys, which Oakestra's table answers do not carry: use the cluster key with store.backend = \"oakestra\"".into(),
-            ));
-        }
         self.store.check_oakestra()?;
         let ip = self.tunnel.advertise.unwrap_or(self.tunnel.bind);
         if ip.is_unspecified() || ip.is_multicast() {

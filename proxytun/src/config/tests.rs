@@ -377,9 +377,13 @@ fn oakestra_store_errors_name_the_key() {
         )),
         "peer"
     );
+    // Per-node keys work: the workers publish their keys in their
+    // presences (docs/oakestra.md).
+    let node_keys = parse(&OAK.replace("[tunnel]\n", "[tunnel]\nkeys = \"node\"\n"))
+        .expect("oakestra with per-node keys");
     assert_eq!(
-        key_of(&OAK.replace("[tunnel]\n", "[tunnel]\nkeys = \"node\"\n")),
-        "tunnel.keys"
+        node_keys.tunnel.keys,
+        crate::config::tunnel::TunnelKeys::Node
     );
 }
 

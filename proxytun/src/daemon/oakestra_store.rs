@@ -97,6 +97,7 @@ async fn registration(
 pub async fn open(
     config: &Config,
     link: Option<OakestraLink>,
+    public_key: Option<String>,
 ) -> anyhow::Result<(OakestraCluster, AddressPlan)> {
     let reg = registration(config, link.as_ref()).await?;
     let Some((host, port)) = config.store.oakestra_broker(reg.cluster_address.as_deref()) else {
@@ -110,6 +111,7 @@ pub async fn open(
         broker_host: host,
         broker_port: port,
         me: config.advertise_endpoint(),
+        public_key,
         query_timeout: QUERY_TIMEOUT,
         interest_idle: (config.store.interest_idle_secs > 0)
             .then(|| Duration::from_secs(config.store.interest_idle_secs)),

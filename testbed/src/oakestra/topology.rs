@@ -96,6 +96,9 @@ impl OakTopology {
         let cluster = OakCluster::start(&broker)?;
         let key = TestKey::generate()?;
         let security = Some(key.security()?);
+        // `PROXYTUN_TEST_KEYS=node`: per-node keys, published in the
+        // workers' presences (no `[[peer]]` keys with this backend).
+        let node_keys = crate::node::test_node_keys()?.then(crate::node::NodeKeys::default);
         let cfg = |name: &str, underlay| {
             let mut c = NodeConfig {
                 name: name.into(),
@@ -111,7 +114,7 @@ impl OakTopology {
                 offload: None,
                 busy_poll_us: None,
                 threads: None,
-                node_keys: None,
+                node_keys: node_keys.clone(),
                 peer_keys: Vec::new(),
             };
             edit(&mut c);

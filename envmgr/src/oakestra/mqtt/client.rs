@@ -9,7 +9,7 @@ use std::time::Duration;
 use rumqttc::{Event as MqttEvent, EventLoop, Packet, QoS, SubscribeFilter};
 
 use super::wire::{to_payload, worker_topic, Incoming, Presence, WORKERS_FILTER};
-use super::{lock, Event, Inner};
+use super::{lock, Event, Inner, Worker};
 
 /// Backoff between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -48,6 +48,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut ev: EventLoop) {
                 let presence = to_payload(&Presence {
                     host_ip: me.ip().to_string(),
                     host_port: me.port(),
+                    public_key: inner.settings.public_key.clone(),
                 });
                 let topic = worker_topic(&inner.settings.client_id);
                 if let Err(e) = inner
@@ -101,8 +102,14 @@ pub(super) fn dispatch(inner: &Inner, topic: &str, payload: &[u8]) {
                 let mut w = lock(&inner.workers);
                 match endpoint {
                     _ if id == inner.settings.client_id => false,
-                    Some(e) if e == inner.settings.me => false,
-                    Some(e) => w.insert(id, e) != Some(e),
+                    Some((e, _)) if e == inner.settings.me => false,
+                    Some((endpoint, public_key)) => {
+                        let new = Worker {
+                            endpoint,
+                            public_key,
+                        };
+                        w.insert(id, new.clone()) != Some(new)
+                    }
                     None => w.remove(&id).is_some(),
                 }
             };

@@ -59,6 +59,10 @@ pub struct OakestraSettings {
     /// `host_port` of its deploy notices, and how it tells its own
     /// instances from others in answers.
     pub me: SocketAddr,
+    /// This node's public key with per-node tunnel keys (`tunnel.keys =
+    /// "node"`): published in its presence, since Oakestra's answers carry
+    /// no keys.
+    pub public_key: Option<String>,
     /// How long a table query waits for its answer.
     pub query_timeout: Duration,
     /// Interests unused this long expire (`store.interest_idle_secs`).
@@ -125,6 +129,15 @@ pub struct OakestraStatus {
     pub last_error: Option<String>,
 }
 
+/// Another proxytun worker, from its presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Its tunnel endpoint.
+    pub endpoint: SocketAddr,
+    /// Its public key (per-node tunnel keys), checked.
+    pub public_key: Option<String>,
+}
+
 /// What the tasks and the registry share.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -145,7 +158,7 @@ pub(crate) struct Inner {
     /// node uses. Kept here, not in the sync task, since the broker
     /// delivers retained presences once, at subscribe, possibly before
     /// the sync task runs.
-    pub(crate) workers: Mutex<BTreeMap<String, SocketAddr>>,
+    pub(crate) workers: Mutex<BTreeMap<String, Worker>>,
     pub(crate) status: Mutex<OakestraStatus>,
     warned: Mutex<HashMap<Drop, Instant>>,
 }

@@ -349,7 +349,7 @@ impl Sync<'_> {
     /// Publishes the view if it changed.
     fn publish(&mut self) {
         let mut view = self.st.tables.view(&self.ctx.plan);
-        add_workers(&mut view, lock(&self.inner.workers).values().copied());
+        add_workers(&mut view, lock(&self.inner.workers).values().cloned());
         self.tx.send_if_modified(|cur| {
             let same = cur.peers == view.peers
                 && cur.services == view.services

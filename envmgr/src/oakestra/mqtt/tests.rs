@@ -200,6 +200,7 @@ async fn against_mosquitto_and_a_fake_cluster() {
         broker_host: "127.0.0.1".into(),
         broker_port: b.port,
         me: "10.77.0.1:50103".parse().expect("addr"),
+        public_key: None,
         query_timeout: Duration::from_secs(5),
         interest_idle: Some(Duration::from_secs(3)),
     };
@@ -383,6 +384,7 @@ async fn a_broker_restart_resubscribes_and_asks_again() {
         broker_host: "127.0.0.1".into(),
         broker_port: port,
         me: "10.77.0.1:50103".parse().expect("addr"),
+        public_key: None,
         query_timeout: Duration::from_secs(5),
         interest_idle: None,
     };

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::wire::{Drop, InstanceEntry, TableAnswer};
+use super::Worker;
 use crate::model::{Affinity, Instance, InstanceKey, Peer, Placement, Service, ServiceName};
 use crate::oakestra::JobName;
 use crate::plan::AddressPlan;
@@ -140,19 +141,21 @@ pub fn peer_name(host: SocketAddr) -> String {
 }
 
 /// Adds the other proxytun workers as peers, those the answers did not
-/// already name (by endpoint).
-pub fn add_workers(view: &mut ClusterView, workers: impl IntoIterator<Item = SocketAddr>) {
+/// already name (by endpoint), and gives every peer the public key its
+/// worker published (answers carry none).
+pub fn add_workers(view: &mut ClusterView, workers: impl IntoIterator<Item = Worker>) {
     for w in workers {
-        if view.peers.values().any(|p| p.endpoint == w) {
+        if let Some(p) = view.peers.values_mut().find(|p| p.endpoint == w.endpoint) {
+            p.public_key = w.public_key;
             continue;
         }
-        let name = peer_name(w);
+        let name = peer_name(w.endpoint);
         view.peers.insert(
             name.clone(),
             Peer {
                 name,
-                endpoint: w,
-                public_key: None,
+                endpoint: w.endpoint,
+                public_key: w.public_key,
             },
         );
     }

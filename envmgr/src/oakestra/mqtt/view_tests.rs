@@ -174,8 +174,20 @@ fn workers_become_peers_once_by_endpoint() {
             public_key: None,
         },
     );
-    add_workers(&mut v, [named, other, other]);
+    let key = "ab".repeat(32);
+    let w = |endpoint, public_key: Option<&str>| Worker {
+        endpoint,
+        public_key: public_key.map(str::to_owned),
+    };
+    add_workers(
+        &mut v,
+        [w(named, Some(&key)), w(other, None), w(other, None)],
+    );
     assert_eq!(v.peers.len(), 2, "{:?}", v.peers);
     assert_eq!(v.peers[&peer_name(other)].endpoint, other);
-    assert!(v.peers.contains_key("from-an-answer"));
+    assert_eq!(
+        v.peers["from-an-answer"].public_key.as_deref(),
+        Some(key.as_str()),
+        "the answer's peer gets the worker's key"
+    );
 }

@@ -138,6 +138,9 @@ pub struct Presence {
     pub host_ip: String,
     /// Its tunnel port.
     pub host_port: u16,
+    /// Its public key, with per-node tunnel keys (64 hex characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// `{"address":"10.18.0.64","addressv6":"fc00::100"}`
@@ -235,8 +238,8 @@ pub enum Incoming {
     Worker {
         /// Its client id, from the topic.
         id: String,
-        /// Its tunnel endpoint.
-        endpoint: Option<SocketAddr>,
+        /// Its tunnel endpoint and public key (checked, lowercase).
+        endpoint: Option<(SocketAddr, Option<String>)>,
     },
 }
 
@@ -279,7 +282,13 @@ impl Incoming {
                 if ip.is_unspecified() || ip.is_multicast() || p.host_port == 0 {
                     return Err(Drop::BadAddress);
                 }
-                Some(SocketAddr::new(ip, p.host_port))
+                let key = p
+                    .public_key
+                    .as_deref()
+                    .map(crate::model::check_public_key)
+                    .transpose()
+                    .map_err(|_| Drop::BadJson)?;
+                Some((SocketAddr::new(ip, p.host_port), key))
             };
             return Ok(Incoming::Worker {
                 id: id.to_owned(),
@@ -503,12 +512,27 @@ mod tests {
         let body = to_payload(&Presence {
             host_ip: "10.77.0.2".into(),
             host_port: 50103,
+            public_key: None,
         });
+        let ep: SocketAddr = "10.77.0.2:50103".parse().expect("addr");
         assert_eq!(
             Incoming::parse(&t, &worker_topic("w2"), &body),
             Ok(Incoming::Worker {
                 id: "w2".into(),
-                endpoint: Some("10.77.0.2:50103".parse().expect("addr")),
+                endpoint: Some((ep, None)),
+            })
+        );
+        let key = "AB".repeat(32);
+        let with_key = to_payload(&Presence {
+            host_ip: "10.77.0.2".into(),
+            host_port: 50103,
+            public_key: Some(key.clone()),
+        });
+        assert_eq!(
+            Incoming::parse(&t, &worker_topic("w2"), &with_key),
+            Ok(Incoming::Worker {
+                id: "w2".into(),
+                endpoint: Some((ep, Some(key.to_ascii_lowercase()))),
             })
         );
         assert_eq!(
@@ -525,6 +549,10 @@ mod tests {
             (
                 br#"{"host_ip":"10.77.0.2","host_port":0}"#,
                 Drop::BadAddress,
+            ),
+            (
+                br#"{"host_ip":"10.77.0.2","host_port":1,"public_key":"xyz"}"#,
+                Drop::BadJson,
             ),
         ] {
             assert_eq!(Incoming::parse(&t, "proxytun/workers/w2", body), Err(want));
