@@ -42,16 +42,10 @@ pub fn lowest_free_ns_addr(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option
 }
 
 /// The lowest free ServiceIP or instance IP in this node's block of the
-/// ServiceIP range: never the block's network or broadcast address.
+/// ServiceIP range (or an external client's address in its range): never
+/// the block's network or broadcast address.
 pub fn lowest_free_service_addr(block: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     lowest_free_addr(block, &[], used)
-}
-
-/// The lowest free address for an external client in `range` (the node's
-/// `network.client_range`, else its block): like a ServiceIP, never the
-/// range's network or broadcast address, so a /30 holds two clients.
-pub fn lowest_free_client_addr(range: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    lowest_free_addr(range, &[], used)
 }
 
 /// The lowest instance number not in `used`; `None` only if all 2^32 are taken.
@@ -182,16 +176,16 @@ mod tests {
         let range = net("10.30.255.252/30");
         let mut used = BTreeSet::from([ip("10.30.255.251"), ip("10.30.0.1")]);
         assert_eq!(
-            lowest_free_client_addr(range, &used),
+            lowest_free_service_addr(range, &used),
             Some(ip("10.30.255.253"))
         );
         used.insert(ip("10.30.255.253"));
         assert_eq!(
-            lowest_free_client_addr(range, &used),
+            lowest_free_service_addr(range, &used),
             Some(ip("10.30.255.254"))
         );
         used.insert(ip("10.30.255.254"));
-        assert_eq!(lowest_free_client_addr(range, &used), None, "no broadcast");
+        assert_eq!(lowest_free_service_addr(range, &used), None, "no broadcast");
     }
 
     #[test]

@@ -18,6 +18,17 @@ use futures::future::BoxFuture;
 use crate::error::Result;
 use crate::model::{Affinity, DualAddr, Instance, InstanceKey, Peer, Policy, Service, ServiceName};
 
+/// How often a cluster backend looks for idle interests, and the daemon
+/// reports the services live flows use: a quarter of
+/// `store.interest_idle_secs`, between 1 s and 30 s (30 s without one).
+/// Shared by the etcd and Oakestra syncs and the usage reporter.
+pub fn interest_check_period(idle: Option<std::time::Duration>) -> std::time::Duration {
+    use std::time::Duration;
+    idle.map_or(Duration::from_secs(30), |i| {
+        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    })
+}
+
 /// An instance to claim cluster-wide for a local attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

@@ -330,7 +330,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     result
 }
 
-fn create_dir(dir: &Path) -> Result<(), StoreError> {
+/// Creates the state directory (mode 0700) if it is missing: what the
+/// store does on open, and what the daemon does before anything else
+/// saves there (the NodeEngine's registration, the Oakestra subnet).
+pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

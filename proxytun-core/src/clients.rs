@@ -52,16 +52,6 @@ impl Clients {
         self.resolver = Some(addr);
     }
 
-    /// True when no client is registered (the common case: one branch).
-    pub fn is_empty(&self) -> bool {
-        self.by_addr.is_empty()
-    }
-
-    /// Number of clients.
-    pub fn len(&self) -> usize {
-        self.by_addr.len()
-    }
-
     /// The tunnel endpoint of the client whose address is `addr`.
     pub fn endpoint(&self, addr: IpAddr) -> Option<SocketAddr> {
         if self.by_addr.is_empty() {
@@ -81,11 +71,6 @@ impl Clients {
             return None;
         }
         self.by_endpoint.get(&ip).copied()
-    }
-
-    /// The endpoint IPs of every client (the member check accepts them).
-    pub fn endpoint_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.by_endpoint.keys().copied()
     }
 
     /// The resolver address, if the node has one.

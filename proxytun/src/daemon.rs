@@ -186,14 +186,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     let kernel = Netlink::new().context("open a netlink connection")?;
     // The state directory first: the NodeEngine's /register and the
     // Oakestra subnet are saved there before the manager opens it.
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.state.dir)
-            .with_context(|| format!("create state.dir {}", config.state.dir.display()))?;
-    }
+    envmgr::store::create_dir(&config.state.dir).context("create state.dir")?;
     // Before the manager: with the oakestra backend it waits for /register.
     let nodeengine = crate::oakestra::NodeEngineListener::start(&config)?;
     let link = nodeengine
@@ -309,8 +302,7 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     tracing::info!(path = handle.path(), "dataplane running");
     // With etcd: the services live flows use keep their interests alive.
     if let (Some(c), secs @ 1..) = (&clustered, config.store.interest_idle_secs) {
-        let period =
-            Duration::from_secs(secs / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let period = envmgr::registry::interest_check_period(Some(Duration::from_secs(secs)));
         crate::shell::usage::spawn(handle.sender(), c.names_tx.clone(), period);
     }
     // Flow persistence: the saver writes the flows as they change.
@@ -522,8 +514,10 @@ pub async fn run_with_log(config: Config, log: Option<LogHandle>) -> anyhow::Res
     served
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+/// Resolves on the first SIGTERM or SIGINT (the daemon's stop, and
+/// `proxytun join`'s).
+pub(crate) fn shutdown_signal(
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
     Ok(async move {

@@ -154,7 +154,9 @@ impl Round<'_> {
         for k in want.keys() {
             self.st.interests.insert(k.name.clone());
         }
-        let mut idle_tick = tokio::time::interval(idle::period(self.inner.settings.interest_idle));
+        let mut idle_tick = tokio::time::interval(crate::registry::interest_check_period(
+            self.inner.settings.interest_idle,
+        ));
         let index = self.inner.status().node_index;
         if let Some(index) = index {
             let ensure = ensure_member(self.inner, &mut self.client, index);

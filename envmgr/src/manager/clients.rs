@@ -74,9 +74,10 @@ impl<K: Kernel> Manager<K> {
                 p.name
             )));
         }
-        // Local and remote services, instance IPs and other clients.
+        // Local and remote services, instance IPs and other clients; like a
+        // ServiceIP, never the range's network or broadcast address.
         let used: BTreeSet<Ipv4Addr> = table.service_addrs().into_keys().collect();
-        let address = alloc::lowest_free_client_addr(range, &used).ok_or_else(|| {
+        let address = alloc::lowest_free_service_addr(range, &used).ok_or_else(|| {
             let whence = match self.settings.client_range {
                 Some(_) => format!("{CLIENT_RANGE_KEY} {range}"),
                 None => format!("this node's ServiceIP block {range}"),

@@ -14,4 +14,4 @@ pub mod nodeengine;
 pub mod registration;
 
 pub use names::{JobBook, JobName};
-pub use registration::{Registration, RegistrationError};
+pub use registration::{check_client_id, Registration, RegistrationError};

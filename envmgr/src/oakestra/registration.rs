@@ -52,6 +52,23 @@ pub enum RegistrationError {
     Write(WriteError),
 }
 
+/// Checks a worker id: it is the MQTT client id and one topic level
+/// (`nodes/{id}/net/...`), so 1 to 128 characters without `/`, `+`, `#`,
+/// white space or control characters. The message says so. The one rule
+/// for `/register`, `store.client_id` and the MQTT client.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&id.len())
+        && !id.contains(['/', '+', '#'])
+        && !id.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 128 characters without '/', '+', '#' or spaces (the worker id the NodeEngine registers: its MQTT client id and topic level)"
+        ))
+    }
+}
+
 impl Registration {
     /// The registration saved in `state_dir`, if any.
     pub fn load(state_dir: &Path) -> Result<Option<Self>, RegistrationError> {

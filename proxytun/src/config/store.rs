@@ -243,20 +243,7 @@ pub fn parse_broker(b: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// An MQTT client id that is also a topic level: 1 to 128 characters,
-/// no `/`, `+`, `#` or white space.
-pub fn check_client_id(id: &str) -> Result<(), String> {
-    let ok = (1..=128).contains(&id.len())
-        && !id.contains(['/', '+', '#'])
-        && !id.chars().any(char::is_whitespace);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{id:?} must be 1 to 128 characters without '/', '+', '#' or spaces (the worker id the NodeEngine registers)"
-        ))
-    }
-}
+pub use envmgr::oakestra::check_client_id;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,8 @@ use proxytun_core::join::{JoinCounters, JoinRx, JoinSettings, JoinTx};
 use proxytun_core::seal::{random_session, ClusterKey, Sealer};
 use proxytun_core::tunnel::Protection;
 
+use crate::daemon::shutdown_signal;
+
 /// The arguments of `proxytun join`; `proxytun client add` on the gateway
 /// prints them.
 #[derive(Debug, clap::Args)]
@@ -129,9 +131,7 @@ pub fn main(args: &JoinArgs) -> anyhow::Result<()> {
         keepalive: Duration::from_secs(args.keepalive_secs),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook_like::SIGINT, signal_hook_like::SIGTERM] {
-        signal_hook_like::register(sig, Arc::clone(&stop))?;
-    }
+    stop_on_signal(Arc::clone(&stop))?;
     let tun = io::open(args)?;
     let socket = std::net::UdpSocket::bind(args.bind)
         .with_context(|| format!("--bind {}: cannot bind the tunnel socket", args.bind))?;
@@ -185,33 +185,20 @@ pub fn main(args: &JoinArgs) -> anyhow::Result<()> {
     result
 }
 
-/// SIGINT/SIGTERM into a flag, through `nix`'s `sigaction` (no extra crate).
-mod signal_hook_like {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, OnceLock};
-
-    pub use nix::sys::signal::Signal::{SIGINT, SIGTERM};
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-    extern "C" fn on_signal(_: nix::libc::c_int) {
-        if let Some(f) = FLAG.get() {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Sets `flag` on `sig`.
-    pub fn register(sig: Signal, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let _ = FLAG.set(flag);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler only does an atomic store on a value set before.
-        unsafe { sigaction(sig, &action) }
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("install the {sig} handler: {e}"))
-    }
+/// Sets `stop` on the first SIGTERM or SIGINT: the daemon's
+/// [`shutdown_signal`], listened for now and awaited on a thread of its own.
+fn stop_on_signal(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime for the signals")?;
+    let signal = rt.block_on(async { shutdown_signal() })?;
+    std::thread::Builder::new()
+        .name("join-signals".into())
+        .spawn(move || {
+            rt.block_on(signal);
+            stop.store(true, Ordering::Relaxed);
+        })
+        .context("start the signal thread")?;
+    Ok(())
 }

@@ -10,14 +10,6 @@ use super::state::State;
 use super::Round;
 use crate::model::{ServiceName, Snapshot};
 
-/// How often idle interests are looked for: a quarter of the idle time,
-/// between 1 s and 30 s (the timer is not armed without an idle time).
-pub(super) fn period(idle: Option<Duration>) -> Duration {
-    idle.map_or(Duration::from_secs(30), |i| {
-        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    })
-}
-
 impl Round<'_> {
     /// Drops the interests no flow or lookup used for `store.interest_idle`
     /// (never those of local instances) and publishes the smaller view.

@@ -295,11 +295,8 @@ impl OakestraCluster {
     /// be called inside a tokio runtime.
     pub fn start(settings: OakestraSettings, book: JobBook) -> Result<Self, OakestraError> {
         let id = &settings.client_id;
-        if id.is_empty() || id.contains(['/', '+', '#']) || id.len() > 128 {
-            return Err(OakestraError::Config(format!(
-                "store.client_id: {id:?} must be 1 to 128 characters without '/', '+' or '#'"
-            )));
-        }
+        crate::oakestra::check_client_id(id)
+            .map_err(|e| OakestraError::Config(format!("store.client_id: {e}")))?;
         if settings.broker_host.is_empty() || settings.broker_port == 0 {
             return Err(OakestraError::Config(format!(
                 "store.broker: {:?} is not HOST:PORT",

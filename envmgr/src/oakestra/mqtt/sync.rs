@@ -65,9 +65,7 @@ pub(super) async fn run(
     };
     let mut events = inner.events.subscribe();
     let idle = inner.settings.interest_idle;
-    let period = idle.map_or(Duration::from_secs(30), |i| {
-        (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    });
+    let period = crate::registry::interest_check_period(idle);
     let mut tick = tokio::time::interval(period);
     let (mut misses_open, mut names_open) = (true, true);
     s.local(&local.borrow_and_update().clone());

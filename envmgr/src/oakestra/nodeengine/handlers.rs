@@ -14,7 +14,7 @@ use crate::kernel::Kernel;
 use crate::manager::Manager;
 use crate::model::InstanceKey;
 use crate::oakestra::names::{JobBook, JobName};
-use crate::oakestra::registration::{Registration, RegistrationError, FILE};
+use crate::oakestra::registration::{check_client_id, Registration, RegistrationError, FILE};
 use crate::requests::AttachRequest;
 
 /// The message of a deploy or undeploy before `/register`.
@@ -158,7 +158,8 @@ impl<K: Kernel> NodeEngine<K> {
             body,
             r#"{"client_id": "<worker id>", "cluster_address": "<cluster manager host>"}"#,
         )?;
-        check_client_id(&req.client_id)?;
+        check_client_id(&req.client_id)
+            .map_err(|e| NodeEngineError::BadRequest(format!("client_id: {e}")))?;
         let _one = self.registering.lock().await;
         let current = self.registration.borrow().clone();
         if let Some(r) = current {
@@ -218,6 +219,9 @@ impl<K: Kernel> NodeEngine<K> {
             ));
         }
         let mgr = self.ready()?;
+        // Before the attach: the oakestra registry asks the cluster for the
+        // job by the spelling the NodeEngine used.
+        self.book.remember(&job);
         let name = job.service();
         let inst = mgr
             .attach(AttachRequest {
@@ -243,7 +247,6 @@ impl<K: Kernel> NodeEngine<K> {
                 ),
             });
         }
-        self.book.remember(&job);
         tracing::info!(job = %job, instance = %inst.key, pid = req.pid, "nodeengine: deployed");
         let answer = DeployResponse {
             service_name: req.service_name,
@@ -297,20 +300,4 @@ fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, NodeEngineE
 
 fn job_name(raw: &str) -> Result<JobName, NodeEngineError> {
     JobName::parse(raw).map_err(|e| NodeEngineError::BadRequest(format!("serviceName: {e}")))
-}
-
-/// The id names MQTT topics (`nodes/{id}/net/...`) and is the MQTT client
-/// id, so it must be one topic level.
-fn check_client_id(id: &str) -> Result<(), NodeEngineError> {
-    let ok = (1..=256).contains(&id.len())
-        && !id
-            .chars()
-            .any(|c| c == '/' || c == '+' || c == '#' || c.is_whitespace() || c.is_control());
-    if ok {
-        return Ok(());
-    }
-    Err(NodeEngineError::BadRequest(format!(
-        "client_id {id:?} must be 1 to 256 characters without '/', '+', '#' or spaces \
-         (it is the worker's MQTT client id and topic level)"
-    )))
 }

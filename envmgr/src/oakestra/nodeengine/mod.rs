@@ -15,7 +15,6 @@
 //! - [`error`]: refusals and their statuses.
 
 use std::future::Future;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -44,20 +43,11 @@ pub const DEFAULT_SOCKET: &str = "/etc/netmanager/netmanager.sock";
 /// bodies are a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Binds the NodeEngine socket: creates its directory (`0755`) when
-/// missing, replaces a stale socket file, refuses a live one, and makes it
+/// Binds the NodeEngine socket as the API's is bound: creates its
+/// directory when missing, replaces a stale socket file, refuses a live one, and makes it
 /// `0600` (the NodeEngine runs as root; whoever can connect can attach any
 /// process's namespace).
 pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .with_context(|| format!("creating the socket directory {}", dir.display()))?;
-        }
-    }
     crate::api::server::prepare_socket_path(socket)?;
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the NodeEngine socket {}", socket.display()))?;
