@@ -36,7 +36,7 @@ use super::session::{Backoff, Inner, Session};
 use crate::error::{Error, Result};
 use crate::model::{InstanceKey, NodeInfo, Policy, ServiceName, Snapshot};
 use crate::plan;
-use crate::registry::ClusterView;
+use crate::registry::{interest_check_period, ClusterView};
 use state::State;
 
 /// How long an address that nobody claims is not looked up again.
@@ -154,9 +154,8 @@ impl Round<'_> {
         for k in want.keys() {
             self.st.interests.insert(k.name.clone());
         }
-        let mut idle_tick = tokio::time::interval(crate::registry::interest_check_period(
-            self.inner.settings.interest_idle,
-        ));
+        let mut idle_tick =
+            tokio::time::interval(interest_check_period(self.inner.settings.interest_idle));
         let index = self.inner.status().node_index;
         if let Some(index) = index {
             let ensure = ensure_member(self.inner, &mut self.client, index);
